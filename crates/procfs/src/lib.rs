@@ -1,0 +1,82 @@
+//! Parsers for the `/proc` files that describe locks and mounts.
+//!
+//! `lockyard-procfs` turns the kernel's text into typed records and does
+//! nothing else: bytes in, records out. Each format has a `parse` function
+//! over bytes (for fixtures, fuzzing, or bytes you read yourself) and a thin
+//! `read` helper that reads the real file once and parses it.
+//!
+//! | file | type |
+//! |---|---|
+//! | `/proc/self/mountinfo`, `/proc/PID/mountinfo` | [`MountInfo`], [`MountEntry`] |
+//! | `/proc/locks` | [`ProcLocks`], [`LockRecord`], [`LockKey`] |
+//! | `/proc/PID/fdinfo/FD` | [`FdInfo`] |
+//! | `/proc/PID/cmdline` | [`Cmdline`] |
+//! | CPU lists (`0-3,8`) in sysfs and `status` | [`CpuList`] |
+//!
+//! ```
+//! use lockyard_procfs::{LockKey, MountInfo, ProcLocks};
+//!
+//! let mounts = MountInfo::parse(b"27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n")?;
+//! let locks = ProcLocks::parse(b"1: FLOCK  ADVISORY  WRITE 1632 fe:00:10010710 0 EOF\n")?;
+//!
+//! // The file's mount gives the device /proc/locks uses; its inode the rest.
+//! let root = mounts.by_id(27).expect("mount 27 is listed");
+//! let key = LockKey::new(root.device, 10010710);
+//! assert_eq!(key.to_string(), "fe:00:10010710");
+//! assert_eq!(locks.on(key).count(), 1);
+//! # Ok::<(), lockyard_procfs::Error>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! - Paths stay bytes (`&Path`, `&OsStr`); nothing is decoded lossily
+//!   except in explicitly display-oriented methods such as
+//!   [`Cmdline::display`].
+//! - Malformed input returns an [`Error`] naming the file, the line and
+//!   what was wrong; no input makes a parser panic (fuzzed and
+//!   property-tested).
+//! - Lock kinds, modes and mountinfo optional fields that a future kernel
+//!   may add are kept as `Other` values rather than rejected.
+//! - With the `serde` feature, every record implements `Serialize`; paths
+//!   serialize as strings when they are UTF-8 and as byte arrays otherwise.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cmdline;
+mod cpulist;
+mod error;
+mod fdinfo;
+mod locks;
+mod mountinfo;
+mod scan;
+#[cfg(feature = "serde")]
+mod serde_bytes;
+
+pub use cmdline::Cmdline;
+pub use cpulist::CpuList;
+pub use error::{Error, Reason, Shown};
+pub use fdinfo::FdInfo;
+pub use locks::{Device, LockKey, LockKind, LockMode, LockQualifier, LockRecord, ProcLocks};
+pub use mountinfo::{MountEntry, MountInfo, OptionalField, Options};
+
+use std::io::Read;
+use std::path::Path;
+
+/// Lines of a /proc file with their 0-based index; a missing final newline
+/// is tolerated and a final empty line is not a line.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let empty = bytes.is_empty();
+    bytes.split(|&b| b == b'\n').enumerate().filter(move |_| !empty)
+}
+
+/// Read a whole /proc file. Procfs reports a size of 0, so start with a
+/// buffer large enough for typical files instead of growing from nothing.
+fn read_all(path: impl AsRef<Path>) -> Result<Vec<u8>, Error> {
+    let path = path.as_ref();
+    let mut file = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+    let mut bytes = Vec::with_capacity(16 * 1024);
+    file.read_to_end(&mut bytes).map_err(|e| Error::read(path, e))?;
+    Ok(bytes)
+}
