@@ -82,12 +82,12 @@ fn flock_holder_and_waiter_are_parsed_with_pids() {
     let on: Vec<_> = locks.on(key).collect();
     assert_eq!(on.len(), 2, "{on:?}");
     let granted = on.iter().find(|r| !r.is_waiter()).expect("granted lock");
-    assert_eq!((&granted.kind, &granted.mode), (&LockKind::Flock, &LockMode::Write));
+    assert_eq!((granted.kind(), granted.mode()), (LockKind::Flock, LockMode::Write));
     assert_eq!(granted.pid_hint(), Some(holder.0.id()));
     let queued = on.iter().find(|r| r.is_waiter()).expect("waiter");
-    assert_eq!(queued.mode, LockMode::Read);
+    assert_eq!(queued.mode(), LockMode::Read);
     assert_eq!(queued.pid_hint(), Some(waiter.0.id()));
-    let blocker = &locks.records()[queued.blocker.expect("tied to its blocker")];
+    let blocker = &locks.records()[queued.blocker().expect("tied to its blocker")];
     assert_eq!(blocker.pid_hint(), Some(holder.0.id()));
 }
 
@@ -108,7 +108,7 @@ fn ofd_lock_from_python_shows_pid_minus_one_and_its_range() {
     let key = key_of(&file);
     let locks = wait_for_locks(key, 1);
     let ofd = locks.on(key).next().expect("ofd lock");
-    assert_eq!(ofd.kind, LockKind::Ofd);
-    assert_eq!(ofd.pid, -1);
-    assert_eq!((ofd.start, ofd.end), (100, Some(149)));
+    assert_eq!(ofd.kind(), LockKind::Ofd);
+    assert_eq!(ofd.pid(), -1);
+    assert_eq!((ofd.start(), ofd.end()), (100, Some(149)));
 }

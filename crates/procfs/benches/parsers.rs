@@ -72,7 +72,9 @@ fn proc_locks(c: &mut Criterion) {
     let mut group = c.benchmark_group("proc_locks_100k");
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("lockyard_procfs", |b| b.iter(|| ProcLocks::parse(black_box(bytes)).unwrap()));
-    group.bench_function("procfs_crate", |b| b.iter(|| procfs::Locks::from_buf_read(black_box(bytes)).unwrap()));
+    group.bench_function("procfs_crate", |b| {
+        b.iter(|| procfs::Locks::from_buf_read(black_box(bytes)).unwrap());
+    });
     group.finish();
 }
 
@@ -83,7 +85,7 @@ fn mountinfo(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("lockyard_procfs", |b| b.iter(|| MountInfo::parse(black_box(bytes)).unwrap()));
     group.bench_function("procfs_crate", |b| {
-        b.iter(|| procfs::process::MountInfos::from_buf_read(black_box(bytes)).unwrap())
+        b.iter(|| procfs::process::MountInfos::from_buf_read(black_box(bytes)).unwrap());
     });
     group.finish();
 }
@@ -95,7 +97,7 @@ fn small_files(c: &mut Criterion) {
     let mut group = c.benchmark_group("small_files");
     group.bench_function("fdinfo", |b| b.iter(|| FdInfo::parse(black_box(fdinfo)).unwrap()));
     group.bench_function("cmdline_display_40", |b| {
-        b.iter(|| Cmdline::parse(black_box(cmdline)).unwrap().display(40))
+        b.iter(|| Cmdline::parse(black_box(cmdline)).unwrap().display(40));
     });
     group.bench_function("cpu_list", |b| b.iter(|| CpuList::parse(black_box(cpus)).unwrap()));
     group.finish();

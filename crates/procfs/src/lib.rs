@@ -66,9 +66,17 @@ use std::path::Path;
 /// Lines of a /proc file with their 0-based index; a missing final newline
 /// is tolerated and a final empty line is not a line.
 fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let empty = bytes.is_empty();
-    bytes.split(|&b| b == b'\n').enumerate().filter(move |_| !empty)
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
+        Some(line)
+    })
+    .enumerate()
 }
 
 /// Read a whole /proc file. Procfs reports a size of 0, so start with a

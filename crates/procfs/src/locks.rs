@@ -109,189 +109,196 @@ impl fmt::Display for LockKey {
     }
 }
 
-/// Which mechanism took the lock.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum LockKind {
-    /// `flock(2)`: whole file, owned by the open file description.
-    Flock,
-    /// Process-associated `fcntl(F_SETLK)` byte-range lock.
-    Posix,
-    /// Open-file-description `fcntl(F_OFD_SETLK)` byte-range lock.
-    Ofd,
-    /// A lease (`F_SETLEASE`) or pNFS layout.
-    Lease,
-    /// An NFS server delegation.
-    Delegation,
-    /// A transient mandatory-locking access check (kernels before 5.15).
-    Access,
-    /// Something this crate does not know yet, as printed.
-    Other(Box<str>),
+/// Defines a one-byte enum of the kernel's words for a column, with an
+/// `Other` variant for words a future kernel may add.
+macro_rules! column {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+        #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+        #[non_exhaustive]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+            /// A word this crate does not know yet; the record keeps the
+            /// text (see [`LockRecord`]'s `*_str` methods).
+            Other,
+        }
+
+        impl $name {
+            fn parse(token: &[u8]) -> Self {
+                match token {
+                    $($word => $name::$variant,)*
+                    _ => $name::Other,
+                }
+            }
+
+            /// The kernel's word, or `None` for [`Self::Other`].
+            pub fn as_str(self) -> Option<&'static str> {
+                match self {
+                    $($name::$variant => Some(
+                        // The words are ASCII literals.
+                        match std::str::from_utf8($word) { Ok(s) => s, Err(_) => "" }
+                    ),)*
+                    $name::Other => None,
+                }
+            }
+        }
+    };
+}
+
+column! {
+    /// Which mechanism took the lock.
+    LockKind {
+        /// `flock(2)`: whole file, owned by the open file description.
+        Flock = b"FLOCK",
+        /// Process-associated `fcntl(F_SETLK)` byte-range lock.
+        Posix = b"POSIX",
+        /// Open-file-description `fcntl(F_OFD_SETLK)` byte-range lock.
+        Ofd = b"OFDLCK",
+        /// A lease (`F_SETLEASE`) or pNFS layout.
+        Lease = b"LEASE",
+        /// An NFS server delegation.
+        Delegation = b"DELEG",
+        /// A transient mandatory-locking access check (kernels before 5.15).
+        Access = b"ACCESS",
+    }
+}
+
+column! {
+    /// The second column: enforcement for locks, state for leases.
+    LockQualifier {
+        /// `ADVISORY`: every lock on kernels since 5.15.
+        Advisory = b"ADVISORY",
+        /// `MANDATORY`: mandatory locking (removed in 5.15).
+        Mandatory = b"MANDATORY",
+        /// `*NOINODE*`: a POSIX lock whose inode is gone.
+        NoInode = b"*NOINODE*",
+        /// `ACTIVE`: a lease not being broken.
+        Active = b"ACTIVE",
+        /// `BREAKING`: a lease being broken.
+        Breaking = b"BREAKING",
+        /// `BREAKER`: the placeholder of a process breaking a lease.
+        Breaker = b"BREAKER",
+    }
+}
+
+column! {
+    /// Shared or exclusive.
+    LockMode {
+        /// `READ`: shared.
+        Read = b"READ",
+        /// `WRITE`: exclusive.
+        Write = b"WRITE",
+        /// `UNLCK`: a lease being broken to nothing.
+        Unlocked = b"UNLCK",
+        /// `NONE`: printed by some kernels for leases with no type.
+        None = b"NONE",
+    }
 }
 
 impl LockKind {
-    fn parse(token: &[u8]) -> Self {
-        match token {
-            b"FLOCK" => LockKind::Flock,
-            b"POSIX" => LockKind::Posix,
-            b"OFDLCK" => LockKind::Ofd,
-            b"LEASE" => LockKind::Lease,
-            b"DELEG" => LockKind::Delegation,
-            b"ACCESS" => LockKind::Access,
-            other => LockKind::Other(String::from_utf8_lossy(other).into()),
-        }
-    }
-
-    /// The kernel's word for this kind.
-    pub fn as_str(&self) -> &str {
-        match self {
-            LockKind::Flock => "FLOCK",
-            LockKind::Posix => "POSIX",
-            LockKind::Ofd => "OFDLCK",
-            LockKind::Lease => "LEASE",
-            LockKind::Delegation => "DELEG",
-            LockKind::Access => "ACCESS",
-            LockKind::Other(s) => s,
-        }
-    }
-
     /// Whether the kernel prints a byte range for this kind (the fcntl
     /// kinds); other kinds always show `0 EOF`.
-    pub fn has_range(&self) -> bool {
+    pub fn has_range(self) -> bool {
         matches!(self, LockKind::Posix | LockKind::Ofd | LockKind::Access)
     }
 }
 
-/// The second column: enforcement for locks, state for leases.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum LockQualifier {
-    /// `ADVISORY`: every lock on kernels since 5.15.
-    Advisory,
-    /// `MANDATORY`: mandatory locking (removed in 5.15).
-    Mandatory,
-    /// `*NOINODE*`: a POSIX lock whose inode is gone.
-    NoInode,
-    /// `ACTIVE`: a lease not being broken.
-    Active,
-    /// `BREAKING`: a lease being broken.
-    Breaking,
-    /// `BREAKER`: the placeholder of a process breaking a lease.
-    Breaker,
-    /// Something this crate does not know yet, as printed (`UNKNOWN` among
-    /// them).
-    Other(Box<str>),
-}
-
-impl LockQualifier {
-    fn parse(token: &[u8]) -> Self {
-        match token {
-            b"ADVISORY" => LockQualifier::Advisory,
-            b"MANDATORY" => LockQualifier::Mandatory,
-            b"*NOINODE*" => LockQualifier::NoInode,
-            b"ACTIVE" => LockQualifier::Active,
-            b"BREAKING" => LockQualifier::Breaking,
-            b"BREAKER" => LockQualifier::Breaker,
-            other => LockQualifier::Other(String::from_utf8_lossy(other).into()),
-        }
-    }
-
-    /// The kernel's word for this qualifier.
-    pub fn as_str(&self) -> &str {
-        match self {
-            LockQualifier::Advisory => "ADVISORY",
-            LockQualifier::Mandatory => "MANDATORY",
-            LockQualifier::NoInode => "*NOINODE*",
-            LockQualifier::Active => "ACTIVE",
-            LockQualifier::Breaking => "BREAKING",
-            LockQualifier::Breaker => "BREAKER",
-            LockQualifier::Other(s) => s,
-        }
-    }
-}
-
-/// Shared or exclusive.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum LockMode {
-    /// `READ`: shared.
-    Read,
-    /// `WRITE`: exclusive.
-    Write,
-    /// `UNLCK`: a lease being broken to nothing.
-    Unlocked,
-    /// `NONE`: printed by some kernels for leases with no type.
-    None,
-    /// Something this crate does not know yet, as printed.
-    Other(Box<str>),
-}
-
-impl LockMode {
-    fn parse(token: &[u8]) -> Self {
-        match token {
-            b"READ" => LockMode::Read,
-            b"WRITE" => LockMode::Write,
-            b"UNLCK" => LockMode::Unlocked,
-            b"NONE" => LockMode::None,
-            other => LockMode::Other(String::from_utf8_lossy(other).into()),
-        }
-    }
-
-    /// The kernel's word for this mode.
-    pub fn as_str(&self) -> &str {
-        match self {
-            LockMode::Read => "READ",
-            LockMode::Write => "WRITE",
-            LockMode::Unlocked => "UNLCK",
-            LockMode::None => "NONE",
-            LockMode::Other(s) => s,
-        }
-    }
-}
-
 /// One line of `/proc/locks`, or one `lock:` line of fdinfo.
+///
+/// Kept to 64 bytes (a 100k-line /proc/locks is 6 MB of records, not 15):
+/// the fields are read through methods, and the text of words this crate
+/// does not know is kept aside.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
 pub struct LockRecord {
-    /// The ordinal the kernel printed; a waiter repeats its blocker's.
-    pub ordinal: u64,
-    /// How deep in a waiter chain this line is: 0 for a granted lock, 1 for
-    /// a waiter on it, 2 for a waiter on that waiter.
-    pub depth: u32,
-    /// For a waiter, the index (in the same listing) of the line it is
-    /// blocked on. `None` for granted locks, and for a waiter whose blocker
-    /// was not in the listing (the file changed between reads).
-    pub blocker: Option<usize>,
-    /// Which mechanism took the lock.
-    pub kind: LockKind,
-    /// Advisory/mandatory, or the lease state.
-    pub qualifier: LockQualifier,
-    /// Shared or exclusive.
-    pub mode: LockMode,
-    /// The pid the kernel recorded: `-1` for OFD locks, `0` for an owner
-    /// outside the reader's pid namespace. See [`LockRecord::pid_hint`].
-    pub pid: i32,
-    /// The locked file, or `None` when the kernel printed `<none>:0` (the
-    /// lock has no inode).
-    pub key: Option<LockKey>,
-    /// First locked byte.
-    pub start: u64,
-    /// Last locked byte, inclusive; `None` for `EOF` (to the end of the
-    /// file, however it grows).
-    pub end: Option<u64>,
+    ordinal: u64,
+    /// Index of the blocking line, `NO_BLOCKER` for none.
+    blocker: u32,
+    pid: i32,
+    key: LockKey,
+    start: u64,
+    /// Inclusive end, `EOF` for "to the end of the file".
+    end: u64,
+    depth: u16,
+    kind: LockKind,
+    qualifier: LockQualifier,
+    mode: LockMode,
+    has_key: bool,
+    unknown: Option<Box<UnknownWords>>,
 }
+
+/// The printed words of columns whose value is `Other`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct UnknownWords {
+    kind: Box<str>,
+    qualifier: Box<str>,
+    mode: Box<str>,
+}
+
+const NO_BLOCKER: u32 = u32::MAX;
+/// The kernel prints `EOF` for `OFFSET_MAX` (`i64::MAX`), so no real end
+/// offset reaches `u64::MAX`.
+const EOF: u64 = u64::MAX;
 
 impl LockRecord {
+    /// The ordinal the kernel printed; a waiter repeats its blocker's.
+    pub fn ordinal(&self) -> u64 {
+        self.ordinal
+    }
+
+    /// How deep in a waiter chain this line is: 0 for a granted lock, 1 for
+    /// a waiter on it, 2 for a waiter on that waiter.
+    pub fn depth(&self) -> u32 {
+        u32::from(self.depth)
+    }
+
     /// Whether this line is a waiter blocked on another lock.
     pub fn is_waiter(&self) -> bool {
         self.depth > 0
+    }
+
+    /// For a waiter, the index (in the same listing) of the line it is
+    /// blocked on. `None` for granted locks, and for a waiter whose blocker
+    /// was not in the listing (the file changed while it was read).
+    pub fn blocker(&self) -> Option<usize> {
+        (self.blocker != NO_BLOCKER).then_some(self.blocker as usize)
+    }
+
+    /// Which mechanism took the lock.
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// Advisory/mandatory, or the lease state.
+    pub fn qualifier(&self) -> LockQualifier {
+        self.qualifier
+    }
+
+    /// Shared or exclusive.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// The kind as the kernel printed it, known or not.
+    pub fn kind_str(&self) -> &str {
+        self.kind.as_str().or(self.unknown.as_ref().map(|u| &*u.kind)).unwrap_or_default()
+    }
+
+    /// The qualifier as the kernel printed it, known or not.
+    pub fn qualifier_str(&self) -> &str {
+        self.qualifier.as_str().or(self.unknown.as_ref().map(|u| &*u.qualifier)).unwrap_or_default()
+    }
+
+    /// The mode as the kernel printed it, known or not.
+    pub fn mode_str(&self) -> &str {
+        self.mode.as_str().or(self.unknown.as_ref().map(|u| &*u.mode)).unwrap_or_default()
+    }
+
+    /// The pid the kernel recorded: `-1` for OFD locks, `0` for an owner
+    /// outside the reader's pid namespace. See [`LockRecord::pid_hint`].
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// The recorded pid if it names a process in the reader's pid namespace
@@ -300,9 +307,26 @@ impl LockRecord {
         u32::try_from(self.pid).ok().filter(|&p| p > 0)
     }
 
+    /// The locked file, or `None` when the kernel printed `<none>:0` (the
+    /// lock has no inode).
+    pub fn key(&self) -> Option<LockKey> {
+        self.has_key.then_some(self.key)
+    }
+
+    /// First locked byte.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Last locked byte, inclusive; `None` for `EOF` (to the end of the
+    /// file, however it grows).
+    pub fn end(&self) -> Option<u64> {
+        (self.end != EOF).then_some(self.end)
+    }
+
     /// Parse one line (without the newline, and for fdinfo without the
-    /// `lock:\t` prefix). `blocker` is left `None`; [`ProcLocks::parse`]
-    /// fills it in.
+    /// `lock:\t` prefix). [`LockRecord::blocker`] is left `None`;
+    /// [`ProcLocks::parse`] ties waiters to their blockers.
     ///
     /// # Errors
     /// [`Error::Parse`] if a field is missing or malformed.
@@ -311,68 +335,262 @@ impl LockRecord {
     }
 }
 
-pub(crate) fn parse_line(line: &[u8], line_no: usize, format: &'static str) -> Result<LockRecord, Error> {
-    let mut tokens = Tokens { rest: line, format, line_no };
-    let bad = |name, value: &[u8], expected| invalid(format, line_no, name, value, expected);
+#[cfg(feature = "serde")]
+impl serde::Serialize for LockRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("LockRecord", 10)?;
+        s.serialize_field("ordinal", &self.ordinal)?;
+        s.serialize_field("depth", &self.depth)?;
+        s.serialize_field("blocker", &self.blocker())?;
+        s.serialize_field("kind", self.kind_str())?;
+        s.serialize_field("qualifier", self.qualifier_str())?;
+        s.serialize_field("mode", self.mode_str())?;
+        s.serialize_field("pid", &self.pid)?;
+        s.serialize_field("key", &self.key())?;
+        s.serialize_field("start", &self.start)?;
+        s.serialize_field("end", &self.end())?;
+        s.end()
+    }
+}
 
-    let ordinal_field = tokens.need("ordinal")?;
-    let ordinal = ordinal_field
-        .strip_suffix(b":")
-        .and_then(scan::dec_u64)
-        .ok_or_else(|| bad("ordinal", ordinal_field, "a number followed by `:`"))?;
+pub(crate) fn parse_line(line: &[u8], line_no: usize, format: &'static str) -> Result<LockRecord, Error> {
+    match parse_common(line) {
+        Some((record, used)) if used == line.len() => Ok(record),
+        _ => parse_any(line, line_no, format),
+    }
+}
+
+/// The lines that make up nearly all of a real /proc/locks (granted or
+/// waiting flock, POSIX and OFD locks), parsed without building errors:
+/// `None` sends the line to [`parse_any`], which accepts every form and
+/// explains what is wrong with a bad one. Whatever this accepts,
+/// `parse_any` parses the same way (a property test checks it).
+///
+/// `line` may run on past the line; the second value is how much was
+/// used, the newline included. Finding the newline as part of the parse
+/// saves a separate pass over the file.
+#[inline(always)]
+fn parse_common(line: &[u8]) -> Option<(LockRecord, usize)> {
+    let (ordinal, len) = scan::leading_dec(line)?;
+    let rest = line[len..].strip_prefix(b": ")?;
+    let (depth, rest) = match rest.strip_prefix(b"-> ") {
+        Some(after) => (1, after),
+        None => (0, rest),
+    };
+    let (kind, rest) = if let Some(after) = rest.strip_prefix(b"FLOCK  ADVISORY  ") {
+        (LockKind::Flock, after)
+    } else if let Some(after) = rest.strip_prefix(b"POSIX  ADVISORY  ") {
+        (LockKind::Posix, after)
+    } else {
+        (LockKind::Ofd, rest.strip_prefix(b"OFDLCK ADVISORY  ")?)
+    };
+    let mut pos = line.len() - rest.len();
+    let (mode, skip) = if rest.starts_with(b"WRITE ") {
+        (LockMode::Write, 6)
+    } else if rest.starts_with(b"READ ") {
+        (LockMode::Read, 5)
+    } else {
+        return None;
+    };
+    pos += skip;
+    let negative = line.get(pos) == Some(&b'-');
+    pos += usize::from(negative);
+    let (magnitude, len) = scan::leading_dec(&line[pos..])?;
+    pos += len;
+    let pid = i32::try_from(magnitude).ok()?;
+    let pid = if negative { -pid } else { pid };
+    pos = expect(line, pos, b' ')?;
+    let (major, len) = scan::leading_hex(&line[pos..])?;
+    pos = expect(line, pos + len, b':')?;
+    let (minor, len) = scan::leading_hex(&line[pos..])?;
+    pos = expect(line, pos + len, b':')?;
+    let (inode, len) = scan::leading_dec(&line[pos..])?;
+    pos = expect(line, pos + len, b' ')?;
+    let (start, len) = scan::leading_dec(&line[pos..])?;
+    pos = expect(line, pos + len, b' ')?;
+    let (end, len) = match line[pos..].strip_prefix(b"EOF") {
+        Some(_) => (EOF, 3),
+        None => scan::leading_dec(&line[pos..]).filter(|&(end, _)| end != EOF)?,
+    };
+    pos += len;
+    let used = match line.get(pos) {
+        None => pos,
+        Some(b'\n') => pos + 1,
+        Some(_) => return None,
+    };
+    let record = LockRecord {
+        ordinal,
+        blocker: NO_BLOCKER,
+        pid,
+        key: LockKey::new(Device::new(major, minor), inode),
+        start,
+        end,
+        depth,
+        kind,
+        qualifier: LockQualifier::Advisory,
+        mode,
+        has_key: true,
+        unknown: None,
+    };
+    Some((record, used))
+}
+
+/// The position after `byte` if `line[pos]` is `byte`.
+#[inline]
+fn expect(line: &[u8], pos: usize, byte: u8) -> Option<usize> {
+    (line.get(pos) == Some(&byte)).then_some(pos + 1)
+}
+
+/// Every line form, with an error that says what is wrong.
+fn parse_any(line: &[u8], line_no: usize, format: &'static str) -> Result<LockRecord, Error> {
+    let mut cur = Cursor { line, pos: 0, line_no, format };
+    let ordinal = cur.number("ordinal", "a number followed by `:`")?;
+    cur.expect(b':', "ordinal", "a number followed by `:`")?;
 
     // `N: -> KIND` for a waiter; the spaces before `->` give its depth.
-    let spaces = tokens.rest.iter().take_while(|&&b| b == b' ').count();
-    let mut kind_field = tokens.need("kind")?;
+    let spaces = cur.spaces();
     let mut depth = 0;
-    if kind_field == b"->" {
-        depth = u32::try_from(spaces).unwrap_or(u32::MAX);
-        kind_field = tokens.need("kind")?;
+    if cur.rest().starts_with(b"->") {
+        depth = u16::try_from(spaces).unwrap_or(u16::MAX);
+        cur.pos += 2;
+        cur.spaces();
     }
-    let kind = LockKind::parse(kind_field);
-    let qualifier = LockQualifier::parse(tokens.need("qualifier")?);
-    let mode = LockMode::parse(tokens.need("mode")?);
-    let pid_field = tokens.need("pid")?;
-    let pid = scan::dec_i32(pid_field).ok_or_else(|| bad("pid", pid_field, "a decimal number"))?;
-    let key_field = tokens.need("device:inode")?;
-    let key = if key_field.starts_with(b"<none>") {
+
+    let words = [cur.word("kind")?, cur.word("qualifier")?, cur.word("mode")?];
+    let (kind, qualifier, mode) =
+        (LockKind::parse(words[0]), LockQualifier::parse(words[1]), LockMode::parse(words[2]));
+    let unknown = (kind == LockKind::Other || qualifier == LockQualifier::Other || mode == LockMode::Other)
+        .then(|| {
+            let text = |w: &[u8]| String::from_utf8_lossy(w).into();
+            Box::new(UnknownWords { kind: text(words[0]), qualifier: text(words[1]), mode: text(words[2]) })
+        });
+    let negative = cur.rest().first() == Some(&b'-');
+    cur.pos += usize::from(negative);
+    let magnitude = cur.number("pid", "a decimal number")?;
+    let pid = i64::try_from(magnitude)
+        .ok()
+        .map(|m| if negative { -m } else { m })
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| cur.invalid_at(cur.pos - 1, "pid", "a decimal number"))?;
+    cur.spaces();
+
+    let key = if cur.rest().starts_with(b"<none>") {
+        cur.word("device:inode")?;
         None
     } else {
-        Some(LockKey::parse(key_field).ok_or_else(|| bad("device:inode", key_field, "MAJ:MIN:INODE"))?)
+        let key_start = cur.pos;
+        let bad_key = |cur: &Cursor<'_>| cur.invalid_at(key_start, "device:inode", "MAJ:MIN:INODE");
+        let major = cur.hex().ok_or_else(|| bad_key(&cur))?;
+        cur.expect(b':', "device:inode", "MAJ:MIN:INODE").map_err(|_| bad_key(&cur))?;
+        let minor = cur.hex().ok_or_else(|| bad_key(&cur))?;
+        cur.expect(b':', "device:inode", "MAJ:MIN:INODE").map_err(|_| bad_key(&cur))?;
+        let inode = cur.number("device:inode", "MAJ:MIN:INODE").map_err(|_| bad_key(&cur))?;
+        if cur.spaces() == 0 {
+            return Err(bad_key(&cur));
+        }
+        Some(LockKey::new(Device::new(major, minor), inode))
     };
-    let start_field = tokens.need("start")?;
-    let start = scan::dec_u64(start_field).ok_or_else(|| bad("start", start_field, "a decimal offset"))?;
-    let end_field = tokens.need("end")?;
-    let end = match end_field {
-        b"EOF" => None,
-        digits => Some(scan::dec_u64(digits).ok_or_else(|| bad("end", digits, "a decimal offset or EOF"))?),
+    let start = cur.number("start", "a decimal offset")?;
+    cur.spaces();
+    let end = if cur.rest().starts_with(b"EOF") {
+        cur.pos += 3;
+        EOF
+    } else {
+        let at = cur.pos;
+        match cur.number("end", "a decimal offset or EOF")? {
+            EOF => return Err(cur.invalid_at(at, "end", "a decimal offset or EOF")),
+            end => end,
+        }
     };
-    if let Some(extra) = tokens.next() {
-        return Err(bad("end", extra, "the end of the line"));
+    if cur.pos < line.len() {
+        return Err(cur.invalid_at(cur.pos, "end", "the end of the line"));
     }
-    Ok(LockRecord { ordinal, depth, blocker: None, kind, qualifier, mode, pid, key, start, end })
+    Ok(LockRecord {
+        ordinal,
+        blocker: NO_BLOCKER,
+        pid,
+        key: key.unwrap_or(LockKey::new(Device::new(0, 0), 0)),
+        start,
+        end,
+        depth,
+        kind,
+        qualifier,
+        mode,
+        has_key: key.is_some(),
+        unknown,
+    })
 }
 
-/// Space-separated tokens; runs of spaces count as one separator, as the
-/// kernel pads its columns.
-struct Tokens<'a> {
-    rest: &'a [u8],
-    format: &'static str,
+/// A position in one line of `/proc/locks` grammar.
+struct Cursor<'a> {
+    line: &'a [u8],
+    pos: usize,
     line_no: usize,
+    format: &'static str,
 }
 
-impl<'a> Tokens<'a> {
-    /// The next token, which must be there.
-    fn need(&mut self, name: &'static str) -> Result<&'a [u8], Error> {
-        self.next().ok_or_else(|| missing(self.format, self.line_no, name))
+impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a [u8] {
+        self.line.get(self.pos..).unwrap_or_default()
     }
 
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let start = self.rest.iter().position(|&b| b != b' ' && b != b'\t')?;
-        let rest = &self.rest[start..];
+    /// Skip the padding between columns; how many bytes were skipped.
+    fn spaces(&mut self) -> usize {
+        let n = self.rest().iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        self.pos += n;
+        n
+    }
+
+    /// The next column, and the padding after it.
+    fn word(&mut self, field: &'static str) -> Result<&'a [u8], Error> {
+        let rest = self.rest();
         let len = rest.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(rest.len());
-        self.rest = &rest[len..];
-        Some(&rest[..len])
+        if len == 0 {
+            return Err(missing(self.format, self.line_no, field));
+        }
+        self.pos += len;
+        self.spaces();
+        Ok(&rest[..len])
+    }
+
+    fn number(&mut self, field: &'static str, expected: &'static str) -> Result<u64, Error> {
+        match scan::leading_dec(self.rest()) {
+            Some((value, len)) => {
+                self.pos += len;
+                Ok(value)
+            }
+            None if self.rest().is_empty() => Err(missing(self.format, self.line_no, field)),
+            None => Err(self.invalid_at(self.pos, field, expected)),
+        }
+    }
+
+    /// A hex number (a device's major or minor), at most eight digits.
+    fn hex(&mut self) -> Option<u32> {
+        let len = self.rest().iter().take(9).take_while(|b| b.is_ascii_hexdigit()).count();
+        let value = scan::hex_u32(&self.rest()[..len])?;
+        self.pos += len;
+        Some(value)
+    }
+
+    fn expect(&mut self, byte: u8, field: &'static str, expected: &'static str) -> Result<(), Error> {
+        if self.rest().first() == Some(&byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.invalid_at(self.pos.saturating_sub(1), field, expected))
+        }
+    }
+
+    /// An error quoting the column that starts at `at`.
+    fn invalid_at(&self, at: usize, field: &'static str, expected: &'static str) -> Error {
+        let from = self.line[..at.min(self.line.len())]
+            .iter()
+            .rposition(|&b| b == b' ' || b == b'\t')
+            .map_or(0, |p| p + 1);
+        let tail = &self.line[from..];
+        let len = tail.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(tail.len());
+        invalid(self.format, self.line_no, field, &tail[..len], expected)
     }
 }
 
@@ -381,26 +599,22 @@ impl fmt::Display for LockRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.ordinal)?;
         if self.depth > 0 {
-            write!(f, "{:>width$} ", "->", width = self.depth as usize + 1)?;
+            write!(f, "{:>width$} ", "->", width = usize::from(self.depth) + 1)?;
         }
-        match &self.kind {
-            LockKind::Posix => f.write_str("POSIX ")?,
-            LockKind::Flock | LockKind::Lease => write!(f, "{}  ", self.kind.as_str())?,
-            LockKind::Delegation => f.write_str("DELEG  ")?,
-            other => f.write_str(other.as_str())?,
-        }
-        match &self.kind {
+        let (kind, qualifier) = (self.kind_str(), self.qualifier_str());
+        match self.kind {
+            LockKind::Posix => write!(f, "POSIX  {qualifier:<9} ")?,
             LockKind::Flock | LockKind::Lease | LockKind::Delegation => {
-                write!(f, "{:<10}", self.qualifier.as_str())?;
+                write!(f, "{kind:<5}  {qualifier:<10}")?;
             }
-            _ => write!(f, " {:<9} ", self.qualifier.as_str())?,
+            _ => write!(f, "{kind} {qualifier:<9} ")?,
         }
-        write!(f, "{} {} ", self.mode.as_str(), self.pid)?;
-        match &self.key {
+        write!(f, "{} {} ", self.mode_str(), self.pid)?;
+        match self.key() {
             Some(key) => write!(f, "{key} ")?,
             None => f.write_str("<none>:0 ")?,
         }
-        match self.end {
+        match self.end() {
             Some(end) => write!(f, "{} {end}", self.start),
             None => write!(f, "{} EOF", self.start),
         }
@@ -428,19 +642,35 @@ impl ProcLocks {
         let mut records = Vec::with_capacity(bytes.len() / 48 + 1);
         // Index of the latest line at each depth, to tie waiters to the
         // line they wait on.
-        let mut latest: Vec<usize> = Vec::new();
-        for (index, line) in crate::lines(bytes) {
-            let mut record = parse_line(line, index + 1, FORMAT)?;
-            let depth = record.depth as usize;
+        let mut latest: Vec<u32> = Vec::new();
+        let mut rest = bytes;
+        let mut line_no = 0;
+        while !rest.is_empty() {
+            line_no += 1;
+            // Not `parse_line`: moving a record through a `Result` with
+            // the large error type costs more than the parse itself.
+            let (mut record, used) = match parse_common(rest) {
+                Some(found) => found,
+                None => {
+                    let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                    (parse_any(&rest[..end], line_no, FORMAT)?, (end + 1).min(rest.len()))
+                }
+            };
+            rest = &rest[used..];
+            let depth = usize::from(record.depth);
             if depth > 0 {
                 record.blocker = latest
                     .get(depth - 1)
                     .copied()
-                    .filter(|&b| records.get(b).is_some_and(|r: &LockRecord| r.ordinal == record.ordinal));
+                    .filter(|&b| {
+                        records.get(b as usize).is_some_and(|r: &LockRecord| r.ordinal == record.ordinal)
+                    })
+                    .unwrap_or(NO_BLOCKER);
             }
             latest.truncate(depth);
             if latest.len() == depth {
-                latest.push(records.len());
+                // More than 4 billion locks cannot fit in memory anyway.
+                latest.push(u32::try_from(records.len()).unwrap_or(u32::MAX));
             }
             records.push(record);
         }
@@ -486,12 +716,12 @@ impl ProcLocks {
 
     /// Granted locks and waiters on one file.
     pub fn on(&self, key: LockKey) -> impl Iterator<Item = &LockRecord> {
-        self.records.iter().filter(move |r| r.key == Some(key))
+        self.records.iter().filter(move |r| r.has_key && r.key == key)
     }
 
     /// The waiters blocked directly on the line at `index`.
     pub fn waiters_of(&self, index: usize) -> impl Iterator<Item = &LockRecord> {
-        self.records.iter().filter(move |r| r.blocker == Some(index))
+        self.records.iter().filter(move |r| r.blocker() == Some(index))
     }
 }
 
@@ -500,5 +730,54 @@ impl<'a> IntoIterator for &'a ProcLocks {
     type IntoIter = std::slice::Iter<'a, LockRecord>;
     fn into_iter(self) -> Self::IntoIter {
         self.records.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast path is an optimization only: where it accepts a line,
+        /// the general parser must read the same record.
+        #[test]
+        fn fast_path_agrees_with_the_general_parser(
+            line in "[0-9]{1,7}: (-> )?(FLOCK  ADVISORY  |POSIX  ADVISORY  |OFDLCK ADVISORY  )(READ|WRITE) -?[0-9]{1,11} [0-9a-f]{1,9}:[0-9a-f]{1,9}:[0-9]{1,21} [0-9]{1,21} (EOF|[0-9]{1,21})\n?",
+        ) {
+            let general = parse_any(line.trim_end().as_bytes(), 1, FORMAT).ok();
+            let fast = parse_common(line.as_bytes()).map(|(record, used)| {
+                assert_eq!(used, line.len());
+                record
+            });
+            prop_assert_eq!(fast.as_ref(), general.as_ref());
+        }
+
+        #[test]
+        fn fast_path_refuses_what_it_does_not_fully_check(line in "[ -~]{0,80}") {
+            if let Some((record, used)) = parse_common(line.as_bytes()) {
+                let general = parse_any(&line.as_bytes()[..used], 1, FORMAT);
+                prop_assert_eq!(Some(record), general.ok());
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_handles_the_kernels_common_lines() {
+        for line in [
+            &b"1: FLOCK  ADVISORY  READ 1633 fe:00:10010711 0 EOF"[..],
+            b"2: POSIX  ADVISORY  READ 1638 fe:00:10010711 100 EOF\n",
+            b"3: OFDLCK ADVISORY  WRITE -1 fe:00:10010712 0 9",
+            b"4: -> FLOCK  ADVISORY  WRITE 1637 fe:00:10010710 0 EOF",
+        ] {
+            let (record, used) = parse_common(line).expect("fast path");
+            assert_eq!(used, line.len());
+            let text = line.strip_suffix(b"\n").unwrap_or(line);
+            assert_eq!(Some(record), parse_any(text, 1, FORMAT).ok());
+        }
+        // Deeper waiters and leases take the general path.
+        assert!(parse_common(b"3:  -> FLOCK  ADVISORY  WRITE 3912 fe:00:1 0 EOF").is_none());
+        assert!(parse_common(b"6: LEASE  ACTIVE    READ 4029 fe:00:1 0 EOF").is_none());
+        assert!(parse_common(b"1: FLOCK  ADVISORY  READ 1 fe:00:1 0 EOFX").is_none());
     }
 }

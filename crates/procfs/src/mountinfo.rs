@@ -177,7 +177,7 @@ struct Fields<'a> {
 impl<'a> Fields<'a> {
     fn next(&mut self, name: &'static str) -> Result<&'a [u8], Error> {
         let rest = self.line.get(self.pos..).ok_or_else(|| missing(FORMAT, self.line_no, name))?;
-        let len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        let len = memchr::memchr(b' ', rest).unwrap_or(rest.len());
         self.pos += len + 1;
         Ok(&rest[..len])
     }
@@ -249,7 +249,10 @@ impl MountEntry {
             return Err(invalid(FORMAT, line_no, "super options", extra, "the end of the line"));
         }
 
-        let mut text = Vec::with_capacity(line.len());
+        // Decoding only shrinks a field, so this is exact unless there are
+        // escapes, and `into_boxed_slice` below does not reallocate.
+        let raw = [root, mount_point, mount_options, optional, fs_type, source, super_options];
+        let mut text = Vec::with_capacity(raw.iter().map(|f| f.len()).sum());
         let mut ends = [0u32; FIELDS];
         let mut push = |index: usize, raw: &[u8], decode: bool| {
             if decode {

@@ -3,6 +3,88 @@
 
 use std::borrow::Cow;
 
+/// Parse the decimal digits at the start of `bytes`: the value and how many
+/// bytes it took, or `None` if there is no digit or the value overflows.
+///
+/// The kernel's numbers end at a separator whose position is different on
+/// every line, so a byte-at-a-time loop mispredicts its exit on every
+/// number; this reads eight bytes at a time instead (see [`digits_in`]).
+#[inline(always)]
+pub(crate) fn leading_dec(bytes: &[u8]) -> Option<(u64, usize)> {
+    // Nearly every number in /proc fits the first eight bytes.
+    if let Some(chunk) = bytes.first_chunk::<8>() {
+        let chunk = u64::from_le_bytes(*chunk);
+        match digits_in(chunk) {
+            0 => return None,
+            n @ 1..=7 => return Some((eight_digits_value(chunk, n), n)),
+            _ => return leading_dec_long(bytes, eight_digits_value(chunk, 8)),
+        }
+    }
+    leading_dec_tail(bytes, 0, 0)
+}
+
+/// [`leading_dec`] past eight digits.
+#[cold]
+fn leading_dec_long(bytes: &[u8], first8: u64) -> Option<(u64, usize)> {
+    let mut value = first8;
+    let mut used = 8;
+    while let Some(chunk) = bytes.get(used..).and_then(|b| b.first_chunk::<8>()) {
+        let chunk = u64::from_le_bytes(*chunk);
+        let n = digits_in(chunk);
+        if n == 0 {
+            return Some((value, used));
+        }
+        value = value.checked_mul(POW10[n])?.checked_add(eight_digits_value(chunk, n))?;
+        used += n;
+        if n < 8 {
+            return Some((value, used));
+        }
+    }
+    leading_dec_tail(bytes, value, used)
+}
+
+/// [`leading_dec`] over the last few bytes of the input, one at a time.
+fn leading_dec_tail(bytes: &[u8], mut value: u64, mut used: usize) -> Option<(u64, usize)> {
+    for &b in &bytes[used..] {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
+        used += 1;
+    }
+    (used > 0).then_some((value, used))
+}
+
+const POW10: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// How many of the eight bytes of `chunk` (first byte lowest) are ASCII
+/// digits before the first non-digit.
+#[inline(always)]
+fn digits_in(chunk: u64) -> usize {
+    // A byte is a digit when its high nibble is 3 both before and after
+    // adding 6 (0x3a..0x3f overflow into 0x4_). A carry out of a non-digit
+    // byte can only disturb later bytes, past the first non-digit.
+    let high = |x: u64| (x & (ONES * 0xf0)) ^ (ONES * 0x30);
+    let not_digit = high(chunk) | high(chunk.wrapping_add(ONES * 0x06));
+    (not_digit.trailing_zeros() / 8) as usize
+}
+
+/// The value of the first `n` (1..=8) digits of `chunk`.
+#[inline(always)]
+fn eight_digits_value(chunk: u64, n: usize) -> u64 {
+    // Move the n digits to the top bytes; the zero bytes below read as
+    // leading zeros. Then combine pairs, quads and the two halves with
+    // three multiplications.
+    let digits = chunk.wrapping_sub(ONES * 0x30) << (8 * (8 - n));
+    let pairs = digits.wrapping_mul(10).wrapping_add(digits >> 8);
+    let mask = 0x0000_00ff_0000_00ff;
+    let quads = (pairs & mask).wrapping_mul(100 + (1_000_000 << 32));
+    let halves = ((pairs >> 16) & mask).wrapping_mul(1 + (10_000 << 32));
+    quads.wrapping_add(halves) >> 32
+}
+
 /// Parse an unsigned decimal number; `None` on empty input, a non-digit or
 /// overflow.
 pub(crate) fn dec_u64(bytes: &[u8]) -> Option<u64> {
@@ -24,16 +106,6 @@ pub(crate) fn dec_u32(bytes: &[u8]) -> Option<u32> {
     dec_u64(bytes).and_then(|v| u32::try_from(v).ok())
 }
 
-/// Parse a signed decimal `i32` as printed by `%d`.
-pub(crate) fn dec_i32(bytes: &[u8]) -> Option<i32> {
-    match bytes.split_first() {
-        Some((b'-', digits)) => {
-            dec_u64(digits).and_then(|v| i64::try_from(v).ok()).and_then(|v| i32::try_from(-v).ok())
-        }
-        _ => dec_u32(bytes).and_then(|v| i32::try_from(v).ok()),
-    }
-}
-
 /// Parse lowercase or uppercase hexadecimal without a `0x` prefix.
 pub(crate) fn hex_u32(bytes: &[u8]) -> Option<u32> {
     if bytes.is_empty() || bytes.len() > 8 {
@@ -51,6 +123,41 @@ pub(crate) fn hex_u32(bytes: &[u8]) -> Option<u32> {
     }
     Some(value)
 }
+
+/// Parse the hex digits (at most eight) at the start of `bytes`: the value
+/// and how many bytes it took.
+#[inline(always)]
+pub(crate) fn leading_hex(bytes: &[u8]) -> Option<(u32, usize)> {
+    let mut value: u32 = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let digit = HEX[usize::from(b)];
+        if digit > 15 {
+            return (i > 0).then_some((value, i));
+        }
+        if i == 8 {
+            return None;
+        }
+        value = (value << 4) | u32::from(digit);
+    }
+    (!bytes.is_empty()).then_some((value, bytes.len()))
+}
+
+/// Hex digit values by byte; 0xff for non-digits.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Parse an octal number as printed by `%o` (fdinfo `flags`).
 pub(crate) fn oct_u32(bytes: &[u8]) -> Option<u32> {
@@ -75,7 +182,7 @@ pub(crate) fn oct_u32(bytes: &[u8]) -> Option<u32> {
 /// (`\000`–`\377`) is kept literally: the kernel never produces one, so it
 /// is safer to show what is there than to guess.
 pub(crate) fn unescape(bytes: &[u8]) -> Cow<'_, [u8]> {
-    if !bytes.contains(&b'\\') {
+    if memchr::memchr(b'\\', bytes).is_none() {
         return Cow::Borrowed(bytes);
     }
     let mut out = Vec::with_capacity(bytes.len());
@@ -86,7 +193,7 @@ pub(crate) fn unescape(bytes: &[u8]) -> Cow<'_, [u8]> {
 /// [`unescape`] appending to `out`, for callers that pack fields together.
 pub(crate) fn unescape_into(bytes: &[u8], out: &mut Vec<u8>) {
     let mut rest = bytes;
-    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+    while let Some(at) = memchr::memchr(b'\\', rest) {
         out.extend_from_slice(&rest[..at]);
         match octal_byte(&rest[at + 1..]) {
             Some(byte) => {
@@ -135,10 +242,47 @@ mod tests {
         assert_eq!(dec_u64(b"18446744073709551616"), None);
         assert_eq!(dec_u64(b"+1"), None);
         assert_eq!(dec_u64(b""), None);
-        assert_eq!(dec_i32(b"-1"), Some(-1));
-        assert_eq!(dec_i32(b"-2147483648"), Some(i32::MIN));
-        assert_eq!(dec_i32(b"2147483648"), None);
-        assert_eq!(dec_i32(b"-"), None);
+    }
+
+    #[test]
+    fn leading_dec_agrees_with_the_plain_loop() {
+        let cases: &[&[u8]] = &[
+            b"0",
+            b"7 ",
+            b"12345678",
+            b"123456789",
+            b"1234567 x",
+            b"99999999:",
+            b"18446744073709551615 EOF",
+            b"18446744073709551616",
+            b"00000000000000000000042",
+            b"x1",
+            b"",
+            b"10010710 0 EOF",
+            b"4294967296:",
+        ];
+        for &case in cases {
+            let plain = {
+                let n = case.iter().take_while(|b| b.is_ascii_digit()).count();
+                case[..n]
+                    .iter()
+                    .try_fold(0u64, |v, &b| v.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+                    .filter(|_| n > 0)
+                    .map(|v| (v, n))
+            };
+            assert_eq!(leading_dec(case), plain, "{:?}", String::from_utf8_lossy(case));
+        }
+        // Every prefix length and separator position.
+        let digits = b"98765432109876543210";
+        for len in 1..=19 {
+            for sep in [b' ', b':', b'/', 0xff, b'0' - 1, b'9' + 1] {
+                let mut input = digits[..len].to_vec();
+                input.push(sep);
+                input.extend_from_slice(b"123456789");
+                let expected = std::str::from_utf8(&digits[..len]).unwrap().parse::<u64>().unwrap();
+                assert_eq!(leading_dec(&input), Some((expected, len)), "{len} digits then {sep:#x}");
+            }
+        }
     }
 
     #[test]

@@ -167,59 +167,61 @@ fn locks_every_kind_qualifier_and_mode() {
     let locks = ProcLocks::parse(&fixture("locks-shapes.txt")).expect("parse");
     let r = locks.records();
     assert_eq!(r.len(), 16);
-    assert_eq!(r[0].kind, LockKind::Posix);
-    assert_eq!(r[0].qualifier, LockQualifier::Advisory);
-    assert_eq!(r[0].mode, LockMode::Write);
-    assert_eq!(r[0].pid, 3769);
-    assert_eq!(r[0].key, Some(LockKey::new(Device::new(0xfe, 0), 382_079)));
-    assert_eq!((r[0].start, r[0].end), (0, None));
-    assert_eq!((r[1].start, r[1].end), (5, Some(14)));
+    assert_eq!(r[0].kind(), LockKind::Posix);
+    assert_eq!(r[0].qualifier(), LockQualifier::Advisory);
+    assert_eq!(r[0].mode(), LockMode::Write);
+    assert_eq!(r[0].pid(), 3769);
+    assert_eq!(r[0].key(), Some(LockKey::new(Device::new(0xfe, 0), 382_079)));
+    assert_eq!((r[0].start(), r[0].end()), (0, None));
+    assert_eq!((r[1].start(), r[1].end()), (5, Some(14)));
 
     let ofd = &r[7];
-    assert_eq!(ofd.kind, LockKind::Ofd);
-    assert_eq!(ofd.pid, -1);
+    assert_eq!(ofd.kind(), LockKind::Ofd);
+    assert_eq!(ofd.pid(), -1);
     assert_eq!(ofd.pid_hint(), None);
-    assert_eq!((ofd.start, ofd.end), (0, Some(9)));
+    assert_eq!((ofd.start(), ofd.end()), (0, Some(9)));
 
-    assert_eq!(r[8].key.map(|k| k.device), Some(Device::new(0, 0x2c)));
-    assert_eq!((&r[9].kind, &r[9].qualifier), (&LockKind::Lease, &LockQualifier::Active));
-    assert_eq!((&r[10].qualifier, &r[10].mode), (&LockQualifier::Breaking, &LockMode::Unlocked));
-    assert_eq!((&r[11].qualifier, r[11].key), (&LockQualifier::Breaker, None));
-    assert_eq!(r[12].kind, LockKind::Delegation);
+    assert_eq!(r[8].key().map(|k| k.device), Some(Device::new(0, 0x2c)));
+    assert_eq!((r[9].kind(), r[9].qualifier()), (LockKind::Lease, LockQualifier::Active));
+    assert_eq!((r[10].qualifier(), r[10].mode()), (LockQualifier::Breaking, LockMode::Unlocked));
+    assert_eq!((r[11].qualifier(), r[11].key()), (LockQualifier::Breaker, None));
+    assert_eq!(r[12].kind(), LockKind::Delegation);
     assert_eq!(r[12].pid_hint(), None, "pid 0: owner outside our pid namespace");
-    assert_eq!(r[12].key, Some(LockKey::new(Device::new(0x103, 2), 1_181_425)));
-    assert_eq!(r[13].qualifier, LockQualifier::Mandatory);
-    assert_eq!(r[13].end, Some(9_223_372_036_854_775_806));
-    assert_eq!(r[14].kind, LockKind::Access);
-    assert_eq!(r[15].kind, LockKind::Other("FANCY".into()));
-    assert_eq!(r[15].qualifier, LockQualifier::Other("FUTURE".into()));
-    assert_eq!(r[15].mode, LockMode::Other("SHINY".into()));
+    assert_eq!(r[12].key(), Some(LockKey::new(Device::new(0x103, 2), 1_181_425)));
+    assert_eq!(r[13].qualifier(), LockQualifier::Mandatory);
+    assert_eq!(r[13].end(), Some(9_223_372_036_854_775_806));
+    assert_eq!(r[14].kind(), LockKind::Access);
+    assert_eq!(r[15].kind(), LockKind::Other);
+    assert_eq!(r[15].qualifier(), LockQualifier::Other);
+    assert_eq!(r[15].mode(), LockMode::Other);
+    assert_eq!((r[15].kind_str(), r[15].qualifier_str(), r[15].mode_str()), ("FANCY", "FUTURE", "SHINY"));
+    assert_eq!((r[14].kind_str(), r[14].mode_str()), ("ACCESS", "READ"));
 }
 
 #[test]
 fn waiters_are_tied_to_the_lock_they_wait_on() {
     let locks = ProcLocks::parse(&fixture("locks-shapes.txt")).expect("parse");
     let r = locks.records();
-    let chain: Vec<_> = r[2..7].iter().map(|w| (w.pid, w.depth, w.blocker)).collect();
+    let chain: Vec<_> = r[2..7].iter().map(|w| (w.pid(), w.depth(), w.blocker())).collect();
     assert_eq!(
         chain,
         [(3907, 0, None), (3910, 1, Some(2)), (3912, 2, Some(3)), (3914, 3, Some(4)), (3915, 1, Some(2))]
     );
-    let direct: Vec<i32> = locks.waiters_of(2).map(|w| w.pid).collect();
+    let direct: Vec<i32> = locks.waiters_of(2).map(lockyard_procfs::LockRecord::pid).collect();
     assert_eq!(direct, [3910, 3915]);
-    assert_eq!(r[11].blocker, Some(10), "lease breaker waits on the lease");
-    assert!(r.iter().filter(|l| !l.is_waiter()).all(|l| l.blocker.is_none()));
+    assert_eq!(r[11].blocker(), Some(10), "lease breaker waits on the lease");
+    assert!(r.iter().filter(|l| !l.is_waiter()).all(|l| l.blocker().is_none()));
 }
 
 #[test]
 fn a_waiter_without_its_blocker_is_kept_untied() {
     let locks = ProcLocks::parse(b"3: -> FLOCK  ADVISORY  WRITE 3910 fe:00:1 0 EOF\n").expect("parse");
-    assert_eq!((locks.records()[0].depth, locks.records()[0].blocker), (1, None));
+    assert_eq!((locks.records()[0].depth(), locks.records()[0].blocker()), (1, None));
     let other_ordinal = ProcLocks::parse(
         b"2: FLOCK  ADVISORY  WRITE 1 fe:00:1 0 EOF\n3: -> FLOCK  ADVISORY  WRITE 2 fe:00:1 0 EOF\n",
     )
     .expect("parse");
-    assert_eq!(other_ordinal.records()[1].blocker, None);
+    assert_eq!(other_ordinal.records()[1].blocker(), None);
 }
 
 #[test]
@@ -237,8 +239,8 @@ fn locks_lines_format_back_exactly() {
     let bytes = fixture("locks-shapes.txt");
     let locks = ProcLocks::parse(&bytes).expect("parse");
     let text = String::from_utf8(bytes).expect("utf-8");
-    // The invented kind has no known column layout; every kernel line must
-    // come back as printed.
+    // The invented kind on the last line has no known column layout; every
+    // kernel-made line must come back as printed.
     for (record, line) in locks.iter().zip(text.lines()).take(15) {
         assert_eq!(record.to_string(), line);
     }
@@ -270,15 +272,15 @@ fn fdinfo_of_a_flock_holder() {
     assert_eq!((info.pos, info.flags, info.mnt_id, info.ino), (0, 0o2100002, Some(27), Some(10_010_710)));
     assert!(info.is_cloexec());
     assert_eq!(info.locks.len(), 1);
-    assert_eq!(info.locks[0].kind, LockKind::Flock);
-    assert_eq!(info.locks[0].key, Some(LockKey::new(Device::new(0xfe, 0), 10_010_710)));
+    assert_eq!(info.locks[0].kind(), LockKind::Flock);
+    assert_eq!(info.locks[0].key(), Some(LockKey::new(Device::new(0xfe, 0), 10_010_710)));
 }
 
 #[test]
 fn fdinfo_with_several_ranges_and_foreign_keys() {
     let info = FdInfo::parse(&fixture("fdinfo-posix-ranges.txt")).expect("parse");
     assert!(!info.is_cloexec());
-    let ranges: Vec<_> = info.locks.iter().map(|l| (l.mode.clone(), l.start, l.end)).collect();
+    let ranges: Vec<_> = info.locks.iter().map(|l| (l.mode(), l.start(), l.end())).collect();
     assert_eq!(ranges, [(LockMode::Write, 0, Some(9)), (LockMode::Read, 100, None)]);
 
     let eventfd = FdInfo::parse(&fixture("fdinfo-eventfd.txt")).expect("parse");

@@ -122,9 +122,9 @@ fn lock_record() -> impl Strategy<Value = LockRecord> {
             };
             let text = format!(
                 "{ordinal}: {} {} {} {pid} {} {start} {}",
-                kind.as_str(),
-                qualifier.as_str(),
-                mode.as_str(),
+                kind.as_str().expect("known"),
+                qualifier.as_str().expect("known"),
+                mode.as_str().expect("known"),
                 key.map_or("<none>:0".to_owned(), |(major, minor, inode)| {
                     LockKey::new(Device::new(major, minor), inode).to_string()
                 }),
