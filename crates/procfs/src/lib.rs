@@ -11,6 +11,7 @@
 //! | `/proc/locks` | [`ProcLocks`], [`LockRecord`], [`LockKey`] |
 //! | `/proc/PID/fdinfo/FD` | [`FdInfo`] |
 //! | `/proc/PID/cmdline` | [`Cmdline`] |
+//! | `/proc/PID/stat` (pid, state, parent, start time) | [`ProcessStat`] |
 //! | CPU lists (`0-3,8`) in sysfs and `status` | [`CpuList`] |
 //!
 //! ```
@@ -52,6 +53,7 @@ mod mountinfo;
 mod scan;
 #[cfg(feature = "serde")]
 mod serde_bytes;
+mod stat;
 
 pub use cmdline::Cmdline;
 pub use cpulist::CpuList;
@@ -59,6 +61,7 @@ pub use error::{Error, Reason, Shown};
 pub use fdinfo::FdInfo;
 pub use locks::{Device, LockKey, LockKind, LockMode, LockQualifier, LockRecord, ProcLocks};
 pub use mountinfo::{MountEntry, MountInfo, OptionalField, Options};
+pub use stat::ProcessStat;
 
 use std::io::Read;
 use std::path::Path;
