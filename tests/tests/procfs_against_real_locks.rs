@@ -2,38 +2,13 @@
 //! and python `fcntl`, in other processes.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Scratch, spawn};
 use lockyard_procfs::{FdInfo, LockKey, LockKind, LockMode, MountInfo, ProcLocks};
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lockyard-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child killed on drop, so a failing test leaves no holder behind.
-struct Holder(Child);
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The /proc/locks key of `path`, from its mount id (via fdinfo) and inode.
 fn key_of(path: &Path) -> LockKey {
@@ -57,20 +32,10 @@ fn wait_for_locks(key: LockKey, count: usize) -> ProcLocks {
     }
 }
 
-fn spawn(program: &str, args: &[&str]) -> Holder {
-    Holder(
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}")),
-    )
-}
-
 #[test]
 fn flock_holder_and_waiter_are_parsed_with_pids() {
     let dir = Scratch::new("procfs-flock");
-    let file = dir.0.join("a.lock");
+    let file = dir.path("a.lock");
     std::fs::write(&file, b"").expect("create");
     let path = file.to_str().expect("utf-8 path");
     let holder = spawn("flock", &["-x", path, "sleep", "60"]);
@@ -83,18 +48,18 @@ fn flock_holder_and_waiter_are_parsed_with_pids() {
     assert_eq!(on.len(), 2, "{on:?}");
     let granted = on.iter().find(|r| !r.is_waiter()).expect("granted lock");
     assert_eq!((granted.kind(), granted.mode()), (LockKind::Flock, LockMode::Write));
-    assert_eq!(granted.pid_hint(), Some(holder.0.id()));
+    assert_eq!(granted.pid_hint(), Some(holder.pid()));
     let queued = on.iter().find(|r| r.is_waiter()).expect("waiter");
     assert_eq!(queued.mode(), LockMode::Read);
-    assert_eq!(queued.pid_hint(), Some(waiter.0.id()));
+    assert_eq!(queued.pid_hint(), Some(waiter.pid()));
     let blocker = &locks.records()[queued.blocker().expect("tied to its blocker")];
-    assert_eq!(blocker.pid_hint(), Some(holder.0.id()));
+    assert_eq!(blocker.pid_hint(), Some(holder.pid()));
 }
 
 #[test]
 fn ofd_lock_from_python_shows_pid_minus_one_and_its_range() {
     let dir = Scratch::new("procfs-ofd");
-    let file = dir.0.join("ofd.lock");
+    let file = dir.path("ofd.lock");
     std::fs::write(&file, b"").expect("create");
     let script = format!(
         "import fcntl, struct, time\n\

@@ -1,0 +1,192 @@
+//! The error type of every fallible operation in this crate.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::fs_policy::FsType;
+use crate::holders::Holders;
+
+/// Why a lock file could not be opened, locked or inspected.
+///
+/// Callers match on the variant, never on the message; every message names
+/// the path, says what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// A non-blocking attempt found the lock held.
+    #[error("{}: held by {holders}", path.display())]
+    Contended {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it, as far as /proc shows.
+        holders: Holders,
+    },
+    /// A wait ran out of time.
+    #[error("{}: not acquired within {waited:.1?}; held by {holders}", path.display())]
+    Timeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long was waited.
+        waited: Duration,
+        /// Who held it when the wait gave up.
+        holders: Holders,
+    },
+    /// A wait was cancelled through its [`crate::CancelToken`].
+    #[error("{}: wait cancelled after {waited:.1?}", path.display())]
+    Cancelled {
+        /// The lock file.
+        path: PathBuf,
+        /// How long was waited.
+        waited: Duration,
+    },
+    /// The lock file is on a filesystem the [`crate::FsPolicy`] refuses.
+    #[error(
+        "{}: the file is on {fs}, where advisory locks are not reliable; \
+         put lock files on a local filesystem such as tmpfs (/run, /dev/shm) or ext4, \
+         or allow {} in the FsPolicy if this mount is known to lock correctly",
+        path.display(), fs.name
+    )]
+    UnsupportedFilesystem {
+        /// The lock file.
+        path: PathBuf,
+        /// The filesystem found.
+        fs: FsType,
+    },
+    /// Something other than a lock file we may trust is at the path.
+    #[error("{}: refusing to use {found} as a lock file; {}", path.display(), found.remedy())]
+    Refused {
+        /// The path.
+        path: PathBuf,
+        /// What was found there.
+        found: Found,
+    },
+    /// The path kept naming a different file than the one locked.
+    #[error(
+        "{}: the lock file was replaced or removed {attempts} times while it was being locked; \
+         something (a tmp cleaner, a script running rm) keeps deleting it: \
+         keep lock files out of cleaned directories",
+        path.display()
+    )]
+    Unstable {
+        /// The lock file.
+        path: PathBuf,
+        /// How many times it was reopened.
+        attempts: u32,
+    },
+    /// The path cannot name a lock file.
+    #[error("{}: {reason}", path.display())]
+    InvalidPath {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A system call failed.
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What was being done (`open`, `flock`, ...).
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// /proc could not be read or parsed while looking for holders.
+    #[error(transparent)]
+    Proc(#[from] lockyard_procfs::Error),
+}
+
+impl LockError {
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: impl Into<io::Error>) -> Self {
+        LockError::Io { path: path.into(), op, source: source.into() }
+    }
+
+    /// Whether the error only means "someone else has it now" (contended,
+    /// timed out or cancelled), as opposed to a misconfiguration.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, LockError::Contended { .. } | LockError::Timeout { .. } | LockError::Cancelled { .. })
+    }
+}
+
+/// What was found at a path that cannot be a lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Found {
+    /// A symbolic link (possibly planted to redirect the open).
+    Symlink,
+    /// A symbolic link in a world-writable sticky directory, owned by
+    /// someone who is neither us nor the directory's owner.
+    ForeignSymlink {
+        /// Owner of the link.
+        uid: u32,
+    },
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A directory.
+    Directory,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A regular file in a world-writable sticky directory owned by someone
+    /// other than us or root, who could swap its content or hold it forever.
+    ForeignFile {
+        /// Owner of the file.
+        uid: u32,
+    },
+    /// Something else.
+    Other,
+}
+
+impl Found {
+    pub(crate) fn from_mode(mode: u32) -> Self {
+        match mode & libc::S_IFMT {
+            libc::S_IFLNK => Found::Symlink,
+            libc::S_IFIFO => Found::Fifo,
+            libc::S_IFSOCK => Found::Socket,
+            libc::S_IFDIR => Found::Directory,
+            libc::S_IFCHR => Found::CharDevice,
+            libc::S_IFBLK => Found::BlockDevice,
+            _ => Found::Other,
+        }
+    }
+
+    fn remedy(self) -> &'static str {
+        match self {
+            Found::Symlink | Found::ForeignSymlink { .. } => {
+                "lock files are never opened through symbolic links; remove the link or use another path"
+            }
+            Found::ForeignFile { .. } => {
+                "in a world-writable directory only files owned by you or root are trusted; \
+                 remove it (as its owner) or use a private directory such as $XDG_RUNTIME_DIR"
+            }
+            Found::Directory => "a lock file must be a regular file; choose a file name inside the directory",
+            _ => "a lock file must be a regular file; remove it or use another path",
+        }
+    }
+}
+
+impl fmt::Display for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Found::Symlink => f.write_str("a symbolic link"),
+            Found::ForeignSymlink { uid } => {
+                write!(f, "a symbolic link owned by uid {uid} in a world-writable sticky directory")
+            }
+            Found::Fifo => f.write_str("a FIFO"),
+            Found::Socket => f.write_str("a socket"),
+            Found::Directory => f.write_str("a directory"),
+            Found::CharDevice => f.write_str("a character device"),
+            Found::BlockDevice => f.write_str("a block device"),
+            Found::ForeignFile { uid } => {
+                write!(f, "a file owned by uid {uid} in a world-writable sticky directory")
+            }
+            Found::Other => f.write_str("a file of unknown type"),
+        }
+    }
+}

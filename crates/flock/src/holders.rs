@@ -1,0 +1,413 @@
+//! Who holds a lock file, and who waits for it.
+//!
+//! # The key
+//!
+//! `/proc/locks` names a file by `MAJ:MIN:INODE`, where `MAJ:MIN` is the
+//! superblock's device. `stat().st_dev` is not always that number: btrfs
+//! subvolumes, overlayfs and some bind mounts report an anonymous device.
+//! So the device is taken from the file's mount: `statx` reports the mount
+//! id (`STATX_MNT_ID`, Linux 5.8; before that fdinfo's `mnt_id:`), and the
+//! mountinfo line with that id carries the superblock's `MAJ:MIN`. Only if
+//! neither is available is the mount guessed from the path (the longest
+//! mount point prefix; [`KeySource`] says which way a key was found).
+//!
+//! # Cheap and exact holders
+//!
+//! The pid in `/proc/locks` is a hint: it is the process that took a
+//! `flock` (which may have exited while a forked child keeps the lock), `-1`
+//! for OFD locks, and `0` for a holder in another pid namespace.
+//! [`Snapshot::holders`] reports it as is ([`Attribution::Recorded`]).
+//! [`Snapshot::exact_holders`] instead finds every process with a
+//! descriptor whose fdinfo shows the lock ([`Attribution::Exact`]): the only
+//! way to name OFD holders and children that inherited a lock. It costs a
+//! `stat` per open descriptor on the host.
+//!
+//! Overlayfs keeps locks per layer view: a lock taken through the overlay
+//! and one taken on the same file through its upper or lower directory do
+//! not exclude each other, and `/proc/locks` shows them on different
+//! devices. A key names one view; ask about each path you care about.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use lockyard_procfs::{
+    Cmdline, FdInfo, LockKey, LockKind, LockMode, LockRecord, MountInfo, ProcLocks, ProcessStat,
+};
+use rustix::fs::{AtFlags, StatxFlags};
+
+use crate::error::LockError;
+
+/// How many characters of a holder's command line are kept.
+pub const CMDLINE_WIDTH: usize = 100;
+
+/// How a [`FileId`]'s device was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum KeySource {
+    /// From the file's mount id (`statx` or fdinfo): exact.
+    MountId,
+    /// From the longest mount point covering the canonical path: a guess
+    /// that a mount over a parent directory can fool.
+    PathPrefix,
+}
+
+/// A file as `/proc/locks` and as `stat` see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct FileId {
+    /// The `/proc/locks` key.
+    pub key: LockKey,
+    /// `st_dev` as `stat` reports it (differs from `key.device` on btrfs,
+    /// overlayfs, some bind mounts).
+    pub st_dev: u64,
+    /// The inode number.
+    pub st_ino: u64,
+    /// How `key.device` was found.
+    pub source: KeySource,
+}
+
+/// How a holder was identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Attribution {
+    /// The pid `/proc/locks` recorded (may be gone, `None` for OFD locks).
+    Recorded,
+    /// A process holding a descriptor that carries the lock (fdinfo).
+    Exact,
+}
+
+/// One process holding, or waiting for, a lock on a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Holder {
+    /// The process, if known (`None`: an OFD lock seen without exact mode,
+    /// or an owner outside this pid namespace).
+    pub pid: Option<u32>,
+    /// The descriptor carrying the lock (exact mode only).
+    pub fd: Option<u32>,
+    /// Command line for display, at most [`CMDLINE_WIDTH`] characters;
+    /// `None` for a kernel thread, a zombie, or a process already gone.
+    pub cmdline: Option<String>,
+    /// Start time of the process in clock ticks after boot, to tell it
+    /// from a later process that reuses the pid.
+    pub start_time: Option<u64>,
+    /// Which lock.
+    pub kind: LockKind,
+    /// Shared (`Read`) or exclusive (`Write`).
+    pub mode: LockMode,
+    /// First locked byte.
+    pub start: u64,
+    /// Last locked byte, `None` for to the end of the file.
+    pub end: Option<u64>,
+    /// Blocked waiting for the lock rather than holding it.
+    pub waiting: bool,
+    /// How the process was identified.
+    pub attribution: Attribution,
+}
+
+impl Holder {
+    fn from_record(record: &LockRecord, pid: Option<u32>, fd: Option<u32>, attribution: Attribution) -> Self {
+        let (cmdline, start_time) = pid.map_or((None, None), describe);
+        Holder {
+            pid,
+            fd,
+            cmdline,
+            start_time,
+            kind: record.kind(),
+            mode: record.mode(),
+            start: record.start(),
+            end: record.end(),
+            waiting: record.is_waiter(),
+            attribution,
+        }
+    }
+}
+
+/// Command line and start time of `pid`, each `None` if unreadable.
+fn describe(pid: u32) -> (Option<String>, Option<u64>) {
+    let cmdline = Cmdline::read(pid).ok().flatten().map(|c| c.display(CMDLINE_WIDTH));
+    let start = ProcessStat::read(pid).ok().map(|s| s.start_time);
+    (cmdline, start)
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.waiting {
+            f.write_str("waiting: ")?;
+        }
+        match self.pid {
+            Some(pid) => write!(f, "pid={pid}")?,
+            None => f.write_str("pid=?")?,
+        }
+        match &self.cmdline {
+            Some(cmd) => write!(f, " cmd={cmd:?}")?,
+            None => f.write_str(" cmd=?")?,
+        }
+        let mode = match self.mode {
+            LockMode::Read => "shared",
+            LockMode::Write => "exclusive",
+            _ => "",
+        };
+        let kind = match self.kind {
+            LockKind::Flock => "flock",
+            LockKind::Posix => "posix",
+            LockKind::Ofd => "ofd",
+            LockKind::Lease => "lease",
+            _ => "lock",
+        };
+        write!(f, " ({mode} {kind}")?;
+        if self.kind.has_range() && (self.start != 0 || self.end.is_some()) {
+            match self.end {
+                Some(end) => write!(f, " bytes {}-{end}", self.start)?,
+                None => write!(f, " bytes {}-EOF", self.start)?,
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// The holders and waiters of one file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
+pub struct Holders(pub Vec<Holder>);
+
+impl Holders {
+    /// Those holding the lock (not waiting).
+    pub fn holding(&self) -> impl Iterator<Item = &Holder> {
+        self.0.iter().filter(|h| !h.waiting)
+    }
+
+    /// Those waiting for it.
+    pub fn waiting(&self) -> impl Iterator<Item = &Holder> {
+        self.0.iter().filter(|h| h.waiting)
+    }
+
+    /// Whether nobody holds or waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Holders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str(
+                "nobody visible in /proc (the holder may have just released it, or run in another pid namespace)",
+            );
+        }
+        for (i, holder) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{holder}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One reading of mountinfo and `/proc/locks`, to answer any number of
+/// questions about holders without reading either again.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    mounts: MountInfo,
+    locks: ProcLocks,
+}
+
+impl Snapshot {
+    /// Read `/proc/self/mountinfo` and `/proc/locks`, once each.
+    ///
+    /// # Errors
+    /// [`LockError::Proc`] if either cannot be read or parsed.
+    pub fn read() -> Result<Self, LockError> {
+        Ok(Snapshot { mounts: MountInfo::read_self()?, locks: ProcLocks::read()? })
+    }
+
+    /// A snapshot of given contents (tests, or files read elsewhere).
+    pub fn from_parts(mounts: MountInfo, locks: ProcLocks) -> Self {
+        Snapshot { mounts, locks }
+    }
+
+    /// The mount table read.
+    pub fn mounts(&self) -> &MountInfo {
+        &self.mounts
+    }
+
+    /// The locks read.
+    pub fn locks(&self) -> &ProcLocks {
+        &self.locks
+    }
+
+    /// The identity of the file at `path` (symlinks followed).
+    ///
+    /// # Errors
+    /// [`LockError::Io`] if the file cannot be examined, or
+    /// [`LockError::InvalidPath`] if no mount covers it.
+    pub fn file_id(&self, path: &Path) -> Result<FileId, LockError> {
+        let io = |op, e: rustix::io::Errno| LockError::io(path, op, e);
+        let stx = rustix::fs::statx(
+            rustix::fs::CWD,
+            path,
+            AtFlags::empty(),
+            StatxFlags::TYPE | StatxFlags::INO | StatxFlags::MNT_ID,
+        );
+        let (st_dev, st_ino, mount_id) = match stx {
+            Ok(stx) => {
+                let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+                let mnt = (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id);
+                (dev, stx.stx_ino, mnt)
+            }
+            Err(rustix::io::Errno::NOSYS) => {
+                let st = rustix::fs::stat(path).map_err(|e| io("stat", e))?;
+                (st.st_dev, st.st_ino, None)
+            }
+            Err(e) => return Err(io("stat", e)),
+        };
+        let mount_id = match mount_id {
+            Some(id) => Some(id),
+            None => mount_id_from_fdinfo(path),
+        };
+        if let Some(mount) = mount_id.and_then(|id| self.mounts.by_id(id)) {
+            let key = LockKey::new(mount.device, st_ino);
+            return Ok(FileId { key, st_dev, st_ino, source: KeySource::MountId });
+        }
+        let canonical = std::fs::canonicalize(path).map_err(|e| LockError::io(path, "canonicalize", e))?;
+        let mount = self
+            .mounts
+            .covering(&canonical)
+            .ok_or(LockError::InvalidPath { path: path.to_owned(), reason: "no mount covers this path" })?;
+        Ok(FileId { key: LockKey::new(mount.device, st_ino), st_dev, st_ino, source: KeySource::PathPrefix })
+    }
+
+    /// Holders and waiters of `key` as `/proc/locks` records them (the
+    /// cheap answer; see the module docs).
+    pub fn holders(&self, key: LockKey) -> Holders {
+        Holders(
+            self.locks
+                .on(key)
+                .map(|record| Holder::from_record(record, record.pid_hint(), None, Attribution::Recorded))
+                .collect(),
+        )
+    }
+
+    /// The processes that actually hold each file's locks, by their
+    /// descriptors' fdinfo, plus the waiters `/proc/locks` lists; one pass
+    /// over every process's descriptors for all of `files`.
+    ///
+    /// Processes whose descriptors this process may not inspect (other
+    /// users', without privilege) are skipped; run as root for a complete
+    /// answer.
+    pub fn exact_holders(&self, files: &[FileId]) -> Vec<Holders> {
+        let mut out: Vec<Holders> = files
+            .iter()
+            .map(|file| {
+                Holders(
+                    self.locks
+                        .on(file.key)
+                        .filter(|r| r.is_waiter())
+                        .map(|r| Holder::from_record(r, r.pid_hint(), None, Attribution::Recorded))
+                        .collect(),
+                )
+            })
+            .collect();
+        // Only files that someone locks are worth looking for.
+        let mut wanted: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            if self.locks.on(file.key).next().is_some() {
+                wanted.entry((file.st_dev, file.st_ino)).or_default().push(i);
+            }
+        }
+        if wanted.is_empty() {
+            return out;
+        }
+        for (pid, fd) in open_descriptors() {
+            let Ok(st) = rustix::fs::stat(format!("/proc/{pid}/fd/{fd}")) else { continue };
+            let Some(indexes) = wanted.get(&(st.st_dev, st.st_ino)) else { continue };
+            let Ok(info) = FdInfo::read_fd(pid, fd) else { continue };
+            for &i in indexes {
+                for record in info.locks.iter().filter(|r| r.key() == Some(files[i].key)) {
+                    out[i].0.push(Holder::from_record(record, Some(pid), Some(fd), Attribution::Exact));
+                }
+            }
+        }
+        for holders in &mut out {
+            holders.0.sort_by_key(|h| (h.waiting, h.pid, h.fd));
+        }
+        out
+    }
+}
+
+/// The mount id of `path` from fdinfo, for kernels before `STATX_MNT_ID`.
+fn mount_id_from_fdinfo(path: &Path) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let raw = u32::try_from(fd.as_fd().as_raw_fd()).ok()?;
+    FdInfo::read_fd(std::process::id(), raw).ok()?.mnt_id
+}
+
+/// Every `(pid, fd)` on the host that this process may inspect.
+fn open_descriptors() -> impl Iterator<Item = (u32, u32)> {
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()));
+    pids.flat_map(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(move |entry| entry.file_name().to_str()?.parse::<u32>().ok().map(|fd| (pid, fd)))
+    })
+}
+
+/// Holders and waiters of the lock file at `path`, as `/proc/locks`
+/// records them (one read of mountinfo and of `/proc/locks`).
+///
+/// # Errors
+/// As [`Snapshot::read`] and [`Snapshot::file_id`].
+pub fn holders_of(path: impl AsRef<Path>) -> Result<Holders, LockError> {
+    let snapshot = Snapshot::read()?;
+    let id = snapshot.file_id(path.as_ref())?;
+    Ok(snapshot.holders(id.key))
+}
+
+/// One path's answer from [`holders_of_many`].
+pub type PathHolders = (PathBuf, Result<Holders, LockError>);
+
+/// Holders of many files with one read of mountinfo and of `/proc/locks`;
+/// each path gets its own result, so one missing file does not hide the
+/// others.
+///
+/// # Errors
+/// The outer error if /proc cannot be read at all.
+pub fn holders_of_many<P: AsRef<Path>>(paths: &[P], exact: bool) -> Result<Vec<PathHolders>, LockError> {
+    let snapshot = Snapshot::read()?;
+    let ids: Vec<Result<FileId, LockError>> = paths.iter().map(|p| snapshot.file_id(p.as_ref())).collect();
+    let found: Vec<FileId> = ids.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let mut exact_answers =
+        if exact { snapshot.exact_holders(&found).into_iter() } else { Vec::new().into_iter() };
+    Ok(paths
+        .iter()
+        .zip(ids)
+        .map(|(path, id)| {
+            let holders = id.map(|id| match exact_answers.next() {
+                Some(holders) => holders,
+                None => snapshot.holders(id.key),
+            });
+            (path.as_ref().to_owned(), holders)
+        })
+        .collect())
+}

@@ -1,0 +1,525 @@
+//! Lock files, the ways to lock them, and the guards that hold the locks.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{AtFlags, FlockOperation};
+use rustix::io::Errno;
+
+use crate::error::LockError;
+use crate::fs_policy::{FsPolicy, FsType};
+use crate::holders::Holders;
+use crate::open::{Dir, OpenOptions, Opened, open_lock_file};
+use crate::sys;
+use crate::wait::{CancelToken, Waiter, Wake};
+
+/// How many times a lock is retaken because its path came to name another
+/// file (deleted, renamed over) before giving up with
+/// [`LockError::Unstable`].
+const MAX_REOPENS: u32 = 8;
+
+/// Which kernel lock to take.
+///
+/// On Linux `flock` locks and `fcntl` (OFD and POSIX) locks are independent:
+/// a `flock` never conflicts with an `fcntl` lock on the same file. Every
+/// process sharing a lock file must use the same family as its peers
+/// (`flock(1)` uses `flock`; pressure-vessel and `bwrap --lock-file` use
+/// OFD). OFD and POSIX locks do conflict with each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum LockKind {
+    /// `flock(2)`: whole-file, owned by the open file description, so it
+    /// survives `fork` into children and is released when the last
+    /// descriptor sharing it closes. What util-linux `flock(1)` takes.
+    #[default]
+    Flock,
+    /// Open-file-description `fcntl` locks (`F_OFD_SETLK`, Linux 3.15+):
+    /// byte ranges with flock's ownership. What pressure-vessel and
+    /// `bwrap --lock-file` take. On a kernel without them, falls back to
+    /// [`LockKind::Posix`] (the guard reports which it got).
+    Ofd,
+    /// Process-associated `fcntl` locks (`F_SETLK`). Beware: they belong to
+    /// the process, not the descriptor, so a second lock of the same file
+    /// in the same process never conflicts with the first, closing *any*
+    /// descriptor of the file in the process releases them all, and a
+    /// forked child does not inherit them.
+    Posix,
+}
+
+impl fmt::Display for LockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockKind::Flock => "flock",
+            LockKind::Ofd => "ofd",
+            LockKind::Posix => "posix",
+        })
+    }
+}
+
+/// Shared (many readers) or exclusive (one writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum LockMode {
+    /// Any number of shared holders, no exclusive one.
+    Shared,
+    /// One holder, nobody else.
+    #[default]
+    Exclusive,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Shared => "shared",
+            LockMode::Exclusive => "exclusive",
+        })
+    }
+}
+
+/// A byte range for the `fcntl` kinds; `flock` always locks the whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Number of bytes; 0 means "to the end of the file, however it grows".
+    pub len: u64,
+}
+
+impl ByteRange {
+    /// The whole file.
+    pub const WHOLE: ByteRange = ByteRange { start: 0, len: 0 };
+
+    /// `len` bytes from `start` (`len` 0: to the end of the file).
+    pub const fn new(start: u64, len: u64) -> Self {
+        ByteRange { start, len }
+    }
+}
+
+/// How to open and lock a [`LockFile`].
+#[derive(Debug, Clone, Default)]
+pub struct LockOptions {
+    kind: LockKind,
+    mode: LockMode,
+    range: ByteRange,
+    permissions: Option<u32>,
+    fs_policy: FsPolicy,
+}
+
+impl LockOptions {
+    /// Exclusive `flock` on the whole file, created 0644 (minus the umask),
+    /// refusing [`FsType::UNRELIABLE`] filesystems.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Which kernel lock to take.
+    #[must_use]
+    pub fn kind(mut self, kind: LockKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Shared or exclusive.
+    #[must_use]
+    pub fn mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Shorthand for `mode(LockMode::Shared)`.
+    #[must_use]
+    pub fn shared(self) -> Self {
+        self.mode(LockMode::Shared)
+    }
+
+    /// Shorthand for `mode(LockMode::Exclusive)`.
+    #[must_use]
+    pub fn exclusive(self) -> Self {
+        self.mode(LockMode::Exclusive)
+    }
+
+    /// Lock only these bytes (the `fcntl` kinds; ignored by `flock`).
+    #[must_use]
+    pub fn range(mut self, range: ByteRange) -> Self {
+        self.range = range;
+        self
+    }
+
+    /// Permissions for the lock file if this open creates it, applied with
+    /// `fchmod` so the umask does not interfere. A lock directory shared by
+    /// several users needs `0o666`, or other users cannot open the file
+    /// read-write. An existing file's permissions are never changed.
+    #[must_use]
+    pub fn permissions(mut self, mode: u32) -> Self {
+        self.permissions = Some(mode & 0o7777);
+        self
+    }
+
+    /// Which filesystems to refuse.
+    #[must_use]
+    pub fn fs_policy(mut self, policy: FsPolicy) -> Self {
+        self.fs_policy = policy;
+        self
+    }
+}
+
+/// How long to wait for a lock.
+#[derive(Debug, Clone, Default)]
+pub struct Wait {
+    /// Give up with [`LockError::Timeout`] after this long; `None` waits
+    /// until the lock is free or the wait is cancelled.
+    pub timeout: Option<Duration>,
+    /// Give up with [`LockError::Cancelled`] when this token is cancelled.
+    pub cancel: Option<CancelToken>,
+}
+
+impl Wait {
+    /// Wait at most `timeout`.
+    pub fn timeout(timeout: Duration) -> Self {
+        Wait { timeout: Some(timeout), cancel: None }
+    }
+
+    /// Also give up when `token` is cancelled.
+    #[must_use]
+    pub fn cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+}
+
+/// A lock file: a path in a directory opened once, hardened (see the crate
+/// docs), and the options to lock it with. Each lock attempt opens the file
+/// anew relative to that directory.
+#[derive(Debug)]
+pub struct LockFile {
+    dir: Dir,
+    name: OsString,
+    path: PathBuf,
+    options: LockOptions,
+}
+
+impl LockFile {
+    /// A lock file at `path` with default [`LockOptions`].
+    ///
+    /// # Errors
+    /// [`LockError::InvalidPath`] if `path` has no file name, or an error
+    /// opening its directory (including [`LockError::Refused`] for a foreign
+    /// symlink on the way).
+    pub fn new(path: impl AsRef<Path>) -> Result<Self, LockError> {
+        Self::with_options(path, LockOptions::new())
+    }
+
+    /// A lock file at `path` with `options`.
+    ///
+    /// # Errors
+    /// As [`LockFile::new`].
+    pub fn with_options(path: impl AsRef<Path>, options: LockOptions) -> Result<Self, LockError> {
+        let path = path.as_ref();
+        let invalid = |reason| LockError::InvalidPath { path: path.to_owned(), reason };
+        let name = match path.file_name() {
+            Some(name) if !path.as_os_str().as_encoded_bytes().ends_with(b"/") => name.to_owned(),
+            _ => return Err(invalid("a lock file path must end in a file name")),
+        };
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = Dir::open(parent)?;
+        Ok(LockFile { dir, name, path: path.to_owned(), options })
+    }
+
+    /// The path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options locks are taken with.
+    pub fn options(&self) -> &LockOptions {
+        &self.options
+    }
+
+    /// Take the lock if it is free now; `Ok(None)` if someone holds it.
+    ///
+    /// # Errors
+    /// Opening or locking failed for a reason other than contention.
+    pub fn try_lock(&self) -> Result<Option<LockGuard>, LockError> {
+        self.acquire(None).map(Result::ok)
+    }
+
+    /// Take the lock if it is free now; [`LockError::Contended`], naming the
+    /// holders, if someone holds it.
+    ///
+    /// # Errors
+    /// As [`LockFile::try_lock`], plus `Contended`.
+    pub fn try_lock_or_holders(&self) -> Result<LockGuard, LockError> {
+        match self.acquire(None)? {
+            Ok(guard) => Ok(guard),
+            Err(_) => {
+                Err(LockError::Contended { path: self.path.clone(), holders: self.holders_for_error() })
+            }
+        }
+    }
+
+    /// Wait for the lock as long as it takes. Prefer
+    /// [`LockFile::lock_timeout`] or [`LockFile::lock_with`] where a stuck
+    /// holder must not stall the caller forever.
+    ///
+    /// # Errors
+    /// Opening or locking failed.
+    pub fn lock(&self) -> Result<LockGuard, LockError> {
+        self.lock_with(&Wait::default())
+    }
+
+    /// Wait at most `timeout` for the lock.
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`] naming the holders, or an opening or locking
+    /// failure.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard, LockError> {
+        self.lock_with(&Wait::timeout(timeout))
+    }
+
+    /// Wait for the lock as `wait` says.
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`], [`LockError::Cancelled`], or an opening or
+    /// locking failure.
+    pub fn lock_with(&self, wait: &Wait) -> Result<LockGuard, LockError> {
+        let started = Instant::now();
+        let deadline = wait.timeout.map(|t| started + t);
+        let mut waiter = Waiter::new(deadline, wait.cancel.as_ref());
+        match self.acquire(Some(&mut waiter))? {
+            Ok(guard) => Ok(guard),
+            Err(Wake::Cancelled) => {
+                Err(LockError::Cancelled { path: self.path.clone(), waited: started.elapsed() })
+            }
+            Err(_) => Err(LockError::Timeout {
+                path: self.path.clone(),
+                waited: started.elapsed(),
+                holders: self.holders_for_error(),
+            }),
+        }
+    }
+
+    fn holders_for_error(&self) -> Holders {
+        match crate::holders::holders_of(&self.path) {
+            Ok(holders) => holders,
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "cannot list holders");
+                Holders::default()
+            }
+        }
+    }
+
+    /// Open, lock, verify; with a waiter, wait until locked or told to stop.
+    /// The inner `Err` says why the wait stopped (`Retry` for a failed
+    /// non-blocking attempt).
+    fn acquire(&self, mut waiter: Option<&mut Waiter<'_>>) -> Result<Result<LockGuard, Wake>, LockError> {
+        let opts = &self.options;
+        let open_options =
+            OpenOptions { permissions: opts.permissions, read_only_ok: opts.mode == LockMode::Shared };
+        for _ in 0..MAX_REOPENS {
+            let opened = open_lock_file(&self.dir, &self.name, &self.path, open_options)?;
+            self.check_filesystem(&opened)?;
+            let mut kind = opts.kind;
+            let mut watching = false;
+            loop {
+                match apply(opened.fd.as_fd(), &mut kind, Some(opts.mode), opts.range) {
+                    Ok(()) => {
+                        if self.still_names(&opened)? {
+                            return Ok(Ok(LockGuard::new(opened.fd, self, kind)));
+                        }
+                        tracing::debug!(path = %self.path.display(), "lock file replaced after locking; retrying");
+                        break;
+                    }
+                    Err(Errno::WOULDBLOCK | Errno::ACCESS) => {}
+                    Err(e) => return Err(LockError::io(&self.path, lock_op(kind), e)),
+                }
+                let Some(waiter) = waiter.as_deref_mut() else { return Ok(Err(Wake::Retry)) };
+                if !watching {
+                    // Watch, then retry once before sleeping, so a release
+                    // between the failed attempt and the watch is not lost.
+                    waiter.watch(opened.fd.as_fd());
+                    watching = true;
+                    continue;
+                }
+                match waiter.sleep().map_err(|e| LockError::io(&self.path, "wait", e))? {
+                    Wake::Retry => {}
+                    Wake::Replaced => {
+                        if !self.still_names(&opened)? {
+                            break;
+                        }
+                        watching = false;
+                    }
+                    stop @ (Wake::Deadline | Wake::Cancelled) => return Ok(Err(stop)),
+                }
+            }
+        }
+        Err(LockError::Unstable { path: self.path.clone(), attempts: MAX_REOPENS })
+    }
+
+    fn check_filesystem(&self, opened: &Opened) -> Result<(), LockError> {
+        let statfs = rustix::fs::fstatfs(&opened.fd).map_err(|e| LockError::io(&self.path, "statfs", e))?;
+        // `f_type` is signed on some targets; the magic numbers are u32.
+        #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+        let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
+        self.options
+            .fs_policy
+            .check(magic)
+            .map_err(|fs: FsType| LockError::UnsupportedFilesystem { path: self.path.clone(), fs })
+    }
+
+    /// Whether the path still names the inode that was opened (a tmp
+    /// cleaner or `rm` may have removed it, and another process created a
+    /// new file there that a newcomer would lock instead).
+    fn still_names(&self, opened: &Opened) -> Result<bool, LockError> {
+        match rustix::fs::statat(self.dir.as_fd(), self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(now) => Ok(now.st_dev == opened.stat.st_dev && now.st_ino == opened.stat.st_ino),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(LockError::io(&self.path, "stat", e)),
+        }
+    }
+
+    /// The directory the lock file lives in, as given.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn lock_op(kind: LockKind) -> &'static str {
+    match kind {
+        LockKind::Flock => "flock",
+        LockKind::Ofd => "fcntl(F_OFD_SETLK)",
+        LockKind::Posix => "fcntl(F_SETLK)",
+    }
+}
+
+/// Apply (or, with `mode` `None`, release) a lock without blocking. An OFD
+/// request on a kernel without OFD locks turns `kind` into `Posix`.
+fn apply(
+    fd: BorrowedFd<'_>,
+    kind: &mut LockKind,
+    mode: Option<LockMode>,
+    range: ByteRange,
+) -> Result<(), Errno> {
+    if *kind == LockKind::Flock {
+        let op = match mode {
+            Some(LockMode::Shared) => FlockOperation::NonBlockingLockShared,
+            Some(LockMode::Exclusive) => FlockOperation::NonBlockingLockExclusive,
+            None => FlockOperation::NonBlockingUnlock,
+        };
+        return rustix::fs::flock(fd, op);
+    }
+    let kind_arg = match mode {
+        Some(LockMode::Shared) => sys::Type::Read,
+        Some(LockMode::Exclusive) => sys::Type::Write,
+        None => sys::Type::Unlock,
+    };
+    let family = if *kind == LockKind::Ofd { sys::Family::Ofd } else { sys::Family::Posix };
+    match sys::set_lock(fd, family, kind_arg, range.start, range.len) {
+        // EINVAL for a range that fits is the kernel not knowing the command.
+        Err(Errno::INVAL) if family == sys::Family::Ofd && i64::try_from(range.start).is_ok() => {
+            tracing::warn!(
+                "kernel lacks OFD locks (before Linux 3.15); falling back to process-associated POSIX locks"
+            );
+            *kind = LockKind::Posix;
+            sys::set_lock(fd, sys::Family::Posix, kind_arg, range.start, range.len)
+        }
+        other => other,
+    }
+}
+
+/// A held lock; dropping it releases the lock.
+///
+/// Dropping unlocks explicitly before closing, so the lock is released even
+/// if the descriptor was shared (a forked child that still has it will no
+/// longer hold the lock either).
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct LockGuard {
+    fd: OwnedFd,
+    path: PathBuf,
+    kind: LockKind,
+    mode: LockMode,
+    range: ByteRange,
+}
+
+impl LockGuard {
+    fn new(fd: OwnedFd, file: &LockFile, kind: LockKind) -> Self {
+        LockGuard { fd, path: file.path.clone(), kind, mode: file.options.mode, range: file.options.range }
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The kind of lock held (`Posix` if `Ofd` fell back).
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// Shared or exclusive.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// The locked bytes (the whole file for `flock`).
+    pub fn range(&self) -> ByteRange {
+        self.range
+    }
+
+    /// Change between shared and exclusive without waiting.
+    ///
+    /// For the `fcntl` kinds the conversion is atomic: on failure the old
+    /// lock is still held. For `flock` the kernel may drop the old lock
+    /// before it finds the new one unavailable (a documented property of
+    /// `flock(2)` conversions); if so this returns `Contended` and the guard
+    /// keeps its old mode on paper but may hold nothing, so drop it.
+    ///
+    /// # Errors
+    /// [`LockError::Contended`] if another holder prevents the change.
+    pub fn set_mode(&mut self, mode: LockMode) -> Result<(), LockError> {
+        let mut kind = self.kind;
+        match apply(self.fd.as_fd(), &mut kind, Some(mode), self.range) {
+            Ok(()) => {
+                self.mode = mode;
+                Ok(())
+            }
+            Err(Errno::WOULDBLOCK | Errno::ACCESS) => Err(LockError::Contended {
+                path: self.path.clone(),
+                holders: crate::holders::holders_of(&self.path).unwrap_or_default(),
+            }),
+            Err(e) => Err(LockError::io(&self.path, lock_op(self.kind), e)),
+        }
+    }
+}
+
+impl AsFd for LockGuard {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for LockGuard {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let mut kind = self.kind;
+        if let Err(e) = apply(self.fd.as_fd(), &mut kind, None, self.range) {
+            // Closing the descriptor below releases it anyway.
+            tracing::debug!(path = %self.path.display(), error = %e, "explicit unlock failed");
+        }
+    }
+}

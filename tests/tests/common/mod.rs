@@ -1,0 +1,114 @@
+//! Helpers shared by the multi-process tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lockyard-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, so a failing test leaves nothing behind.
+pub struct Proc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Close the child's stdin (the holder helper then releases and exits)
+    /// and wait for it.
+    pub fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().expect("wait")
+    }
+
+    /// Kill the child and everything it started (its process group:
+    /// `flock(1)` forks its command, which would otherwise outlive it).
+    pub fn kill(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Start `program` in a process group of its own, with stdin piped (so it
+/// can be told to finish) and no stdout (a leftover child must not hold the
+/// test harness's pipe open).
+pub fn spawn(program: &str, args: &[&str]) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let stdin = child.stdin.take();
+    Proc { child, stdin }
+}
+
+/// Start the holder helper and wait until it reports the lock taken.
+pub fn hold(path: &Path, args: &[&str]) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockyard-test-holder"))
+        .process_group(0)
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let stdin = child.stdin.take();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read holder");
+    let proc = Proc { child, stdin };
+    assert!(line.starts_with("locked "), "holder did not lock {}: {line:?}", path.display());
+    proc
+}
+
+/// Poll `condition` every 5 ms for up to 10 s; a test timeout, not a
+/// performance assertion.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

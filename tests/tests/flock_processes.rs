@@ -1,0 +1,419 @@
+//! lockyard-flock across real processes: our own holder helper, util-linux
+//! `flock(1)` and python `fcntl`.
+
+// Tests that need root say why they skip on stderr.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Scratch, eventually, hold, is_root, spawn};
+use lockyard_flock::procfs::{FdInfo, LockKind as ProcKind, LockMode as ProcMode};
+use lockyard_flock::{
+    Attribution, ByteRange, CancelToken, Found, FsPolicy, FsType, LockError, LockFile, LockKind, LockMode,
+    LockOptions, Snapshot, Wait, holders_of,
+};
+
+fn exclusive(path: &Path) -> LockFile {
+    LockFile::new(path).expect("lock file")
+}
+
+fn shared(path: &Path) -> LockFile {
+    LockFile::with_options(path, LockOptions::new().shared()).expect("lock file")
+}
+
+#[test]
+fn shared_readers_coexist_and_exclude_a_writer() {
+    let dir = Scratch::new("flock-shared");
+    let path = dir.path("readers.lock");
+    let first = hold(&path, &["flock", "shared"]);
+    let second = hold(&path, &["flock", "shared"]);
+    let mine = shared(&path).try_lock().expect("try").expect("a third reader gets in");
+    assert_eq!(mine.mode(), LockMode::Shared);
+    assert!(exclusive(&path).try_lock().expect("try").is_none(), "a writer must wait for readers");
+
+    let holders = holders_of(&path).expect("holders");
+    let mut pids: Vec<u32> = holders.holding().filter_map(|h| h.pid).collect();
+    pids.sort_unstable();
+    let mut expected = vec![first.pid(), second.pid(), std::process::id()];
+    expected.sort_unstable();
+    assert_eq!(pids, expected);
+    assert!(holders.holding().all(|h| h.mode == ProcMode::Read && h.kind == ProcKind::Flock));
+}
+
+#[test]
+fn exclusive_lock_excludes_other_process_and_names_it() {
+    let dir = Scratch::new("flock-exclusive");
+    let path = dir.path("x.lock");
+    let holder = hold(&path, &["flock", "exclusive"]);
+    let file = exclusive(&path);
+    assert!(file.try_lock().expect("try").is_none());
+    let err = file.try_lock_or_holders().expect_err("contended");
+    let LockError::Contended { holders, .. } = &err else { panic!("{err:?}") };
+    let named: Vec<_> = holders.holding().collect();
+    assert_eq!(named.len(), 1, "{holders}");
+    assert_eq!(named[0].pid, Some(holder.pid()));
+    assert_eq!(named[0].mode, ProcMode::Write);
+    assert!(named[0].start_time.is_some());
+    assert!(named[0].cmdline.as_deref().is_some_and(|c| c.contains("lockyard-test-holder")));
+    let message = err.to_string();
+    assert!(message.contains(&format!("pid={}", holder.pid())), "{message}");
+    assert!(message.contains("x.lock"), "{message}");
+    assert!(err.is_busy());
+}
+
+#[test]
+fn a_killed_holder_releases_its_lock() {
+    let dir = Scratch::new("flock-killed");
+    let path = dir.path("k.lock");
+    let mut holder = hold(&path, &["ofd", "exclusive"]);
+    let file = LockFile::with_options(&path, LockOptions::new().kind(LockKind::Ofd)).expect("file");
+    assert!(file.try_lock().expect("try").is_none());
+    let waiter = std::thread::spawn(move || file.lock_timeout(Duration::from_secs(20)).map(|g| g.kind()));
+    std::thread::sleep(Duration::from_millis(50));
+    holder.kill();
+    assert_eq!(waiter.join().expect("join").expect("acquired after the kill"), LockKind::Ofd);
+    assert!(path.exists(), "the lock file is never removed");
+}
+
+#[test]
+fn timeout_names_the_holder_and_cancel_stops_the_wait() {
+    let dir = Scratch::new("flock-timeout");
+    let path = dir.path("t.lock");
+    let holder = hold(&path, &["flock", "exclusive"]);
+    let file = exclusive(&path);
+    let err = file.lock_timeout(Duration::from_millis(50)).expect_err("held");
+    let LockError::Timeout { holders, waited, .. } = &err else { panic!("{err:?}") };
+    assert!(*waited >= Duration::from_millis(50));
+    assert_eq!(holders.holding().next().and_then(|h| h.pid), Some(holder.pid()));
+
+    let token = CancelToken::new().expect("token");
+    let canceller = token.clone();
+    let wait = Wait::default().cancel(token);
+    let waiting = std::thread::spawn(move || file.lock_with(&wait).map(drop));
+    std::thread::sleep(Duration::from_millis(30));
+    canceller.cancel();
+    let err = waiting.join().expect("join").expect_err("cancelled");
+    assert!(matches!(err, LockError::Cancelled { .. }), "{err:?}");
+}
+
+#[test]
+fn waiter_wakes_on_explicit_unlock_without_close() {
+    // `flock -u` style release raises no inotify event; the capped backoff
+    // must still notice it.
+    let dir = Scratch::new("flock-unlock");
+    let path = dir.path("u.lock");
+    let holder = exclusive(&path);
+    let mut guard = holder.try_lock().expect("try").expect("free");
+    let file = exclusive(&path);
+    let waiting = std::thread::spawn(move || file.lock_timeout(Duration::from_secs(20)).map(drop));
+    std::thread::sleep(Duration::from_millis(30));
+    // Downgrade-then-release through the guard keeps the descriptor open.
+    guard.set_mode(LockMode::Shared).expect("downgrade");
+    rustix::fs::flock(&guard, rustix::fs::FlockOperation::Unlock).expect("unlock");
+    waiting.join().expect("join").expect("acquired after unlock");
+    drop(guard);
+}
+
+#[test]
+fn lock_interoperates_with_util_linux_flock() {
+    let dir = Scratch::new("flock-util-linux");
+    let path = dir.path("interop.lock");
+    let p = path.to_str().expect("utf-8");
+    let guard = exclusive(&path).try_lock().expect("try").expect("free");
+    let status = Command::new("flock").args(["-n", p, "true"]).status().expect("flock(1)");
+    assert_eq!(status.code(), Some(1), "flock(1) must see our lock");
+    drop(guard);
+    let status = Command::new("flock").args(["-n", p, "true"]).status().expect("flock(1)");
+    assert!(status.success());
+
+    let theirs = spawn("flock", &["-x", p, "sleep", "60"]);
+    eventually("flock(1) to lock", || !holders_of(&path).expect("holders").is_empty());
+    assert!(exclusive(&path).try_lock().expect("try").is_none());
+    let holders = holders_of(&path).expect("holders");
+    assert_eq!(holders.holding().next().and_then(|h| h.pid), Some(theirs.pid()));
+}
+
+#[test]
+fn ofd_holder_from_python_is_found_only_by_exact_attribution() {
+    let dir = Scratch::new("flock-ofd-python");
+    let path = dir.path("ofd.lock");
+    std::fs::write(&path, b"").expect("create");
+    let script = format!(
+        "import fcntl, struct, time\n\
+         f = open({:?}, 'r+')\n\
+         fcntl.fcntl(f, 37, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0))\n\
+         time.sleep(60)\n",
+        path.to_str().expect("utf-8")
+    );
+    let python = spawn("python3", &["-c", &script]);
+    eventually("python to lock", || !holders_of(&path).expect("holders").is_empty());
+
+    let snapshot = Snapshot::read().expect("snapshot");
+    let id = snapshot.file_id(&path).expect("id");
+    let cheap = snapshot.holders(id.key);
+    assert_eq!(cheap.0.len(), 1);
+    assert_eq!((cheap.0[0].pid, cheap.0[0].kind), (None, ProcKind::Ofd), "/proc/locks records pid -1");
+
+    let exact = snapshot.exact_holders(&[id]);
+    let holder = &exact[0].0[0];
+    assert_eq!((holder.pid, holder.attribution), (Some(python.pid()), Attribution::Exact));
+    assert!(holder.cmdline.as_deref().is_some_and(|c| c.contains("python")));
+    // flock and fcntl locks are independent on Linux: peers must agree on a kind.
+    assert!(exclusive(&path).try_lock().expect("try").is_some(), "a flock does not see an OFD lock");
+    let ofd =
+        LockFile::with_options(&path, LockOptions::new().kind(LockKind::Ofd).range(ByteRange::new(10, 5)))
+            .expect("file");
+    assert!(ofd.try_lock().expect("try").is_none());
+}
+
+#[test]
+fn posix_holder_from_python_is_recorded_with_its_pid_and_range() {
+    let dir = Scratch::new("flock-posix-python");
+    let path = dir.path("posix.lock");
+    std::fs::write(&path, b"").expect("create");
+    let script = format!(
+        "import fcntl, time\n\
+         f = open({:?}, 'r+')\n\
+         fcntl.lockf(f, fcntl.LOCK_SH, 100, 50)\n\
+         time.sleep(60)\n",
+        path.to_str().expect("utf-8")
+    );
+    let python = spawn("python3", &["-c", &script]);
+    eventually("python to lock", || !holders_of(&path).expect("holders").is_empty());
+    let holders = holders_of(&path).expect("holders");
+    let holder = &holders.0[0];
+    assert_eq!((holder.pid, holder.kind, holder.mode), (Some(python.pid()), ProcKind::Posix, ProcMode::Read));
+    assert_eq!((holder.start, holder.end), (50, Some(149)));
+
+    // Bytes outside the range are free; inside, a writer is refused.
+    let range = |start, len| {
+        LockFile::with_options(
+            &path,
+            LockOptions::new().kind(LockKind::Ofd).range(ByteRange::new(start, len)),
+        )
+        .expect("file")
+    };
+    assert!(range(0, 50).try_lock().expect("try").is_some());
+    assert!(range(120, 10).try_lock().expect("try").is_none());
+}
+
+#[test]
+fn a_forked_childs_inherited_lock_is_attributed_to_the_child() {
+    let dir = Scratch::new("flock-fork");
+    let path = dir.path("fork.lock");
+    let p = path.to_str().expect("utf-8");
+    // flock(1) takes the lock, its shell forks a long sleep that inherits
+    // the descriptor and exits; flock(1) then exits too.
+    let pidfile = dir.path("child.pid");
+    let status = Command::new("flock")
+        .args([
+            "-x",
+            p,
+            "sh",
+            "-c",
+            &format!("sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {}", pidfile.display()),
+        ])
+        .status()
+        .expect("flock(1)");
+    assert!(status.success());
+    let child: u32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("pid");
+    let _reap = scopeguard_kill(child);
+
+    let snapshot = Snapshot::read().expect("snapshot");
+    let id = snapshot.file_id(&path).expect("id");
+    let recorded = snapshot.holders(id.key);
+    assert_ne!(recorded.0[0].pid, Some(child), "/proc/locks records the exited flock(1)");
+    let exact = snapshot.exact_holders(&[id]);
+    let pids: Vec<_> = exact[0].holding().map(|h| h.pid).collect();
+    assert_eq!(pids, [Some(child)]);
+    assert!(exclusive(&path).try_lock().expect("try").is_none());
+}
+
+/// Kill `pid` when dropped.
+fn scopeguard_kill(pid: u32) -> impl Drop {
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(self.0).unwrap_or(0)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    Kill(pid)
+}
+
+#[test]
+fn lock_descriptors_are_close_on_exec() {
+    let dir = Scratch::new("flock-cloexec");
+    let path = dir.path("c.lock");
+    let guard = exclusive(&path).try_lock().expect("try").expect("free");
+    let fd = u32::try_from(guard.as_raw_fd()).expect("fd");
+    let info = FdInfo::read_fd(std::process::id(), fd).expect("fdinfo");
+    assert!(info.is_cloexec(), "flags {:o}", info.flags);
+}
+
+#[test]
+fn symlink_to_a_victim_is_refused_and_the_victim_untouched() {
+    let dir = Scratch::new("flock-symlink");
+    let victim = dir.path("victim");
+    std::fs::write(&victim, b"precious").expect("victim");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.path("planted.lock");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let err = LockFile::with_options(&link, LockOptions::new().permissions(0o666))
+        .expect("dir")
+        .try_lock()
+        .expect_err("symlink refused");
+    assert!(matches!(err, LockError::Refused { found: Found::Symlink, .. }), "{err:?}");
+    assert!(err.to_string().contains("planted.lock"), "{err}");
+    assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+    assert_eq!(std::fs::metadata(&victim).expect("stat").mode() & 0o777, 0o600);
+    assert!(holders_of(&victim).expect("holders").is_empty(), "the victim was not locked");
+}
+
+#[test]
+fn fifo_socket_and_directory_are_refused_without_blocking() {
+    let dir = Scratch::new("flock-fifo");
+    let fifo = dir.path("fifo.lock");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0)
+        .expect("mkfifo");
+    let err = exclusive(&fifo).try_lock().expect_err("fifo refused");
+    assert!(matches!(err, LockError::Refused { found: Found::Fifo, .. }), "{err:?}");
+
+    let socket_path = dir.path("sock.lock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("bind");
+    let err = exclusive(&socket_path).try_lock().expect_err("socket refused");
+    assert!(matches!(err, LockError::Refused { found: Found::Socket, .. }), "{err:?}");
+
+    std::fs::create_dir(dir.path("d.lock")).expect("mkdir");
+    let err = exclusive(&dir.path("d.lock")).try_lock().expect_err("directory refused");
+    assert!(matches!(err, LockError::Refused { found: Found::Directory, .. }), "{err:?}");
+}
+
+#[test]
+fn foreign_file_in_a_sticky_directory_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create a file owned by another user");
+        return;
+    }
+    let dir = Scratch::new("flock-sticky");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    let path = dir.path("foreign.lock");
+    std::fs::write(&path, b"theirs").expect("create");
+    rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(65534)), None).expect("chown nobody");
+    let err = exclusive(&path).try_lock().expect_err("foreign file refused");
+    assert!(matches!(err, LockError::Refused { found: Found::ForeignFile { uid: 65534 }, .. }), "{err:?}");
+    assert_eq!(std::fs::read(&path).expect("read"), b"theirs");
+
+    // A foreign symlink to a directory in the sticky directory is not
+    // followed to find the lock directory either.
+    let target = Scratch::new("flock-sticky-target");
+    let link = dir.path("lockdir");
+    std::os::unix::fs::symlink(&target.0, &link).expect("symlink");
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        &link,
+        Some(rustix::fs::Uid::from_raw(65534)),
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .expect("chown link");
+    let err = LockFile::new(link.join("a.lock")).expect_err("foreign symlink refused");
+    assert!(matches!(err, LockError::Refused { found: Found::ForeignSymlink { uid: 65534 }, .. }), "{err:?}");
+    assert!(!target.path("a.lock").exists());
+}
+
+#[test]
+fn root_owned_symlinked_directory_is_followed() {
+    // Like /var/run -> /run: a symlink owned by us (or root) is fine.
+    let dir = Scratch::new("flock-dirlink");
+    std::fs::create_dir(dir.path("real")).expect("mkdir");
+    std::os::unix::fs::symlink(dir.path("real"), dir.path("alias")).expect("symlink");
+    let guard = exclusive(&dir.path("alias/x.lock")).try_lock().expect("try").expect("free");
+    assert!(dir.path("real/x.lock").exists());
+    drop(guard);
+}
+
+#[test]
+fn permissions_are_applied_regardless_of_umask_only_on_creation() {
+    let dir = Scratch::new("flock-perms");
+    let path = dir.path("shared.lock");
+    let old = rustix::process::umask(rustix::fs::Mode::from(0o077));
+    let guard =
+        LockFile::with_options(&path, LockOptions::new().permissions(0o666)).expect("file").try_lock();
+    rustix::process::umask(old);
+    drop(guard.expect("try").expect("free"));
+    assert_eq!(std::fs::metadata(&path).expect("stat").mode() & 0o777, 0o666);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    drop(LockFile::with_options(&path, LockOptions::new().permissions(0o666)).expect("file").try_lock());
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").mode() & 0o777,
+        0o640,
+        "existing files keep their mode"
+    );
+}
+
+#[test]
+fn a_replaced_lock_file_is_detected_and_the_new_one_locked() {
+    let dir = Scratch::new("flock-replaced");
+    let path = dir.path("r.lock");
+    let first = exclusive(&path).try_lock().expect("try").expect("free");
+    let file = exclusive(&path);
+    let waiting = std::thread::spawn(move || {
+        let guard = file.lock_timeout(Duration::from_secs(20)).expect("acquired");
+        std::fs::metadata(format!("/proc/self/fd/{}", guard.as_raw_fd())).expect("stat fd").ino()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // The file is replaced under the waiter: a new file, locked by someone
+    // else, renamed over it (atomically, so the path is never empty and the
+    // waiter cannot simply create a fresh file of its own).
+    let staged = dir.path("r.lock.new");
+    let second = exclusive(&staged).try_lock().expect("try").expect("new file is free");
+    std::fs::rename(&staged, &path).expect("rename over");
+    let new_inode = std::fs::metadata(&path).expect("stat").ino();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiting.is_finished(), "the waiter must not settle for the replaced inode");
+    drop(second);
+    assert_eq!(waiting.join().expect("join"), new_inode);
+}
+
+#[test]
+fn refused_filesystem_is_named_in_the_error() {
+    // /dev/shm is tmpfs everywhere; refuse tmpfs to see the fstatfs check.
+    let tmpfs = FsType { magic: 0x0102_1994, name: "tmpfs" };
+    let path = Path::new("/dev/shm").join(format!("lockyard-policy-{}.lock", std::process::id()));
+    let file = LockFile::with_options(&path, LockOptions::new().fs_policy(FsPolicy::default().refuse(tmpfs)))
+        .expect("file");
+    let err = file.try_lock().expect_err("refused");
+    let _ = std::fs::remove_file(&path);
+    assert!(matches!(err, LockError::UnsupportedFilesystem { fs, .. } if fs == tmpfs), "{err:?}");
+    assert!(err.to_string().contains("tmpfs"), "{err}");
+}
+
+#[test]
+fn upgrade_and_downgrade_with_ofd_locks() {
+    let dir = Scratch::new("flock-upgrade");
+    let path = dir.path("u.lock");
+    let file = LockFile::with_options(&path, LockOptions::new().kind(LockKind::Ofd).shared()).expect("file");
+    let mut guard = file.try_lock().expect("try").expect("free");
+    let reader = hold(&path, &["ofd", "shared"]);
+    let err = guard.set_mode(LockMode::Exclusive).expect_err("another reader blocks the upgrade");
+    assert!(matches!(err, LockError::Contended { .. }), "{err:?}");
+    assert_eq!(guard.mode(), LockMode::Shared, "fcntl conversion failed atomically");
+    assert!(reader.finish().success());
+    guard.set_mode(LockMode::Exclusive).expect("upgrade");
+    assert_eq!(guard.mode(), LockMode::Exclusive);
+    // OFD locks of two open file descriptions conflict even in one process.
+    let other = LockFile::with_options(&path, LockOptions::new().kind(LockKind::Ofd).shared()).expect("file");
+    assert!(other.try_lock().expect("try").is_none());
+    guard.set_mode(LockMode::Shared).expect("downgrade");
+    assert!(other.try_lock().expect("try").is_some(), "a reader fits after the downgrade");
+}
