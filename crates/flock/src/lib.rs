@@ -25,6 +25,9 @@
 //!   on btrfs, overlayfs and bind mounts where `st_dev` is not; holders can
 //!   be attributed through fdinfo, which names OFD holders and children that
 //!   inherited a lock.
+//! - **Pidfiles** ([`Pidfile`]): the claim is the lock, the pid a label;
+//!   never removed; a claimant is signalled through a pidfd only after its
+//!   start time proves it is still the process that was read.
 //!
 //! ```
 //! use std::time::Duration;
@@ -50,6 +53,7 @@ mod fs_policy;
 pub mod holders;
 mod lock;
 mod open;
+mod pidfile;
 mod sys;
 mod wait;
 
@@ -59,7 +63,11 @@ pub use holders::{
     Attribution, FileId, Holder, Holders, KeySource, PathHolders, Snapshot, holders_of, holders_of_many,
 };
 pub use lock::{ByteRange, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait};
+pub use pidfile::{Claimant, Pidfile, PidfileGuard, PidfileState};
 pub use wait::CancelToken;
+
+/// Signals for [`Claimant::signal`].
+pub use rustix::process::Signal;
 
 /// The `/proc` parsers this crate builds on.
 pub use lockyard_procfs as procfs;

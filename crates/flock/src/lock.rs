@@ -110,6 +110,7 @@ pub struct LockOptions {
     range: ByteRange,
     permissions: Option<u32>,
     fs_policy: FsPolicy,
+    must_exist: bool,
 }
 
 impl LockOptions {
@@ -166,6 +167,15 @@ impl LockOptions {
     #[must_use]
     pub fn fs_policy(mut self, policy: FsPolicy) -> Self {
         self.fs_policy = policy;
+        self
+    }
+
+    /// Do not create a missing lock file: locking it fails with an
+    /// [`LockError::Io`] whose source is `NotFound`. For inspecting a lock
+    /// without leaving a file behind.
+    #[must_use]
+    pub fn must_exist(mut self) -> Self {
+        self.must_exist = true;
         self
     }
 }
@@ -323,8 +333,11 @@ impl LockFile {
     /// non-blocking attempt).
     fn acquire(&self, mut waiter: Option<&mut Waiter<'_>>) -> Result<Result<LockGuard, Wake>, LockError> {
         let opts = &self.options;
-        let open_options =
-            OpenOptions { permissions: opts.permissions, read_only_ok: opts.mode == LockMode::Shared };
+        let open_options = OpenOptions {
+            permissions: opts.permissions,
+            read_only_ok: opts.mode == LockMode::Shared,
+            create: !opts.must_exist,
+        };
         for _ in 0..MAX_REOPENS {
             let opened = open_lock_file(&self.dir, &self.name, &self.path, open_options)?;
             self.check_filesystem(&opened)?;

@@ -139,6 +139,8 @@ pub(crate) struct OpenOptions {
     /// Whether a read-only open is good enough when read-write is denied
     /// (shared locks on a file we may not write).
     pub(crate) read_only_ok: bool,
+    /// Whether to create a missing file (else `ENOENT`).
+    pub(crate) create: bool,
 }
 
 /// An open lock file and the identity it had when opened.
@@ -160,25 +162,29 @@ pub(crate) fn open_lock_file(
     let refuse = |found| LockError::Refused { path: path.to_owned(), found };
     for _ in 0..8 {
         let created_mode = Mode::from_raw_mode(0o644);
-        let (fd, created) = match rustix::fs::openat(
-            dir.as_fd(),
-            name,
-            base | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
-            created_mode,
-        ) {
+        let create = match options.create {
+            true => rustix::fs::openat(
+                dir.as_fd(),
+                name,
+                base | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+                created_mode,
+            ),
+            false => Err(Errno::EXIST),
+        };
+        let (fd, created) = match create {
             Ok(fd) => (fd, true),
             Err(Errno::EXIST) => {
                 // Look before opening: opening a planted FIFO or device
                 // is already a side effect.
                 let st = match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) => st,
-                    Err(Errno::NOENT) => continue,
+                    Err(Errno::NOENT) if options.create => continue,
                     Err(e) => return Err(io("stat", e)),
                 };
                 check_existing(dir, &st).map_err(refuse)?;
                 match open_existing(dir, name, base, options) {
                     Ok(fd) => (fd, false),
-                    Err(Errno::NOENT) => continue,
+                    Err(Errno::NOENT) if options.create => continue,
                     Err(Errno::LOOP) => return Err(refuse(Found::Symlink)),
                     Err(e) => return Err(io("open", e)),
                 }

@@ -3,6 +3,7 @@
 //! `lockyard-test-holder PATH [flock|ofd|posix] [shared|exclusive] [START LEN]`
 //! prints `locked <pid>` once it holds the lock, then holds it until its
 //! stdin closes (or it is killed). Exits 3 if the lock is busy.
+//! `lockyard-test-holder --pidfile PATH` claims a pidfile the same way.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -17,6 +18,21 @@ fn main() -> ExitCode {
         eprintln!("usage: lockyard-test-holder PATH [flock|ofd|posix] [shared|exclusive] [START LEN]");
         return ExitCode::from(2);
     };
+    if path == "--pidfile" {
+        let Some(pidfile) = args.get(1) else { return ExitCode::from(2) };
+        return match lockyard_flock::Pidfile::new(pidfile).claim() {
+            Ok(guard) => {
+                hold_until_stdin_closes();
+                drop(guard);
+                ExitCode::SUCCESS
+            }
+            Err(e) if e.is_busy() => ExitCode::from(3),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let kind = match args.get(1).map(String::as_str) {
         None | Some("flock") => LockKind::Flock,
         Some("ofd") => LockKind::Ofd,
@@ -50,10 +66,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    hold_until_stdin_closes();
+    drop(guard);
+    ExitCode::SUCCESS
+}
+
+fn hold_until_stdin_closes() {
     println!("locked {}", std::process::id());
     std::io::stdout().flush().expect("stdout");
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
-    drop(guard);
-    ExitCode::SUCCESS
 }

@@ -80,12 +80,19 @@ pub fn spawn(program: &str, args: &[&str]) -> Proc {
     Proc { child, stdin }
 }
 
-/// Start the holder helper and wait until it reports the lock taken.
+/// Start the holder helper on lock file `path` and wait until it reports
+/// the lock taken.
 pub fn hold(path: &Path, args: &[&str]) -> Proc {
+    let path = path.to_str().expect("utf-8 path");
+    helper(&[&[path], args].concat())
+}
+
+/// Start the holder helper with `args` and wait until it reports the lock
+/// (or pidfile) taken.
+pub fn helper(args: &[&str]) -> Proc {
     use std::os::unix::process::CommandExt;
     let mut child = Command::new(env!("CARGO_BIN_EXE_lockyard-test-holder"))
         .process_group(0)
-        .arg(path)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -95,7 +102,7 @@ pub fn hold(path: &Path, args: &[&str]) -> Proc {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read holder");
     let proc = Proc { child, stdin };
-    assert!(line.starts_with("locked "), "holder did not lock {}: {line:?}", path.display());
+    assert!(line.starts_with("locked "), "holder did not lock {args:?}: {line:?}");
     proc
 }
 

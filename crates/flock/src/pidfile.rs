@@ -1,0 +1,219 @@
+//! Pidfiles that cannot lie: the claim is a lock, the pid is a label.
+//!
+//! A pidfile names the one process that may act as, say, the daemon for a
+//! resource. The claim is an exclusive `flock` on the file, held for the
+//! claimant's whole life and released by the kernel when it dies; the pid
+//! written inside is only for humans and for signalling. So a stale file
+//! with a dead pid is simply unclaimed, and nothing ever needs cleaning up.
+//!
+//! **A pidfile is never removed**, not even by its claimant on a clean
+//! exit. Removing it opens a race: a newcomer that opened the file before
+//! the removal gets the lock on the removed inode, while a third process
+//! creates a new file at the path and locks that; two claimants run. (The
+//! lock file's inode check in [`crate::LockFile`] catches this for
+//! lockyard's own claimants, but not for other tools sharing the file.)
+//!
+//! # Signalling the claimant safely
+//!
+//! A pid read from a file may belong to a different process by the time a
+//! signal is sent: the claimant may have exited and the pid been reused.
+//! [`Claimant::signal`] closes that window:
+//!
+//! 1. `pidfd_open(pid)` pins whatever process has that pid now;
+//! 2. that process's start time must equal the one recorded when the
+//!    pidfile was read, and the pidfile must still be claimed;
+//! 3. the signal goes through the pidfd, which cannot be redirected to a
+//!    newer process with the same pid.
+//!
+//! If the check in step 2 fails, no signal is sent.
+
+use std::path::{Path, PathBuf};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use crate::error::LockError;
+use crate::lock::{LockFile, LockGuard, LockOptions};
+
+/// A pidfile at a path.
+#[derive(Debug)]
+pub struct Pidfile {
+    path: PathBuf,
+    options: LockOptions,
+}
+
+/// What [`Pidfile::read`] found.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PidfileState {
+    /// No file at the path.
+    NotExist,
+    /// The file exists and nobody holds its lock. The returned guard holds
+    /// it now (so nobody can claim it until it is dropped).
+    Unclaimed(PidfileGuard),
+    /// A live process holds the claim.
+    ClaimedBy(Claimant),
+}
+
+/// The process that holds a pidfile's claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Claimant {
+    /// The pid written in the file (or, if the claimant has not written it
+    /// yet, the pid `/proc/locks` records for the lock).
+    pub pid: u32,
+    /// Start time of `pid` (clock ticks after boot) when the file was read.
+    pub start_time: Option<u64>,
+    /// Command line of `pid`, for display.
+    pub cmdline: Option<String>,
+    path: PathBuf,
+}
+
+/// Holds a pidfile's claim; dropping it releases the claim (the file stays).
+#[must_use = "the claim is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct PidfileGuard {
+    lock: LockGuard,
+}
+
+impl Pidfile {
+    /// A pidfile at `path`, created 0644 when first claimed.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Pidfile { path: path.as_ref().to_owned(), options: LockOptions::new().exclusive() }
+    }
+
+    /// A pidfile with other lock options (permissions, filesystem policy);
+    /// the lock is always an exclusive `flock`.
+    pub fn with_options(path: impl AsRef<Path>, options: LockOptions) -> Self {
+        Pidfile { path: path.as_ref().to_owned(), options: options.exclusive() }
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Claim the pidfile for the calling process: take the lock without
+    /// waiting and write our pid.
+    ///
+    /// # Errors
+    /// [`LockError::Contended`] naming the claimant if it is claimed, or an
+    /// opening, locking or writing failure.
+    pub fn claim(&self) -> Result<PidfileGuard, LockError> {
+        self.claim_for(std::process::id())
+    }
+
+    /// Claim the pidfile, held by the calling process, on behalf of `pid`
+    /// (a child this process supervises): the lock is ours, the pid written
+    /// is `pid`.
+    ///
+    /// # Errors
+    /// As [`Pidfile::claim`].
+    pub fn claim_for(&self, pid: u32) -> Result<PidfileGuard, LockError> {
+        let file = LockFile::with_options(&self.path, self.options.clone())?;
+        let guard = PidfileGuard { lock: file.try_lock_or_holders()? };
+        guard.write_pid(pid)?;
+        Ok(guard)
+    }
+
+    /// Find out whether the pidfile is claimed, and by whom.
+    ///
+    /// # Errors
+    /// Opening or locking failed for a reason other than contention.
+    pub fn read(&self) -> Result<PidfileState, LockError> {
+        let file = match LockFile::with_options(&self.path, self.options.clone().must_exist()) {
+            Ok(file) => file,
+            Err(LockError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(PidfileState::NotExist);
+            }
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(Some(lock)) => Ok(PidfileState::Unclaimed(PidfileGuard { lock })),
+            Ok(None) => self.claimant().map(PidfileState::ClaimedBy),
+            Err(LockError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(PidfileState::NotExist)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Who holds the claim, from the file's content and `/proc/locks`.
+    fn claimant(&self) -> Result<Claimant, LockError> {
+        let written = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&pid| pid > 0);
+        let pid = match written {
+            Some(pid) => pid,
+            // Claimed but not yet written: the lock's recorded pid.
+            None => crate::holders::holders_of(&self.path)?.holding().find_map(|h| h.pid).ok_or(
+                LockError::InvalidPath {
+                    path: self.path.clone(),
+                    reason: "claimed, but the claimant is not visible",
+                },
+            )?,
+        };
+        let stat = lockyard_procfs::ProcessStat::read(pid).ok();
+        let cmdline = lockyard_procfs::Cmdline::read(pid)
+            .ok()
+            .flatten()
+            .map(|c| c.display(crate::holders::CMDLINE_WIDTH));
+        Ok(Claimant { pid, start_time: stat.map(|s| s.start_time), cmdline, path: self.path.clone() })
+    }
+}
+
+impl PidfileGuard {
+    /// Replace the file's content with `pid`; the claim is unaffected.
+    fn write_pid(&self, pid: u32) -> Result<(), LockError> {
+        let io = |op, e: rustix::io::Errno| LockError::io(self.lock.path(), op, e);
+        let text = format!("{pid}\n");
+        // Under our exclusive lock, so no reader of ours sees a torn
+        // write; readers that ignore the lock may see an empty file for an
+        // instant, which they must treat as "not yet written".
+        rustix::fs::ftruncate(&self.lock, 0).map_err(|e| io("truncate", e))?;
+        let written = rustix::io::pwrite(&self.lock, text.as_bytes(), 0).map_err(|e| io("write", e))?;
+        if written != text.len() {
+            return Err(io("write", rustix::io::Errno::IO));
+        }
+        Ok(())
+    }
+
+    /// Write a different pid (for example once a supervised child has
+    /// started).
+    ///
+    /// # Errors
+    /// Writing failed.
+    pub fn set_pid(&self, pid: u32) -> Result<(), LockError> {
+        self.write_pid(pid)
+    }
+
+    /// The pidfile's path.
+    pub fn path(&self) -> &Path {
+        self.lock.path()
+    }
+}
+
+impl Claimant {
+    /// Send `signal` to the claimant, but only if it is still the process
+    /// that was read and it still holds the claim (see the module docs).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidPath`] if the claimant changed or released the
+    /// claim (nothing was sent), or the system call's error.
+    pub fn signal(&self, signal: Signal) -> Result<(), LockError> {
+        let io = |op, e: rustix::io::Errno| LockError::io(&self.path, op, e);
+        let gone = |reason| LockError::InvalidPath { path: self.path.clone(), reason };
+        let pid = Pid::from_raw(i32::try_from(self.pid).map_err(|_| gone("pid out of range"))?)
+            .ok_or(gone("pid 0 is not a process"))?;
+        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|e| io("pidfd_open", e))?;
+        let now = lockyard_procfs::ProcessStat::read(self.pid).ok().map(|s| s.start_time);
+        if now.is_none() || now != self.start_time {
+            return Err(gone("the claimant exited and its pid now names another process; no signal sent"));
+        }
+        let file = LockFile::with_options(&self.path, LockOptions::new().must_exist())?;
+        if file.try_lock()?.is_some() {
+            return Err(gone("the pidfile is no longer claimed; no signal sent"));
+        }
+        rustix::process::pidfd_send_signal(&pidfd, signal).map_err(|e| io("pidfd_send_signal", e))
+    }
+}
