@@ -16,7 +16,7 @@ use common::{Scratch, eventually, hold, is_root, spawn};
 use lockyard_flock::procfs::{FdInfo, LockKind as ProcKind, LockMode as ProcMode};
 use lockyard_flock::{
     Attribution, ByteRange, CancelToken, Found, FsPolicy, FsType, LockError, LockFile, LockKind, LockMode,
-    LockOptions, Snapshot, Wait, holders_of,
+    LockOptions, Snapshot, Wait, holders_of, holders_of_many,
 };
 
 fn exclusive(path: &Path) -> LockFile {
@@ -416,4 +416,49 @@ fn upgrade_and_downgrade_with_ofd_locks() {
     assert!(other.try_lock().expect("try").is_none());
     guard.set_mode(LockMode::Shared).expect("downgrade");
     assert!(other.try_lock().expect("try").is_some(), "a reader fits after the downgrade");
+}
+
+#[test]
+fn explicit_unlock_releases_for_every_copy_of_the_descriptor() {
+    let dir = Scratch::new("flock-unlock-guard");
+    let path = dir.path("g.lock");
+    let guard = exclusive(&path).try_lock().expect("try").expect("free");
+    // A copy of the descriptor, as a forked child would have.
+    let copy = rustix::io::fcntl_dupfd_cloexec(&guard, 0).expect("dup");
+    guard.unlock().expect("unlock");
+    assert!(exclusive(&path).try_lock().expect("try").is_some(), "unlock released the shared description");
+    drop(copy);
+}
+
+#[test]
+fn a_dropped_guard_whose_descriptor_is_shared_keeps_the_lock() {
+    let dir = Scratch::new("flock-drop-shared");
+    let path = dir.path("s.lock");
+    let guard = exclusive(&path).try_lock().expect("try").expect("free");
+    let copy = rustix::io::fcntl_dupfd_cloexec(&guard, 0).expect("dup");
+    drop(guard);
+    assert!(exclusive(&path).try_lock().expect("try").is_none(), "the copy still holds the flock");
+    drop(copy);
+    assert!(exclusive(&path).try_lock().expect("try").is_some());
+}
+
+#[test]
+fn batch_holders_answer_each_path_with_one_read() {
+    let dir = Scratch::new("flock-batch");
+    let (a, b, free) = (dir.path("a.lock"), dir.path("b.lock"), dir.path("free.lock"));
+    let holder_a = hold(&a, &["flock", "exclusive"]);
+    let holder_b = hold(&b, &["ofd", "shared"]);
+    std::fs::write(&free, b"").expect("create");
+    let missing = dir.path("missing.lock");
+    for exact in [false, true] {
+        let answers = holders_of_many(&[&a, &b, &free, &missing], exact).expect("batch");
+        let pids = |i: usize| -> Vec<Option<u32>> {
+            answers[i].1.as_ref().expect("answer").holding().map(|h| h.pid).collect()
+        };
+        assert_eq!(pids(0), [Some(holder_a.pid())], "exact={exact}");
+        // /proc/locks records -1 for OFD locks; only exact mode names them.
+        assert_eq!(pids(1), [if exact { Some(holder_b.pid()) } else { None }], "exact={exact}");
+        assert!(pids(2).is_empty());
+        assert!(answers[3].1.is_err(), "a missing file is an error for that path only");
+    }
 }

@@ -22,6 +22,12 @@
 //! way to name OFD holders and children that inherited a lock. It costs a
 //! `stat` per open descriptor on the host.
 //!
+//! On btrfs every subvolume numbers its inodes from 256, and `/proc/locks`
+//! shows the filesystem's device, not the subvolume's: two files with the
+//! same inode number in different subvolumes have the same key, so the
+//! cheap answer may name the holder of the other one. The exact answer
+//! compares `st_dev` too and does not confuse them.
+//!
 //! Overlayfs keeps locks per layer view: a lock taken through the overlay
 //! and one taken on the same file through its upper or lower directory do
 //! not exclude each other, and `/proc/locks` shows them on different

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FlockOperation};
@@ -213,6 +214,10 @@ pub struct LockFile {
     name: OsString,
     path: PathBuf,
     options: LockOptions,
+    /// `st_dev` of the last file that passed the filesystem policy: the
+    /// same device is the same superblock, so `fstatfs` need not be asked
+    /// again. `u64::MAX` before the first check.
+    checked_dev: AtomicU64,
 }
 
 impl LockFile {
@@ -242,7 +247,7 @@ impl LockFile {
             _ => Path::new("."),
         };
         let dir = Dir::open(parent)?;
-        Ok(LockFile { dir, name, path: path.to_owned(), options })
+        Ok(LockFile { dir, name, path: path.to_owned(), options, checked_dev: AtomicU64::new(u64::MAX) })
     }
 
     /// The path as given.
@@ -379,6 +384,9 @@ impl LockFile {
     }
 
     fn check_filesystem(&self, opened: &Opened) -> Result<(), LockError> {
+        if self.checked_dev.load(Ordering::Relaxed) == opened.stat.st_dev {
+            return Ok(());
+        }
         let statfs = rustix::fs::fstatfs(&opened.fd).map_err(|e| LockError::io(&self.path, "statfs", e))?;
         // `f_type` is signed on some targets; the magic numbers are u32.
         #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
@@ -386,7 +394,9 @@ impl LockFile {
         self.options
             .fs_policy
             .check(magic)
-            .map_err(|fs: FsType| LockError::UnsupportedFilesystem { path: self.path.clone(), fs })
+            .map_err(|fs: FsType| LockError::UnsupportedFilesystem { path: self.path.clone(), fs })?;
+        self.checked_dev.store(opened.stat.st_dev, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether the path still names the inode that was opened (a tmp
@@ -449,11 +459,12 @@ fn apply(
     }
 }
 
-/// A held lock; dropping it releases the lock.
+/// A held lock; dropping it closes the descriptor, which releases the lock.
 ///
-/// Dropping unlocks explicitly before closing, so the lock is released even
-/// if the descriptor was shared (a forked child that still has it will no
-/// longer hold the lock either).
+/// As with any `flock` or OFD lock, a child forked while the guard lives
+/// shares the descriptor (it is close-on-exec, so not past an `exec`), and
+/// the lock is released when the last copy is closed. Unlock explicitly
+/// with [`LockGuard::unlock`] to release it for every copy at once.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct LockGuard {
@@ -487,6 +498,17 @@ impl LockGuard {
     /// The locked bytes (the whole file for `flock`).
     pub fn range(&self) -> ByteRange {
         self.range
+    }
+
+    /// Release the lock now, for every process sharing the descriptor, and
+    /// close it.
+    ///
+    /// # Errors
+    /// The unlock failed (closing still releases this copy).
+    pub fn unlock(self) -> Result<(), LockError> {
+        let mut kind = self.kind;
+        apply(self.fd.as_fd(), &mut kind, None, self.range)
+            .map_err(|e| LockError::io(&self.path, lock_op(kind), e))
     }
 
     /// Change between shared and exclusive without waiting.
@@ -524,15 +546,5 @@ impl AsFd for LockGuard {
 impl std::os::fd::AsRawFd for LockGuard {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let mut kind = self.kind;
-        if let Err(e) = apply(self.fd.as_fd(), &mut kind, None, self.range) {
-            // Closing the descriptor below releases it anyway.
-            tracing::debug!(path = %self.path.display(), error = %e, "explicit unlock failed");
-        }
     }
 }

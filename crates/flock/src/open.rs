@@ -13,10 +13,11 @@
 //! - The lock file itself is opened relative to that directory with
 //!   `O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK`: never through a
 //!   symlink, never left open across `exec`, never becoming a controlling
-//!   terminal, never blocking on a FIFO. An existing name is `lstat`ed before
-//!   it is opened, so a planted FIFO or device is refused without being
-//!   opened (opening some devices has side effects), and `fstat`ed after, so
-//!   a swap between the two is refused too.
+//!   terminal, never blocking on a FIFO. What was opened is `fstat`ed and
+//!   refused (and closed) unless it is a regular file. A missing file is
+//!   created with `O_EXCL`, so this call knows whether it created it.
+//!   (Opening a device node can have side effects, but only root can
+//!   create one, and root is trusted anyway.)
 //! - In a world-writable sticky directory the file must belong to us or to
 //!   root: another user could otherwise hold it forever or swap its content.
 //! - Nothing is ever truncated or unlinked. Permissions are set with
@@ -161,36 +162,29 @@ pub(crate) fn open_lock_file(
     let io = |op, e: Errno| LockError::io(path, op, e);
     let refuse = |found| LockError::Refused { path: path.to_owned(), found };
     for _ in 0..8 {
-        let created_mode = Mode::from_raw_mode(0o644);
-        let create = match options.create {
-            true => rustix::fs::openat(
-                dir.as_fd(),
-                name,
-                base | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
-                created_mode,
-            ),
-            false => Err(Errno::EXIST),
-        };
-        let (fd, created) = match create {
-            Ok(fd) => (fd, true),
-            Err(Errno::EXIST) => {
-                // Look before opening: opening a planted FIFO or device
-                // is already a side effect.
-                let st = match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => st,
-                    Err(Errno::NOENT) if options.create => continue,
-                    Err(e) => return Err(io("stat", e)),
-                };
-                check_existing(dir, &st).map_err(refuse)?;
-                match open_existing(dir, name, base, options) {
-                    Ok(fd) => (fd, false),
-                    Err(Errno::NOENT) if options.create => continue,
-                    Err(Errno::LOOP) => return Err(refuse(Found::Symlink)),
-                    Err(e) => return Err(io("open", e)),
+        // Open what is there first: the common case, one system call.
+        let (fd, created) = match open_existing(dir, name, base, options) {
+            Ok(fd) => (fd, false),
+            Err(Errno::NOENT) if options.create => {
+                let flags = base | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
+                match rustix::fs::openat(dir.as_fd(), name, flags, Mode::from_raw_mode(0o644)) {
+                    Ok(fd) => (fd, true),
+                    // Created (or planted) since; look again.
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(io("create", e)),
                 }
             }
             Err(Errno::LOOP) => return Err(refuse(Found::Symlink)),
-            Err(e) => return Err(io("create", e)),
+            Err(e) => {
+                // A socket (ENXIO), a directory (EISDIR), ...: say what it is.
+                return match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => match check_existing(dir, &st) {
+                        Err(found) => Err(refuse(found)),
+                        Ok(()) => Err(io("open", e)),
+                    },
+                    Err(_) => Err(io("open", e)),
+                };
+            }
         };
         let stat = rustix::fs::fstat(&fd).map_err(|e| io("stat", e))?;
         check_existing(dir, &stat).map_err(refuse)?;

@@ -18,10 +18,17 @@
 //! but cannot be cancelled or timed out without a signal handler, which a
 //! library must not install behind its caller's back.
 //!
+//! Each thread that ever waits keeps one inotify instance for its lifetime
+//! (one descriptor, close-on-exec), adding a watch per wait and removing it
+//! after. Closing an inotify instance waits for an SRCU grace period in the
+//! kernel, measured here at 5 to 15 ms: closing one per wait made every
+//! hand-off that slow. Removing a watch does not wait.
+//!
 //! The wait is bounded by a deadline and by a [`CancelToken`]; both are
 //! checked by the same `poll`, so cancelling wakes the waiter at once.
 //! Waiters are not queued: when several wait, whichever retries first wins.
 
+use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,9 +98,26 @@ pub(crate) enum Wake {
     Cancelled,
 }
 
+thread_local! {
+    /// This thread's inotify instance, created on its first wait.
+    static INOTIFY: RefCell<Option<OwnedFd>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with this thread's inotify descriptor, creating it if needed.
+fn with_inotify<T>(f: impl FnOnce(BorrowedFd<'_>) -> T) -> rustix::io::Result<T> {
+    INOTIFY.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?);
+        }
+        Ok(f(slot.as_ref().expect("just created").as_fd()))
+    })
+}
+
 /// The state of one wait on one open lock file.
 pub(crate) struct Waiter<'a> {
-    inotify: Option<OwnedFd>,
+    /// The watch on the locked inode in this thread's inotify instance.
+    watch: Option<i32>,
     cancel: Option<&'a CancelToken>,
     deadline: Option<Instant>,
     interval: Duration,
@@ -101,26 +125,36 @@ pub(crate) struct Waiter<'a> {
 
 impl<'a> Waiter<'a> {
     pub(crate) fn new(deadline: Option<Instant>, cancel: Option<&'a CancelToken>) -> Self {
-        Waiter { inotify: None, cancel, deadline, interval: Duration::from_millis(1) }
+        Waiter { watch: None, cancel, deadline, interval: Duration::from_millis(1) }
     }
 
     /// Start watching `file`; call before the retry that precedes
     /// [`Waiter::sleep`], so a release in between is not missed. Failure
     /// (no /proc, inotify limits) leaves only the backoff.
     pub(crate) fn watch(&mut self, file: BorrowedFd<'_>) {
-        self.inotify = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-            .and_then(|fd| {
-                let events = inotify::WatchFlags::CLOSE_WRITE
-                    | inotify::WatchFlags::CLOSE_NOWRITE
-                    | inotify::WatchFlags::DELETE_SELF
-                    | inotify::WatchFlags::MOVE_SELF
-                    | inotify::WatchFlags::ATTRIB;
-                inotify::add_watch(&fd, format!("/proc/self/fd/{}", file.as_raw_fd()), events)?;
-                Ok(fd)
-            })
+        self.unwatch();
+        let events = inotify::WatchFlags::CLOSE_WRITE
+            | inotify::WatchFlags::CLOSE_NOWRITE
+            | inotify::WatchFlags::DELETE_SELF
+            | inotify::WatchFlags::MOVE_SELF
+            | inotify::WatchFlags::ATTRIB;
+        let added = with_inotify(|fd| {
+            // Events of earlier waits on this thread are of no interest.
+            drain(fd, |_, _| {});
+            inotify::add_watch(fd, format!("/proc/self/fd/{}", file.as_raw_fd()), events)
+        })
+        .and_then(|added| added);
+        self.watch = added
             .map_err(|e| tracing::debug!(error = %e, "inotify unavailable; waiting by backoff only"))
             .ok();
         self.interval = Duration::from_millis(1);
+    }
+
+    fn unwatch(&mut self) {
+        if let Some(wd) = self.watch.take() {
+            // The watch is gone already if the inode was deleted.
+            let _ = with_inotify(|fd| inotify::remove_watch(fd, wd));
+        }
     }
 
     /// Sleep until something may have released the lock.
@@ -137,21 +171,24 @@ impl<'a> Waiter<'a> {
             timeout = timeout.min(left);
         }
         self.interval = (self.interval * 2).min(MAX_RETRY_INTERVAL);
-
-        let mut fds = Vec::with_capacity(2);
-        if let Some(inotify) = &self.inotify {
-            fds.push(PollFd::new(inotify, PollFlags::IN));
-        }
-        if let Some(cancel) = self.cancel {
-            fds.push(PollFd::from_borrowed_fd(cancel.as_fd(), PollFlags::IN));
-        }
         let ts = rustix::time::Timespec::try_from(timeout)
             .unwrap_or(rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 });
-        match rustix::event::poll(&mut fds, Some(&ts)) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        drop(fds);
+
+        let watched = self.watch;
+        let polled = with_inotify(|inotify_fd| {
+            let mut fds = Vec::with_capacity(2);
+            if watched.is_some() {
+                fds.push(PollFd::from_borrowed_fd(inotify_fd, PollFlags::IN));
+            }
+            if let Some(cancel) = self.cancel {
+                fds.push(PollFd::from_borrowed_fd(cancel.as_fd(), PollFlags::IN));
+            }
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(Errno::INTR) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+        polled.and_then(|r| r)?;
         if self.cancel.is_some_and(CancelToken::is_cancelled) {
             return Ok(Wake::Cancelled);
         }
@@ -163,28 +200,42 @@ impl<'a> Waiter<'a> {
         Ok(Wake::Retry)
     }
 
-    /// Read pending inotify events; whether one says the file may have left
-    /// its name (deleted, renamed, or an attribute change such as the link
-    /// count dropping to zero). The caller checks and watches again.
+    /// Read pending inotify events; whether one for our watch says the file
+    /// may have left its name (deleted, renamed, or an attribute change
+    /// such as the link count dropping to zero). The caller checks and
+    /// watches again.
     fn drain_replaced(&mut self) -> bool {
-        let Some(fd) = &self.inotify else { return false };
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
-        let mut reader = inotify::Reader::new(fd, &mut buf);
+        let Some(wd) = self.watch else { return false };
         let mut replaced = false;
-        while let Ok(event) = reader.next() {
-            let flags = event.events();
-            if flags.intersects(
-                inotify::ReadFlags::DELETE_SELF | inotify::ReadFlags::MOVE_SELF | inotify::ReadFlags::IGNORED,
-            ) {
-                replaced = true;
-            }
-            if flags.contains(inotify::ReadFlags::ATTRIB) {
-                replaced = true;
-            }
-        }
-        if replaced {
-            self.inotify = None;
-        }
+        let _ = with_inotify(|fd| {
+            drain(fd, |event_wd, flags| {
+                if event_wd == wd
+                    && flags.intersects(
+                        inotify::ReadFlags::DELETE_SELF
+                            | inotify::ReadFlags::MOVE_SELF
+                            | inotify::ReadFlags::IGNORED
+                            | inotify::ReadFlags::ATTRIB,
+                    )
+                {
+                    replaced = true;
+                }
+            });
+        });
         replaced
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.unwatch();
+    }
+}
+
+/// Read every queued event of `fd`, passing each watch and flags to `f`.
+fn drain(fd: BorrowedFd<'_>, mut f: impl FnMut(i32, inotify::ReadFlags)) {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+    let mut reader = inotify::Reader::new(fd, &mut buf);
+    while let Ok(event) = reader.next() {
+        f(event.wd(), event.events());
     }
 }

@@ -1,0 +1,102 @@
+//! The filesystem matrix: locks and holders on tmpfs, ext4, btrfs (with a
+//! subvolume), xfs, overlayfs (upper and lower layer), a bind mount, a
+//! mount stacked over another, a mount point with a space and a newline in
+//! its name, and FUSE (bindfs), which must be refused.
+//!
+//! Needs root, loop devices and the mkfs tools (`.ci/install-deps` installs
+//! them); runs in a private mount namespace (`unshare -m`) so nothing leaks
+//! into the host's mounts. Skips, saying why, where a capability is absent.
+
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{Scratch, is_root};
+
+fn missing_capability() -> Option<String> {
+    if !is_root() {
+        return Some("needs root".to_owned());
+    }
+    for tool in ["unshare", "mkfs.btrfs", "mkfs.xfs", "mkfs.ext4", "bindfs", "losetup"] {
+        if Command::new("sh")
+            .args(["-c", &format!("export PATH=\"$PATH:/usr/sbin:/sbin\"; command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            return Some(format!("{tool} is not installed (run .ci/install-deps)"));
+        }
+    }
+    if !std::path::Path::new("/dev/loop-control").exists() {
+        return Some("no loop devices (/dev/loop-control)".to_owned());
+    }
+    None
+}
+
+#[test]
+fn locks_and_holders_on_every_filesystem() {
+    if let Some(why) = missing_capability() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = Scratch::new("fs-matrix");
+    let check = env!("CARGO_BIN_EXE_lockyard-test-fscheck");
+    let script = format!(
+        r#"
+set -eu
+export PATH="$PATH:/usr/sbin:/sbin"
+cd {dir}
+check={check}
+truncate -s 300M btrfs.img xfs.img ext4.img
+mkfs.btrfs -q btrfs.img
+mkfs.xfs -q xfs.img
+mkfs.ext4 -q -F ext4.img
+mkdir -p tmpfs ext4 btrfs xfs lower upper work merged bind stack "odd name
+x" fuse
+mount -t tmpfs t tmpfs
+mount -o loop ext4.img ext4
+mount -o loop btrfs.img btrfs
+btrfs -q subvolume create btrfs/sub
+mount -o loop xfs.img xfs
+touch lower/in-lower.lock
+mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work merged
+touch merged/in-upper.lock
+mkdir -p ext4/inner && mount --bind ext4/inner bind
+mount -t tmpfs bottom stack && touch stack/bottom-only && mount -t tmpfs top stack
+mount -t tmpfs odd "odd name
+x"
+bindfs --no-allow-other lower fuse
+$check held tmpfs/a.lock
+$check held ext4/a.lock
+$check held btrfs/a.lock
+$check held btrfs/sub/a.lock
+$check held xfs/a.lock
+$check held merged/in-upper.lock
+$check held merged/in-lower.lock
+$check held bind/a.lock
+$check held stack/a.lock
+$check held "odd name
+x/a.lock"
+$check refused fuse/in-lower.lock FUSE
+fusermount -u fuse 2>/dev/null || umount fuse
+"#,
+        dir = dir.0.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "filesystem matrix failed:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok: ")).count(), 11, "{stdout}");
+    // btrfs is the case where stat's device is not the lock's device.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("btrfs/sub/a.lock") && l.contains("which /proc/locks does not use")),
+        "{stdout}"
+    );
+}
