@@ -37,6 +37,7 @@ fn ci_steps() -> Vec<Step> {
             ..cargo("doc", &["doc", "--workspace", "--no-deps", "--all-features"])
         },
         cargo("bench smoke", &["bench", "--workspace", "--", "--test"]),
+        cargo("man page", &["run", "--quiet", "--package", "xtask", "--", "man"]),
     ]
 }
 
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("man") => man(),
         Some("help" | "--help" | "-h") | None => {
             usage();
             Ok(())
@@ -66,7 +68,8 @@ fn usage() {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
-         ci      format check, clippy, tests, docs and a bench smoke run; stops at the first failure"
+         ci      format check, clippy, tests, docs, a bench smoke run and the man page; stops at the first failure\n  \
+         man     write the lockyard(1) man page to target/man/lockyard.1"
     );
 }
 
@@ -76,6 +79,29 @@ fn ci() -> Result<()> {
         run(&step)?;
     }
     eprintln!("xtask ci: all steps passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Write the man page generated from the command's clap definition.
+fn man() -> Result<()> {
+    use clap::CommandFactory;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let dir = root.join("target/man");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let command = lockyard::cli::Cli::command();
+    // lockyard(1), plus lockyard-locks(1) and friends for the subcommands.
+    let mut pages = vec![("lockyard".to_owned(), command.clone())];
+    for sub in command.get_subcommands() {
+        let name = format!("lockyard-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page_command) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(page_command).render(&mut page).context("render man page")?;
+        std::fs::write(&path, page).with_context(|| format!("write {}", path.display()))?;
+    }
+    eprintln!("xtask man: wrote {}/lockyard*.1", dir.display());
     Ok(())
 }
 

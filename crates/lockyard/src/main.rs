@@ -1,0 +1,406 @@
+//! The `lockyard` command. Errors become one sentence and a hint on stderr
+//! and an exit status documented in docs/cli.md; never a panic for a
+//! user's mistake.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser};
+use lockyard::cli::{Cli, Command, KindFilter, LocksArgs, PidfileCommand, RunArgs, RunKind, WhoArgs};
+use lockyard::flock::{
+    Holder, LockError, LockFile, LockKind, LockOptions, Pidfile, PidfileState, Snapshot, Wait,
+};
+use lockyard::listing::{self, ListOptions, Listing};
+use lockyard::table::{self, Column, Style};
+use serde::Serialize;
+
+mod run;
+
+/// `sysexits.h` codes used where flock(1) uses them.
+const EX_USAGE: u8 = 64;
+const EX_NOINPUT: u8 = 66;
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let usage = err.use_stderr();
+            let _ = err.print();
+            // Bad usage of `run` exits 64 like flock(1); elsewhere 2.
+            let run = std::env::args().nth(1).as_deref() == Some("run");
+            return if !usage {
+                ExitCode::SUCCESS
+            } else if run {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    match cli.command {
+        Command::Locks(args) => report(locks(&args), 0),
+        Command::Who(args) => who(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
+        Command::Pidfile(PidfileCommand::Claim { path, command }) => run::pidfile_claim(&path, &command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lockyard", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_logging() {
+    if let Ok(filter) = std::env::var("LOCKYARD_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init();
+    }
+}
+
+/// Print an error as `lockyard: <sentence>` plus a hint; exit 2.
+fn report(result: Result<()>, ok: u8) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::from(ok),
+        Err(err) => {
+            eprintln!("lockyard: {}", sentence(&err));
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn sentence(err: &anyhow::Error) -> String {
+    err.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}
+
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    let io = err.chain().find_map(|e| e.downcast_ref::<std::io::Error>());
+    if let Some(io) = io {
+        return match io.kind() {
+            std::io::ErrorKind::NotFound => Some("check the path; lockyard only inspects existing files"),
+            std::io::ErrorKind::PermissionDenied => {
+                Some("run as the file's owner, or as root to see everything")
+            }
+            _ => None,
+        };
+    }
+    None
+}
+
+fn stdout_width() -> Option<usize> {
+    let stdout = std::io::stdout();
+    if !stdout.is_terminal() {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(&stdout).ok().map(|w| usize::from(w.ws_col)).filter(|&w| w > 0)
+}
+
+/// Write `text` to stdout; a reader that went away (`| head`) is not an
+/// error.
+fn emit(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
+        _ => Ok(()),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    text.push('\n');
+    emit(&text)
+}
+
+const LOCK_COLUMNS: [&str; 11] =
+    ["COMMAND", "PID", "KIND", "MODE", "START", "END", "PATH", "BLOCKED", "DEVICE", "INODE", "HOLDERS"];
+const DEFAULT_LOCK_COLUMNS: [&str; 8] = ["COMMAND", "PID", "KIND", "MODE", "START", "END", "PATH", "BLOCKED"];
+
+fn locks(args: &LocksArgs) -> Result<()> {
+    let columns: Vec<String> = if args.output.is_empty() {
+        DEFAULT_LOCK_COLUMNS.iter().map(|c| (*c).to_owned()).collect()
+    } else {
+        args.output.iter().map(|c| c.trim().to_ascii_uppercase()).collect()
+    };
+    if let Some(bad) = columns.iter().find(|c| !LOCK_COLUMNS.contains(&c.as_str())) {
+        anyhow::bail!("unknown column {bad:?}; the columns are {}", LOCK_COLUMNS.join(", "));
+    }
+    let options = ListOptions {
+        exact: args.exact,
+        pids: args.pids.clone(),
+        paths: args.paths.clone(),
+        kinds: args
+            .kinds
+            .iter()
+            .map(|k| {
+                match k {
+                    KindFilter::Flock => "flock",
+                    KindFilter::Posix => "posix",
+                    KindFilter::Ofd => "ofd",
+                    KindFilter::Lease => "lease",
+                }
+                .to_owned()
+            })
+            .collect(),
+    };
+    let listing = listing::list(&options).context("cannot list locks")?;
+    if args.json {
+        return print_json(&listing);
+    }
+    emit(&render_locks(&listing, &columns, args))
+}
+
+fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> String {
+    let pids = |procs: &[listing::Process]| {
+        procs.iter().map(|p| p.pid.map_or("?".to_owned(), |p| p.to_string())).collect::<Vec<_>>().join(",")
+    };
+    let rows: Vec<Vec<String>> = listing
+        .locks
+        .iter()
+        .map(|lock| {
+            let (pid, command) = if listing.exact && !lock.holders.is_empty() {
+                (pids(&lock.holders), lock.holders[0].command.clone())
+            } else {
+                (lock.pid.map_or("-1".to_owned(), |p| p.to_string()), lock.command.clone())
+            };
+            columns
+                .iter()
+                .map(|column| match column.as_str() {
+                    "COMMAND" => command.clone().unwrap_or_default(),
+                    "PID" => pid.clone(),
+                    "KIND" => lock.kind.to_ascii_uppercase(),
+                    "MODE" => lock.mode.to_ascii_uppercase(),
+                    "START" => lock.start.to_string(),
+                    "END" => lock.end.map_or("EOF".to_owned(), |e| e.to_string()),
+                    "PATH" => lock.path.clone().unwrap_or_else(|| format!("{}:{}", lock.device, lock.inode)),
+                    "BLOCKED" => pids(&lock.blocked),
+                    "DEVICE" => lock.device.clone(),
+                    "INODE" => lock.inode.to_string(),
+                    "HOLDERS" => pids(&lock.holders),
+                    _ => String::new(),
+                })
+                .collect()
+        })
+        .collect();
+    let columns: Vec<Column> = columns
+        .iter()
+        .map(|c| {
+            let name = LOCK_COLUMNS.iter().find(|n| **n == c.as_str()).copied().unwrap_or("?");
+            Column { name, flexible: matches!(name, "COMMAND" | "PATH") }
+        })
+        .collect();
+    table::render(
+        &columns,
+        &rows,
+        Style { noheadings: args.noheadings, raw: args.raw, width: stdout_width() },
+    )
+}
+
+/// One file's answer in `lockyard who --json`.
+#[derive(Serialize)]
+struct WhoFile {
+    path: String,
+    device: Option<String>,
+    inode: Option<u64>,
+    key_source: Option<lockyard::flock::KeySource>,
+    holders: Vec<Holder>,
+    waiters: Vec<Holder>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WhoReport {
+    schema: u32,
+    exact: bool,
+    files: Vec<WhoFile>,
+}
+
+fn who(args: &WhoArgs) -> ExitCode {
+    let snapshot = match Snapshot::read() {
+        Ok(s) => s,
+        Err(e) => return report(Err(e).context("cannot read /proc"), 0),
+    };
+    let mut files = Vec::new();
+    let mut ids = Vec::new();
+    for path in &args.paths {
+        let id = snapshot.file_id(path);
+        if let Err(e) = &id {
+            eprintln!("lockyard: {e}");
+            if matches!(e, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound) {
+                eprintln!("hint: check the path; `who` asks about existing files");
+            }
+        }
+        ids.push(id);
+    }
+    // Exact attribution when asked, or when /proc/locks cannot name a
+    // holder (OFD locks record -1; inherited flocks record a dead pid).
+    let found: Vec<_> = ids.iter().filter_map(|i| i.as_ref().ok().copied()).collect();
+    let cheap: Vec<_> = found.iter().map(|id| snapshot.holders(id.key)).collect();
+    let unnamed = cheap
+        .iter()
+        .flat_map(lockyard::flock::Holders::holding)
+        .any(|h| h.pid.is_none_or(|p| h.cmdline.is_none() && !alive(p)));
+    let exact = args.exact || unnamed;
+    let mut answers = if exact { snapshot.exact_holders(&found) } else { cheap }.into_iter();
+    let mut any_error = false;
+    let mut any_held = false;
+    for (path, id) in args.paths.iter().zip(&ids) {
+        let shown = path.display().to_string();
+        match id {
+            Err(e) => {
+                any_error = true;
+                files.push(WhoFile {
+                    path: shown,
+                    device: None,
+                    inode: None,
+                    key_source: None,
+                    holders: Vec::new(),
+                    waiters: Vec::new(),
+                    error: Some(e.to_string()),
+                });
+            }
+            Ok(id) => {
+                let holders = answers.next().unwrap_or_default();
+                any_held |= holders.holding().next().is_some();
+                files.push(WhoFile {
+                    path: shown,
+                    device: Some(format!("{:02x}:{:02x}", id.key.device.major, id.key.device.minor)),
+                    inode: Some(id.key.inode),
+                    key_source: Some(id.source),
+                    holders: holders.holding().cloned().collect(),
+                    waiters: holders.waiting().cloned().collect(),
+                    error: None,
+                });
+            }
+        }
+    }
+    if args.json {
+        if let Err(e) = print_json(&WhoReport { schema: 1, exact, files }) {
+            return report(Err(e), 0);
+        }
+    } else {
+        let mut text = String::new();
+        for file in files.iter().filter(|f| f.error.is_none()) {
+            if file.holders.is_empty() && file.waiters.is_empty() {
+                text.push_str(&format!("{}: not held\n", file.path));
+            }
+            for h in &file.holders {
+                text.push_str(&format!("{}: held by {h}\n", file.path));
+            }
+            for w in &file.waiters {
+                text.push_str(&format!("{}: {w}\n", file.path));
+            }
+        }
+        if let Err(e) = emit(&text) {
+            return report(Err(e), 0);
+        }
+    }
+    ExitCode::from(if any_error {
+        2
+    } else if any_held {
+        0
+    } else {
+        1
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[derive(Serialize)]
+struct PidfileReport {
+    schema: u32,
+    path: String,
+    state: &'static str,
+    pid: Option<u32>,
+    command: Option<String>,
+    start_time: Option<u64>,
+}
+
+fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
+    let state = match Pidfile::new(path).read() {
+        Ok(state) => state,
+        Err(e) => return report(Err(e).context("cannot read pidfile"), 0),
+    };
+    let (name, claimant) = match &state {
+        PidfileState::NotExist => ("missing", None),
+        PidfileState::Unclaimed(_) => ("unclaimed", None),
+        PidfileState::ClaimedBy(who) => ("claimed", Some(who)),
+        _ => ("unknown", None),
+    };
+    let shown = path.display().to_string();
+    if json {
+        let report_json = PidfileReport {
+            schema: 1,
+            path: shown,
+            state: name,
+            pid: claimant.map(|c| c.pid),
+            command: claimant.and_then(|c| c.cmdline.clone()),
+            start_time: claimant.and_then(|c| c.start_time),
+        };
+        if let Err(e) = print_json(&report_json) {
+            return report(Err(e), 0);
+        }
+    } else {
+        let text = match claimant {
+            Some(c) => {
+                format!("{shown}: claimed by pid {} ({})\n", c.pid, c.cmdline.as_deref().unwrap_or("?"))
+            }
+            None if name == "missing" => format!("{shown}: no such pidfile\n"),
+            None => format!("{shown}: unclaimed\n"),
+        };
+        if let Err(e) = emit(&text) {
+            return report(Err(e), 0);
+        }
+    }
+    ExitCode::from(if claimant.is_some() { 0 } else { 1 })
+}
+
+/// Lock options for `run`.
+fn run_options(args: &RunArgs) -> LockOptions {
+    let options = LockOptions::new().kind(match args.kind {
+        RunKind::Flock => LockKind::Flock,
+        RunKind::Ofd => LockKind::Ofd,
+    });
+    if args.shared { options.shared() } else { options.exclusive() }
+}
+
+/// How long `run` waits: `None` for not at all.
+fn run_wait(args: &RunArgs) -> Option<Wait> {
+    match args.timeout {
+        _ if args.nonblock => None,
+        Some(secs) if secs <= 0.0 => None,
+        Some(secs) => Some(Wait::timeout(Duration::from_secs_f64(secs.min(1e9)))),
+        None => Some(Wait::default()),
+    }
+}
+
+/// Open and lock for `run`, mapping failures to flock(1)'s exit codes.
+fn run_lock(args: &RunArgs) -> std::result::Result<lockyard::flock::LockGuard, ExitCode> {
+    let fail = |err: &LockError| {
+        if err.is_busy() {
+            if args.verbose {
+                eprintln!("lockyard: {err}");
+            }
+            ExitCode::from(args.conflict_exit_code)
+        } else {
+            eprintln!("lockyard: {err}");
+            ExitCode::from(EX_NOINPUT)
+        }
+    };
+    let file = LockFile::with_options(&args.path, run_options(args)).map_err(|e| fail(&e))?;
+    let result = match run_wait(args) {
+        None => file.try_lock_or_holders(),
+        Some(wait) => file.lock_with(&wait),
+    };
+    result.map_err(|e| fail(&e))
+}

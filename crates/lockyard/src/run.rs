@@ -1,0 +1,130 @@
+//! `lockyard run` and `lockyard pidfile claim`: run a command while holding
+//! a lock, forwarding signals, passing its exit status through.
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::process::{Command, ExitCode};
+
+use lockyard::cli::RunArgs;
+use lockyard::flock::{LockError, Pidfile};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::EX_USAGE;
+
+pub(crate) fn run(args: &RunArgs) -> ExitCode {
+    let argv: Vec<OsString> = match (&args.shell_command, args.command.as_slice()) {
+        (Some(script), []) => vec!["sh".into(), "-c".into(), script.into()],
+        (Some(_), _) => return usage("-c takes the whole command; do not give COMMAND as well"),
+        (None, []) => return usage("a COMMAND to run under the lock is required (or -c 'COMMAND')"),
+        (None, rest) => rest.to_vec(),
+    };
+    let guard = match crate::run_lock(args) {
+        Ok(guard) => guard,
+        Err(code) => return code,
+    };
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    if !args.close {
+        inherit(&mut command, guard.as_raw_fd());
+    }
+    let code = spawn_and_wait(command, |_| {});
+    drop(guard);
+    code
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("lockyard run: {message}");
+    eprintln!("hint: lockyard run [OPTIONS] PATH -- COMMAND [ARGS...]; see lockyard run --help");
+    ExitCode::from(EX_USAGE)
+}
+
+/// Let the command inherit the lock descriptor, as flock(1) does without
+/// `-o`, so processes it leaves running keep the lock.
+#[allow(unsafe_code)]
+fn inherit(command: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // one async-signal-safe system call (fcntl F_SETFD) and allocates
+    // nothing; `fd` is the lock descriptor, open in the child as in the
+    // parent, and `borrow_raw` only borrows it for that call.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+}
+
+/// Start `command`, forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it
+/// until it exits, and turn its status into ours (128+N for signal N).
+/// `started` sees the child's pid once it runs.
+fn spawn_and_wait(mut command: Command, started: impl FnOnce(u32)) -> ExitCode {
+    // Registered before the child exists, so no signal is lost in between;
+    // the child starts with default dispositions (exec resets handlers).
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("lockyard: cannot set up signal forwarding: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let program = command.get_program().to_string_lossy().into_owned();
+            eprintln!("lockyard: cannot run {program}: {e}");
+            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+        }
+    };
+    let pid = child.id();
+    started(pid);
+    let handle = signals.handle();
+    let forwarder = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if let (Some(pid), Some(signal)) = (
+                rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                rustix::process::Signal::from_named_raw(signal),
+            ) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    });
+    let status = child.wait();
+    handle.close();
+    let _ = forwarder.join();
+    match status {
+        Ok(status) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(255)),
+            (None, None) => ExitCode::from(1),
+        },
+        Err(e) => {
+            eprintln!("lockyard: waiting for the command failed: {e}");
+            ExitCode::from(71)
+        }
+    }
+}
+
+pub(crate) fn pidfile_claim(path: &std::path::Path, argv: &[OsString]) -> ExitCode {
+    let pidfile = Pidfile::new(path);
+    let guard = match pidfile.claim() {
+        Ok(guard) => guard,
+        Err(err @ LockError::Contended { .. }) => {
+            eprintln!("lockyard: {err}");
+            return ExitCode::from(1);
+        }
+        Err(err) => {
+            eprintln!("lockyard: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    spawn_and_wait(command, |pid| {
+        if let Err(e) = guard.set_pid(pid) {
+            eprintln!("lockyard: {e}");
+        }
+    })
+}

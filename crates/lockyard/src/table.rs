@@ -1,0 +1,131 @@
+//! Aligned plain-text tables that fit the terminal.
+
+/// How to print a table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    /// Leave out the header line.
+    pub noheadings: bool,
+    /// One space between columns, no alignment, no truncation.
+    pub raw: bool,
+    /// Fit into this many columns by shortening the flexible columns
+    /// (`None`: no limit, as when stdout is not a terminal).
+    pub width: Option<usize>,
+}
+
+/// A column: its heading, and whether it may be shortened to fit.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// The heading.
+    pub name: &'static str,
+    /// Whether the column may be shortened (paths, commands).
+    pub flexible: bool,
+}
+
+/// Render `rows` under `columns`; every row has one cell per column.
+pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String {
+    let mut out = String::new();
+    if style.raw {
+        if !style.noheadings {
+            out.push_str(&columns.iter().map(|c| c.name).collect::<Vec<_>>().join(" "));
+            out.push('\n');
+        }
+        for row in rows {
+            out.push_str(&row.join(" "));
+            out.push('\n');
+        }
+        return out;
+    }
+    let len = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let heading = if style.noheadings { 0 } else { c.name.len() };
+            rows.iter().map(|r| len(&r[i])).max().unwrap_or(0).max(heading)
+        })
+        .collect();
+    if let Some(limit) = style.width {
+        let total = |w: &[usize]| w.iter().sum::<usize>() + w.len().saturating_sub(1);
+        while total(&widths) > limit {
+            let widest = (0..columns.len())
+                .filter(|&i| columns[i].flexible && widths[i] > 12)
+                .max_by_key(|&i| widths[i]);
+            let Some(i) = widest else { break };
+            let excess = total(&widths) - limit;
+            widths[i] = (widths[i] - excess).max(12);
+        }
+    }
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            let cell = fit(cell, widths[i]);
+            if i + 1 == columns.len() {
+                text.push_str(&cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}", width = widths[i]));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    if !style.noheadings {
+        line(&mut columns.iter().map(|c| c.name));
+    }
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// `text` shortened to `width` characters with a final `…`.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut short: String = text.chars().take(width.saturating_sub(1)).collect();
+    short.push('…');
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMNS: [Column; 3] = [
+        Column { name: "PID", flexible: false },
+        Column { name: "COMMAND", flexible: true },
+        Column { name: "PATH", flexible: true },
+    ];
+
+    fn rows() -> Vec<Vec<String>> {
+        vec![
+            vec!["1".into(), "flock -x /tmp/a sleep 60".into(), "/tmp/a".into()],
+            vec!["12345".into(), "python3".into(), "/var/lib/some/very/long/path/to/a.lock".into()],
+        ]
+    }
+
+    #[test]
+    fn columns_are_aligned() {
+        let text = render(&COLUMNS, &rows(), Style::default());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "PID   COMMAND                  PATH");
+        assert_eq!(lines[1], "1     flock -x /tmp/a sleep 60 /tmp/a");
+        assert_eq!(lines[2], "12345 python3                  /var/lib/some/very/long/path/to/a.lock");
+    }
+
+    #[test]
+    fn flexible_columns_shrink_to_fit() {
+        let text = render(&COLUMNS, &rows(), Style { width: Some(50), ..Style::default() });
+        assert!(text.lines().all(|l| l.chars().count() <= 50), "{text}");
+        assert!(text.contains('…'));
+    }
+
+    #[test]
+    fn raw_and_noheadings() {
+        let text = render(&COLUMNS, &rows(), Style { raw: true, noheadings: true, width: Some(10) });
+        assert_eq!(text.lines().next(), Some("1 flock -x /tmp/a sleep 60 /tmp/a"));
+    }
+}
