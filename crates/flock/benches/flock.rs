@@ -13,30 +13,23 @@
 //!   `cat /proc/locks`. `lslocks -p PID` is far slower (minutes at 10k
 //!   locks) and is timed once when `LOCKYARD_BENCH_LSLOCKS=1`.
 //!
-//! The locks are held by child processes (this executable re-run with
-//! `LOCKYARD_BENCH_HOLD` set), at most 15,000 each, to stay under common
-//! descriptor limits.
+//! The locks are held by child processes (see `held.rs`).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use lockyard_flock::{LockFile, holders_of};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
-const PER_CHILD: usize = 15_000;
+#[path = "held.rs"]
+mod held;
 
-fn lock_dir(name: &str) -> PathBuf {
-    let dir = Path::new("/dev/shm").join(format!("lockyard-bench-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    dir
-}
+use held::{Held, lock_dir};
 
 fn acquire_release(c: &mut Criterion) {
     let dir = lock_dir("acquire");
@@ -58,70 +51,6 @@ fn acquire_release(c: &mut Criterion) {
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Children holding `count` flocks on files `dir/NNNNNN.lock`.
-struct Held {
-    children: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl Held {
-    fn new(count: usize) -> Self {
-        let dir = lock_dir(&format!("held{count}"));
-        let exe = std::env::current_exe().expect("exe");
-        let mut children = Vec::new();
-        for start in (0..count).step_by(PER_CHILD) {
-            let end = (start + PER_CHILD).min(count);
-            let mut child = Command::new(&exe)
-                .env("LOCKYARD_BENCH_HOLD", format!("{}:{start}:{end}", dir.display()))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn holder");
-            let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("ready");
-            assert_eq!(line.trim(), "ready", "holder failed");
-            children.push(child);
-        }
-        Held { children, dir }
-    }
-
-    fn target(&self) -> PathBuf {
-        self.dir.join(format!("{:06}.lock", 0))
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            drop(child.stdin.take());
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Child mode: lock files `start..end` in `dir`, say so, wait for stdin.
-fn hold(spec: &str) {
-    let mut parts = spec.rsplitn(3, ':');
-    let end: usize = parts.next().and_then(|s| s.parse().ok()).expect("end");
-    let start: usize = parts.next().and_then(|s| s.parse().ok()).expect("start");
-    let dir = PathBuf::from(parts.next().expect("dir"));
-    let mut fds = Vec::with_capacity(end - start);
-    for i in start..end {
-        let fd = rustix::fs::open(
-            dir.join(format!("{i:06}.lock")),
-            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC,
-            Mode::from(0o644),
-        )
-        .expect("open");
-        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).expect("flock");
-        fds.push(fd);
-    }
-    println!("ready");
-    std::io::stdout().flush().expect("flush");
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
 
 fn holders(c: &mut Criterion, count: usize) {
@@ -168,8 +97,7 @@ criterion_group!(benches, acquire_release, holders_10k, holders_100k);
 criterion_group!(smoke, acquire_release, holders_10k);
 
 fn main() {
-    if let Some(spec) = std::env::var_os("LOCKYARD_BENCH_HOLD") {
-        hold(spec.to_str().expect("utf-8 spec"));
+    if held::child_mode() {
         return;
     }
     // CI's smoke run (`--test`) checks that every benchmark works; the

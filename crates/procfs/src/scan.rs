@@ -85,43 +85,20 @@ fn eight_digits_value(chunk: u64, n: usize) -> u64 {
     quads.wrapping_add(halves) >> 32
 }
 
-/// Parse an unsigned decimal number; `None` on empty input, a non-digit or
-/// overflow.
+/// Parse an unsigned decimal number that is all of `bytes`; `None` on
+/// empty input, a non-digit or overflow.
 pub(crate) fn dec_u64(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() || bytes.len() > 20 {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &b in bytes {
-        let digit = b.wrapping_sub(b'0');
-        if digit > 9 {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
-    }
-    Some(value)
+    leading_dec(bytes).filter(|&(_, len)| len == bytes.len()).map(|(value, _)| value)
 }
 
 pub(crate) fn dec_u32(bytes: &[u8]) -> Option<u32> {
     dec_u64(bytes).and_then(|v| u32::try_from(v).ok())
 }
 
-/// Parse lowercase or uppercase hexadecimal without a `0x` prefix.
+/// Parse lowercase or uppercase hexadecimal without a `0x` prefix, at most
+/// eight digits, that is all of `bytes`.
 pub(crate) fn hex_u32(bytes: &[u8]) -> Option<u32> {
-    if bytes.is_empty() || bytes.len() > 8 {
-        return None;
-    }
-    let mut value: u32 = 0;
-    for &b in bytes {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u32::from(digit);
-    }
-    Some(value)
+    leading_hex(bytes).filter(|&(_, len)| len == bytes.len()).map(|(value, _)| value)
 }
 
 /// Parse the hex digits (at most eight) at the start of `bytes`: the value

@@ -1,0 +1,79 @@
+//! `lockyard who` and `lockyard locks` against `cat /proc/locks` (the
+//! floor: the kernel generating the text) and `lslocks`, with 1k, 10k and
+//! 100k locks held.
+//!
+//! `cargo bench -p lockyard --bench cli`; each figure is the median of
+//! several runs of the whole command. `lslocks` is run at 1k locks (it
+//! rescans every descriptor for every lock, so 10k takes minutes; set
+//! `LOCKYARD_BENCH_LSLOCKS=1` to include it at 10k). `-- --test` (CI's
+//! smoke run) does the 1k case with one run each.
+
+#![allow(clippy::print_stdout)]
+
+#[path = "../../flock/benches/held.rs"]
+mod held;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use held::Held;
+
+const LOCKYARD: &str = env!("CARGO_BIN_EXE_lockyard");
+
+/// Median wall time of `runs` runs of `program args`, output discarded.
+fn median(runs: usize, program: &str, args: &[&str]) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(status.success() || program == LOCKYARD, "{program} {args:?} failed: {status}");
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn main() {
+    if held::child_mode() {
+        return;
+    }
+    let smoke = std::env::args().any(|a| a == "--test");
+    let sizes: &[usize] = if smoke { &[1_000] } else { &[1_000, 10_000, 100_000] };
+    println!(
+        "{:>7} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14}",
+        "locks", "cat", "who", "locks", "lslocks", "who/cat", "lslocks/locks"
+    );
+    for &count in sizes {
+        let runs = if smoke {
+            1
+        } else if count >= 100_000 {
+            3
+        } else {
+            7
+        };
+        let held = Held::new(count);
+        let target = held.target();
+        let target = target.to_str().expect("utf-8");
+        let cat = median(runs, "cat", &["/proc/locks"]);
+        let who = median(runs, LOCKYARD, &["who", target]);
+        let locks = median(runs, LOCKYARD, &["locks"]);
+        let lslocks = (count <= 1_000
+            || (count <= 10_000 && std::env::var_os("LOCKYARD_BENCH_LSLOCKS").is_some()))
+        .then(|| median(1, "lslocks", &[]));
+        println!(
+            "{count:>7} {:>12.3?} {:>12.3?} {:>12.3?} {:>12} {:>10.2} {:>14}",
+            cat,
+            who,
+            locks,
+            lslocks.map_or("-".to_owned(), |d| format!("{d:.3?}")),
+            who.as_secs_f64() / cat.as_secs_f64(),
+            lslocks.map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64() / locks.as_secs_f64())),
+        );
+    }
+}
