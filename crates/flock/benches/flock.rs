@@ -26,7 +26,7 @@ use criterion::{Criterion, criterion_group};
 use lockyard_flock::{LockFile, holders_of};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
-#[path = "held.rs"]
+#[path = "support/held.rs"]
 mod held;
 
 use held::{Held, lock_dir};

@@ -10,7 +10,7 @@
 
 #![allow(clippy::print_stdout)]
 
-#[path = "../../flock/benches/held.rs"]
+#[path = "../../flock/benches/support/held.rs"]
 mod held;
 
 use std::process::{Command, Stdio};
