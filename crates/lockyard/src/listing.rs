@@ -135,6 +135,15 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
         }
     }
 
+    // Waiters by the line they wait on, in one pass (asking ProcLocks per
+    // lock would rescan every line for every lock).
+    let mut waiters: HashMap<usize, Vec<&LockRecord>> = HashMap::new();
+    for record in records {
+        if let Some(blocker) = record.blocker() {
+            waiters.entry(blocker).or_default().push(record);
+        }
+    }
+
     let mut locks = Vec::with_capacity(granted.len());
     for &index in &granted {
         let record = &records[index];
@@ -158,9 +167,10 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
         } else {
             Vec::new()
         };
-        let blocked = snapshot
-            .locks()
-            .waiters_of(index)
+        let blocked = waiters
+            .get(&index)
+            .into_iter()
+            .flatten()
             .map(|w| Process {
                 pid: w.pid_hint(),
                 command: w.pid_hint().and_then(|p| commands.get(p)),

@@ -719,7 +719,9 @@ impl ProcLocks {
         self.records.iter().filter(move |r| r.has_key && r.key == key)
     }
 
-    /// The waiters blocked directly on the line at `index`.
+    /// The waiters blocked directly on the line at `index`. Scans every
+    /// line: to group all waiters, walk [`ProcLocks::records`] once and use
+    /// [`LockRecord::blocker`] instead.
     pub fn waiters_of(&self, index: usize) -> impl Iterator<Item = &LockRecord> {
         self.records.iter().filter(move |r| r.blocker() == Some(index))
     }
