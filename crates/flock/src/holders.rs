@@ -363,20 +363,28 @@ fn mount_id_from_fdinfo(path: &Path) -> Option<u64> {
     FdInfo::read_fd(std::process::id(), raw).ok()?.mnt_id
 }
 
-/// Every `(pid, fd)` on the host that this process may inspect.
-fn open_descriptors() -> impl Iterator<Item = (u32, u32)> {
-    let pids = std::fs::read_dir("/proc")
+/// Every process visible in this process's `/proc` (thread-group leaders).
+pub fn processes() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()));
-    pids.flat_map(|pid| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(move |entry| entry.file_name().to_str()?.parse::<u32>().ok().map(|fd| (pid, fd)))
-    })
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
+}
+
+/// The open descriptors of `pid`; none if it is gone or may not be
+/// inspected (another user's, without privilege).
+pub fn descriptors(pid: u32) -> impl Iterator<Item = u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// Every `(pid, fd)` on the host that this process may inspect.
+fn open_descriptors() -> impl Iterator<Item = (u32, u32)> {
+    processes().flat_map(|pid| descriptors(pid).map(move |fd| (pid, fd)))
 }
 
 /// Holders and waiters of the lock file at `path`, as `/proc/locks`

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
+use lockyard_flock::holders::{descriptors, processes};
 use lockyard_flock::{LockError, Snapshot};
 use lockyard_procfs::{Cmdline, FdInfo, LockKey, LockKind, LockRecord};
 use serde::Serialize;
@@ -127,11 +128,11 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
     let recorded: HashSet<u32> = granted.iter().filter_map(|&i| records[i].pid_hint()).collect();
     let mut found: HashMap<LockKey, Found> = HashMap::new();
     if options.exact {
-        scan(all_pids(), &keys, &mut found);
+        scan(processes(), &keys, &mut found);
     } else {
         scan(recorded.iter().copied(), &keys, &mut found);
         if keys.iter().any(|k| found.get(k).is_none_or(|f| f.path.is_none())) {
-            scan(all_pids().filter(|p| !recorded.contains(p)), &keys, &mut found);
+            scan(processes().filter(|p| !recorded.contains(p)), &keys, &mut found);
         }
     }
 
@@ -230,14 +231,6 @@ fn same_lock(a: &LockRecord, b: &LockRecord) -> bool {
         && a.pid() == b.pid()
 }
 
-fn all_pids() -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-}
-
 /// Read the fdinfo of every descriptor of `pids`, recording which carry
 /// locks on `keys` and where their files are.
 fn scan(pids: impl Iterator<Item = u32>, keys: &HashSet<LockKey>, found: &mut HashMap<LockKey, Found>) {
@@ -245,9 +238,7 @@ fn scan(pids: impl Iterator<Item = u32>, keys: &HashSet<LockKey>, found: &mut Ha
         return;
     }
     for pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { continue };
-        for entry in fds.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        for fd in descriptors(pid) {
             let Ok(info) = FdInfo::read_fd(pid, fd) else { continue };
             for record in info.locks {
                 let Some(key) = record.key().filter(|k| keys.contains(k)) else { continue };
