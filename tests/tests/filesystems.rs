@@ -1,7 +1,9 @@
 //! The filesystem matrix: locks and holders on tmpfs, ext4, btrfs (with a
 //! subvolume), xfs, overlayfs (upper and lower layer), a bind mount, a
 //! mount stacked over another, a mount point with a space and a newline in
-//! its name, and FUSE (bindfs), which must be refused.
+//! its name, and FUSE (bindfs), which must be refused. On btrfs, two files
+//! with the same inode number in two subvolumes share a /proc/locks key;
+//! exact attribution must tell their holders apart.
 //!
 //! Needs root, loop devices and the mkfs tools (`.ci/install-deps` installs
 //! them); runs in a private mount namespace (`unshare -m`) so nothing leaks
@@ -78,6 +80,7 @@ $check held bind/a.lock
 $check held stack/a.lock
 $check held "odd name
 x/a.lock"
+$check pair btrfs/a.lock btrfs/sub/a.lock
 $check refused fuse/in-lower.lock FUSE
 fusermount -u fuse 2>/dev/null || umount fuse
 "#,
@@ -91,7 +94,7 @@ fusermount -u fuse 2>/dev/null || umount fuse
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}");
     assert!(out.status.success(), "filesystem matrix failed:\n{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok: ")).count(), 11, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok: ")).count(), 12, "{stdout}");
     // btrfs is the case where stat's device is not the lock's device.
     assert!(
         stdout
