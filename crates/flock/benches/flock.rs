@@ -4,8 +4,9 @@
 //! docs/benchmarks.md.
 //!
 //! - `acquire_release`: an uncontended exclusive lock taken and released
-//!   through [`LockFile`] (hardened open, fstatfs policy, inode check,
-//!   explicit unlock) against the bare `open + flock + close`.
+//!   through [`LockFile`] (hardened open and `fstat` checks, the fstatfs
+//!   policy once per device, the inode check, release by close) against
+//!   the bare `open + flock + close`.
 //! - `holders_10k` / `holders_100k`: who holds one file among 10,000 and
 //!   100,000 held locks, with `holders_of` (reads mountinfo and
 //!   /proc/locks, parses, resolves the key), against reading /proc/locks
