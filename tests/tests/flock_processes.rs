@@ -419,27 +419,36 @@ fn upgrade_and_downgrade_with_ofd_locks() {
 }
 
 #[test]
-fn explicit_unlock_releases_for_every_copy_of_the_descriptor() {
-    let dir = Scratch::new("flock-unlock-guard");
+fn dropping_a_guard_releases_even_a_shared_descriptor() {
+    // A copy of the descriptor, as a child forked by any thread holds until
+    // it execs; the drop must not wait for it.
+    let dir = Scratch::new("flock-drop-shared");
     let path = dir.path("g.lock");
     let guard = exclusive(&path).try_lock().expect("try").expect("free");
-    // A copy of the descriptor, as a forked child would have.
+    let copy = rustix::io::fcntl_dupfd_cloexec(&guard, 0).expect("dup");
+    drop(guard);
+    assert!(exclusive(&path).try_lock().expect("try").is_some(), "the drop unlocked the shared description");
+    drop(copy);
+
+    let guard = exclusive(&path).try_lock().expect("try").expect("free");
     let copy = rustix::io::fcntl_dupfd_cloexec(&guard, 0).expect("dup");
     guard.unlock().expect("unlock");
-    assert!(exclusive(&path).try_lock().expect("try").is_some(), "unlock released the shared description");
+    assert!(exclusive(&path).try_lock().expect("try").is_some());
     drop(copy);
 }
 
 #[test]
-fn a_dropped_guard_whose_descriptor_is_shared_keeps_the_lock() {
-    let dir = Scratch::new("flock-drop-shared");
-    let path = dir.path("s.lock");
-    let guard = exclusive(&path).try_lock().expect("try").expect("free");
-    let copy = rustix::io::fcntl_dupfd_cloexec(&guard, 0).expect("dup");
-    drop(guard);
+fn into_fd_hands_over_the_lock_without_unlocking() {
+    let dir = Scratch::new("flock-into-fd");
+    let path = dir.path("h.lock");
+    let fd = exclusive(&path).try_lock().expect("try").expect("free").into_fd();
+    let copy = rustix::io::fcntl_dupfd_cloexec(&fd, 0).expect("dup");
+    drop(fd);
     assert!(exclusive(&path).try_lock().expect("try").is_none(), "the copy still holds the flock");
     drop(copy);
-    assert!(exclusive(&path).try_lock().expect("try").is_some());
+    // Released once the last copy is closed (a child forked meanwhile by
+    // another test thread may hold one until it execs).
+    eventually("the last copy to close", || exclusive(&path).try_lock().expect("try").is_some());
 }
 
 #[test]

@@ -459,16 +459,21 @@ fn apply(
     }
 }
 
-/// A held lock; dropping it closes the descriptor, which releases the lock.
+/// A held lock; dropping it releases the lock and closes the descriptor.
 ///
-/// As with any `flock` or OFD lock, a child forked while the guard lives
-/// shares the descriptor (it is close-on-exec, so not past an `exec`), and
-/// the lock is released when the last copy is closed. Unlock explicitly
-/// with [`LockGuard::unlock`] to release it for every copy at once.
+/// Dropping unlocks explicitly before closing. Closing alone would not be
+/// enough in a threaded program: while another thread is between `fork`
+/// and `exec` (any `std::process::Command::spawn`), the child holds a copy
+/// of every descriptor, close-on-exec or not, and a `flock` or OFD lock
+/// lives until the last copy is closed. The explicit unlock releases it for
+/// every copy at once. To hand the lock to a child on purpose (as
+/// `flock(1)` does for its command), take the descriptor with
+/// [`LockGuard::into_fd`].
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct LockGuard {
-    fd: OwnedFd,
+    /// `None` only inside `unlock` and `into_fd`, which consume the guard.
+    fd: Option<OwnedFd>,
     path: PathBuf,
     kind: LockKind,
     mode: LockMode,
@@ -477,7 +482,13 @@ pub struct LockGuard {
 
 impl LockGuard {
     fn new(fd: OwnedFd, file: &LockFile, kind: LockKind) -> Self {
-        LockGuard { fd, path: file.path.clone(), kind, mode: file.options.mode, range: file.options.range }
+        LockGuard {
+            fd: Some(fd),
+            path: file.path.clone(),
+            kind,
+            mode: file.options.mode,
+            range: file.options.range,
+        }
     }
 
     /// The lock file's path.
@@ -501,14 +512,30 @@ impl LockGuard {
     }
 
     /// Release the lock now, for every process sharing the descriptor, and
-    /// close it.
+    /// close it; like dropping the guard, but reporting a failure.
     ///
     /// # Errors
     /// The unlock failed (closing still releases this copy).
-    pub fn unlock(self) -> Result<(), LockError> {
+    pub fn unlock(mut self) -> Result<(), LockError> {
+        let fd = self.take_fd();
         let mut kind = self.kind;
-        apply(self.fd.as_fd(), &mut kind, None, self.range)
+        apply(fd.as_fd(), &mut kind, None, self.range)
             .map_err(|e| LockError::io(&self.path, lock_op(kind), e))
+    }
+
+    /// The descriptor carrying the lock, without unlocking: the lock now
+    /// lives as long as this descriptor and any copy of it (a child that
+    /// inherits it keeps it after we close ours).
+    pub fn into_fd(mut self) -> OwnedFd {
+        self.take_fd()
+    }
+
+    fn take_fd(&mut self) -> OwnedFd {
+        self.fd.take().expect("the descriptor is only taken by methods consuming the guard")
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_ref().expect("the descriptor is only taken by methods consuming the guard").as_fd()
     }
 
     /// Change between shared and exclusive without waiting.
@@ -523,7 +550,7 @@ impl LockGuard {
     /// [`LockError::Contended`] if another holder prevents the change.
     pub fn set_mode(&mut self, mode: LockMode) -> Result<(), LockError> {
         let mut kind = self.kind;
-        match apply(self.fd.as_fd(), &mut kind, Some(mode), self.range) {
+        match apply(self.fd(), &mut kind, Some(mode), self.range) {
             Ok(()) => {
                 self.mode = mode;
                 Ok(())
@@ -539,12 +566,24 @@ impl LockGuard {
 
 impl AsFd for LockGuard {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd()
     }
 }
 
 impl std::os::fd::AsRawFd for LockGuard {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.fd.as_raw_fd()
+        self.fd().as_raw_fd()
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            let mut kind = self.kind;
+            if let Err(e) = apply(fd.as_fd(), &mut kind, None, self.range) {
+                // Closing `fd` below still releases this copy.
+                tracing::debug!(path = %self.path.display(), error = %e, "unlock failed");
+            }
+        }
     }
 }

@@ -29,7 +29,13 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         inherit(&mut command, guard.as_raw_fd());
     }
     let code = spawn_and_wait(command, |_| {});
-    drop(guard);
+    if args.close {
+        drop(guard);
+    } else {
+        // Like flock(1): close our descriptor without unlocking, so a
+        // process the command left running keeps the lock it inherited.
+        drop(guard.into_fd());
+    }
     code
 }
 
