@@ -293,3 +293,33 @@ fn completions_are_printed() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("lockyard"));
 }
+
+#[test]
+fn run_lets_the_command_keep_the_lock_unless_close() {
+    let dir = Scratch::new("inherit");
+    let file = dir.path("i.lock");
+    let p = file.to_str().expect("utf-8");
+    let pidfile = dir.path("bg.pid");
+    let script = format!("sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {}", pidfile.display());
+
+    // Without -o the command inherits the lock, and what it leaves behind
+    // keeps it after lockyard exits, as with flock(1).
+    assert!(lockyard(&["run", p, "-c", &script]).status.success());
+    let bg: u32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("pid");
+    let kill = |pid: u32| {
+        if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    };
+    let doc = json(&lockyard(&["who", p, "--json"]));
+    kill(bg);
+    assert_eq!(doc["files"][0]["holders"][0]["pid"], bg, "{doc}");
+
+    // With -o it does not.
+    wait_until("release", || !held(&file));
+    assert!(lockyard(&["run", "-o", p, "-c", &script]).status.success());
+    let bg: u32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("pid");
+    let still = held(&file);
+    kill(bg);
+    assert!(!still, "-o: the command's leftovers must not hold the lock");
+}
