@@ -6,23 +6,19 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
-use lockyard::cli::{Cli, Command, KindFilter, LocksArgs, PidfileCommand, RunArgs, RunKind, WhoArgs};
-use lockyard::flock::{
-    Holder, LockError, LockFile, LockKind, LockOptions, Pidfile, PidfileState, Snapshot, Wait,
-};
+use lockyard::cli::{Cli, Command, KindFilter, LocksArgs, PidfileCommand, WhoArgs};
+use lockyard::flock::{Holder, LockError, Pidfile, PidfileState, Snapshot};
 use lockyard::listing::{self, ListOptions, Listing};
 use lockyard::table::{self, Column, Style};
 use serde::Serialize;
 
 mod run;
 
-/// `sysexits.h` codes used where flock(1) uses them.
+/// `sysexits.h` code for bad usage, as flock(1) uses it.
 const EX_USAGE: u8 = 64;
-const EX_NOINPUT: u8 = 66;
 
 fn main() -> ExitCode {
     init_logging();
@@ -363,44 +359,4 @@ fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
         }
     }
     ExitCode::from(if claimant.is_some() { 0 } else { 1 })
-}
-
-/// Lock options for `run`.
-fn run_options(args: &RunArgs) -> LockOptions {
-    let options = LockOptions::new().kind(match args.kind {
-        RunKind::Flock => LockKind::Flock,
-        RunKind::Ofd => LockKind::Ofd,
-    });
-    if args.shared { options.shared() } else { options.exclusive() }
-}
-
-/// How long `run` waits: `None` for not at all.
-fn run_wait(args: &RunArgs) -> Option<Wait> {
-    match args.timeout {
-        _ if args.nonblock => None,
-        Some(secs) if secs <= 0.0 => None,
-        Some(secs) => Some(Wait::timeout(Duration::from_secs_f64(secs.min(1e9)))),
-        None => Some(Wait::default()),
-    }
-}
-
-/// Open and lock for `run`, mapping failures to flock(1)'s exit codes.
-fn run_lock(args: &RunArgs) -> std::result::Result<lockyard::flock::LockGuard, ExitCode> {
-    let fail = |err: &LockError| {
-        if err.is_busy() {
-            if args.verbose {
-                eprintln!("lockyard: {err}");
-            }
-            ExitCode::from(args.conflict_exit_code)
-        } else {
-            eprintln!("lockyard: {err}");
-            ExitCode::from(EX_NOINPUT)
-        }
-    };
-    let file = LockFile::with_options(&args.path, run_options(args)).map_err(|e| fail(&e))?;
-    let result = match run_wait(args) {
-        None => file.try_lock_or_holders(),
-        Some(wait) => file.lock_with(&wait),
-    };
-    result.map_err(|e| fail(&e))
 }

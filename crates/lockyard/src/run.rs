@@ -6,11 +6,17 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, ExitCode};
 
 use lockyard::cli::RunArgs;
-use lockyard::flock::{LockError, Pidfile};
+use std::time::Duration;
+
+use lockyard::cli::RunKind;
+use lockyard::flock::{LockError, LockFile, LockGuard, LockKind, LockOptions, Pidfile, Wait};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::EX_USAGE;
+
+/// `sysexits.h` code flock(1) uses when the lock file cannot be opened.
+const EX_NOINPUT: u8 = 66;
 
 pub(crate) fn run(args: &RunArgs) -> ExitCode {
     let argv: Vec<OsString> = match (&args.shell_command, args.command.as_slice()) {
@@ -19,7 +25,7 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         (None, []) => return usage("a COMMAND to run under the lock is required (or -c 'COMMAND')"),
         (None, rest) => rest.to_vec(),
     };
-    let guard = match crate::run_lock(args) {
+    let guard = match run_lock(args) {
         Ok(guard) => guard,
         Err(code) => return code,
     };
@@ -133,4 +139,44 @@ pub(crate) fn pidfile_claim(path: &std::path::Path, argv: &[OsString]) -> ExitCo
             eprintln!("lockyard: {e}");
         }
     })
+}
+
+/// Lock options for `run`.
+fn run_options(args: &RunArgs) -> LockOptions {
+    let options = LockOptions::new().kind(match args.kind {
+        RunKind::Flock => LockKind::Flock,
+        RunKind::Ofd => LockKind::Ofd,
+    });
+    if args.shared { options.shared() } else { options.exclusive() }
+}
+
+/// How long `run` waits: `None` for not at all.
+fn run_wait(args: &RunArgs) -> Option<Wait> {
+    match args.timeout {
+        _ if args.nonblock => None,
+        Some(secs) if secs <= 0.0 => None,
+        Some(secs) => Some(Wait::timeout(Duration::from_secs_f64(secs.min(1e9)))),
+        None => Some(Wait::default()),
+    }
+}
+
+/// Open and lock for `run`, mapping failures to flock(1)'s exit codes.
+fn run_lock(args: &RunArgs) -> Result<LockGuard, ExitCode> {
+    let fail = |err: &LockError| {
+        if err.is_busy() {
+            if args.verbose {
+                eprintln!("lockyard: {err}");
+            }
+            ExitCode::from(args.conflict_exit_code)
+        } else {
+            eprintln!("lockyard: {err}");
+            ExitCode::from(EX_NOINPUT)
+        }
+    };
+    let file = LockFile::with_options(&args.path, run_options(args)).map_err(|e| fail(&e))?;
+    let result = match run_wait(args) {
+        None => file.try_lock_or_holders(),
+        Some(wait) => file.lock_with(&wait),
+    };
+    result.map_err(|e| fail(&e))
 }

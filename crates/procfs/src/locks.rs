@@ -567,8 +567,7 @@ impl<'a> Cursor<'a> {
 
     /// A hex number (a device's major or minor), at most eight digits.
     fn hex(&mut self) -> Option<u32> {
-        let len = self.rest().iter().take(9).take_while(|b| b.is_ascii_hexdigit()).count();
-        let value = scan::hex_u32(&self.rest()[..len])?;
+        let (value, len) = scan::leading_hex(self.rest())?;
         self.pos += len;
         Some(value)
     }
