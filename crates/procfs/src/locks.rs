@@ -603,8 +603,10 @@ impl fmt::Display for LockRecord {
         let (kind, qualifier) = (self.kind_str(), self.qualifier_str());
         match self.kind {
             LockKind::Posix => write!(f, "POSIX  {qualifier:<9} ")?,
+            // Padding to 9 and then a space, not to 10: an unknown word
+            // longer than the column must still end before the mode.
             LockKind::Flock | LockKind::Lease | LockKind::Delegation => {
-                write!(f, "{kind:<5}  {qualifier:<10}")?;
+                write!(f, "{kind:<5}  {qualifier:<9} ")?;
             }
             _ => write!(f, "{kind} {qualifier:<9} ")?,
         }
@@ -780,5 +782,18 @@ mod tests {
         assert!(parse_common(b"3:  -> FLOCK  ADVISORY  WRITE 3912 fe:00:1 0 EOF").is_none());
         assert!(parse_common(b"6: LEASE  ACTIVE    READ 4029 fe:00:1 0 EOF").is_none());
         assert!(parse_common(b"1: FLOCK  ADVISORY  READ 1 fe:00:1 0 EOFX").is_none());
+    }
+
+    #[test]
+    fn an_unknown_word_wider_than_its_column_still_prints_apart() {
+        // Found by the proc_locks fuzz target: a 15-byte qualifier ran
+        // into the mode, and the printed line no longer parsed.
+        let line = b"3: FLOCK  ADVISORY_PLUS  READ 3914 fe:00:10010897 0 EOF";
+        let record = parse_any(line, 1, FORMAT).expect("parse");
+        let printed = record.to_string();
+        assert_eq!(printed, "3: FLOCK  ADVISORY_PLUS READ 3914 fe:00:10010897 0 EOF");
+        assert_eq!(parse_any(printed.as_bytes(), 1, FORMAT).expect("reparse"), record);
+        let known = parse_any(b"1: FLOCK  ADVISORY  READ 1 fe:00:1 0 EOF", 1, FORMAT).expect("known");
+        assert_eq!(known.to_string(), "1: FLOCK  ADVISORY  READ 1 fe:00:1 0 EOF");
     }
 }
