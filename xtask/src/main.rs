@@ -27,6 +27,7 @@ const fn cargo(name: &'static str, args: &'static [&'static str]) -> Step {
 fn ci_steps() -> Vec<Step> {
     vec![
         cargo("format", &["fmt", "--all", "--check"]),
+        cargo("format (fuzz targets)", &["fmt", "--all", "--check", "--manifest-path", "fuzz/Cargo.toml"]),
         cargo(
             "clippy",
             &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"],
@@ -37,6 +38,8 @@ fn ci_steps() -> Vec<Step> {
             ..cargo("doc", &["doc", "--workspace", "--no-deps", "--all-features"])
         },
         cargo("bench smoke", &["bench", "--workspace", "--", "--test"]),
+        cargo("stress", &["run", "--quiet", "--package", "xtask", "--", "stress"]),
+        cargo("fuzz smoke", &["run", "--quiet", "--package", "xtask", "--", "fuzz", "--seconds", "30"]),
         cargo("man page", &["run", "--quiet", "--package", "xtask", "--", "man"]),
     ]
 }
@@ -46,6 +49,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("man") => man(),
+        Some("stress") => stress(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             usage();
             Ok(())
@@ -68,7 +73,10 @@ fn usage() {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
-         ci      format check, clippy, tests, docs, a bench smoke run and the man page; stops at the first failure\n  \
+         ci      format check, clippy, tests, docs, bench smoke, stress, fuzz smoke and the man page;\n          \
+         stops at the first failure\n  \
+         stress  [--long]  the stress and crash campaign (docs/reliability.md); --long is 32 processes, 10x rounds\n  \
+         fuzz    [--seconds N] [TARGET...]  run the lockyard-procfs fuzz targets, N seconds each (default 60)\n  \
          man     write the lockyard(1) man page to target/man/lockyard.1"
     );
 }
@@ -85,8 +93,7 @@ fn ci() -> Result<()> {
 /// Write the man page generated from the command's clap definition.
 fn man() -> Result<()> {
     use clap::CommandFactory;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-    let dir = root.join("target/man");
+    let dir = workspace_root()?.join("target/man");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let command = lockyard::cli::Cli::command();
     // lockyard(1), plus lockyard-locks(1) and friends for the subcommands.
@@ -102,6 +109,164 @@ fn man() -> Result<()> {
         std::fs::write(&path, page).with_context(|| format!("write {}", path.display()))?;
     }
     eprintln!("xtask man: wrote {}/lockyard*.1", dir.display());
+    Ok(())
+}
+
+fn workspace_root() -> Result<&'static std::path::Path> {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")
+}
+
+/// The stress and crash campaign, built in release mode so its latency
+/// figures mean what docs/reliability.md says they mean.
+fn stress(args: &[String]) -> Result<()> {
+    let long = match args {
+        [] => false,
+        [flag] if flag == "--long" => true,
+        _ => bail!("usage: cargo xtask stress [--long]"),
+    };
+    let mut command = Command::new("cargo");
+    command.args([
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "lockyard-tests",
+        "--bin",
+        "lockyard-stress",
+        "--",
+    ]);
+    command.arg("all");
+    if long {
+        command.arg("--long");
+    }
+    let status = command.current_dir(workspace_root()?).status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("stress campaign failed ({status})");
+    }
+    Ok(())
+}
+
+/// Every cargo-fuzz target in `fuzz/`, each paired with the files that
+/// seed its corpus: fixtures of the procfs tests and `fuzz/seeds/TARGET/`.
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("mountinfo", "mountinfo-"),
+    ("proc_locks", "locks-"),
+    ("fdinfo", "fdinfo-"),
+    ("cmdline", ""),
+    ("cpulist", ""),
+    ("stat", ""),
+];
+
+/// Run the fuzz targets for a while each, with corpora kept under
+/// `target/fuzz/corpus` so runs build on each other.
+///
+/// cargo-fuzz needs nightly-only rustc flags (`-Zsanitizer`); this machine
+/// has one pinned stable toolchain, so the build opts in with
+/// `RUSTC_BOOTSTRAP=1` for the fuzz crate alone.
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut seconds = 60u32;
+    let mut chosen = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                let value = rest.next().context("--seconds needs a number")?;
+                seconds = value.parse().with_context(|| format!("--seconds {value}: not a number"))?;
+            }
+            name if FUZZ_TARGETS.iter().any(|(t, _)| *t == name) => chosen.push(name),
+            other => bail!(
+                "unknown fuzz argument `{other}`; targets: {}",
+                FUZZ_TARGETS.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    let root = workspace_root()?;
+    let probe = Command::new("cargo").args(["fuzz", "--version"]).output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        bail!(
+            "cargo-fuzz is not installed: `cargo install cargo-fuzz --locked` (.ci/install-deps does this)"
+        );
+    }
+    let fuzz_cargo = || {
+        let mut command = Command::new("cargo");
+        command.current_dir(root).env("RUSTC_BOOTSTRAP", "1").args(["fuzz"]);
+        command
+    };
+    let status = fuzz_cargo().args(["build", "--fuzz-dir", "fuzz"]).status().context("cargo fuzz build")?;
+    if !status.success() {
+        bail!("cargo fuzz build failed ({status})");
+    }
+    let mut summary = Vec::new();
+    for &(target, fixture_prefix) in FUZZ_TARGETS {
+        if !chosen.is_empty() && !chosen.contains(&target) {
+            continue;
+        }
+        let corpus = root.join("target/fuzz/corpus").join(target);
+        seed_corpus(root, target, fixture_prefix, &corpus)?;
+        let log_path = root.join("target/fuzz").join(format!("{target}.log"));
+        let log =
+            std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+        eprintln!("xtask fuzz: {target} for {seconds} s (log: {})", log_path.display());
+        let status = fuzz_cargo()
+            .args(["run", "--fuzz-dir", "fuzz", target])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("cargo fuzz run")?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if !status.success() {
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+            bail!(
+                "fuzz target {target} failed ({status}); the crashing input is under fuzz/artifacts/{target}/"
+            );
+        }
+        // libFuzzer ends with "Done N runs in S second(s)".
+        let runs = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("Done ")?.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let entries = std::fs::read_dir(&corpus).map_or(0, Iterator::count);
+        summary
+            .push(format!("{target}: {runs} executions in {seconds} s, corpus {entries} inputs, no crash"));
+    }
+    for line in summary {
+        eprintln!("xtask fuzz: {line}");
+    }
+    Ok(())
+}
+
+/// Copy the seed files of `target` into its corpus directory.
+fn seed_corpus(
+    root: &std::path::Path,
+    target: &str,
+    fixture_prefix: &str,
+    corpus: &std::path::Path,
+) -> Result<()> {
+    std::fs::create_dir_all(corpus).with_context(|| format!("create {}", corpus.display()))?;
+    let mut seeds = Vec::new();
+    if !fixture_prefix.is_empty() {
+        let fixtures = root.join("crates/procfs/tests/fixtures");
+        for entry in std::fs::read_dir(&fixtures).with_context(|| format!("list {}", fixtures.display()))? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(fixture_prefix)) {
+                seeds.push(path);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join("fuzz/seeds").join(target)) {
+        seeds.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    for seed in seeds {
+        let name = format!("seed-{}", seed.file_name().and_then(|n| n.to_str()).unwrap_or("input"));
+        std::fs::copy(&seed, corpus.join(name)).with_context(|| format!("copy {}", seed.display()))?;
+    }
     Ok(())
 }
 
