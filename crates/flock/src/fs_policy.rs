@@ -147,6 +147,17 @@ mod tests {
     }
 
     #[test]
+    fn nfs_is_refused_with_a_message_naming_it() {
+        // NFS cannot be mounted on the test machines: feed its magic
+        // (NFS_SUPER_MAGIC, what fstatfs reports for every NFS version).
+        let fs = FsPolicy::default().check(0x6969).expect_err("NFS refused");
+        assert_eq!(fs.name, "NFS");
+        let err = crate::LockError::UnsupportedFilesystem { path: "/mnt/nfs/build.lock".into(), fs };
+        let text = err.to_string();
+        assert!(text.contains("/mnt/nfs/build.lock") && text.contains("NFS"), "{text}");
+    }
+
+    #[test]
     fn policy_is_a_value_the_caller_changes() {
         let policy = FsPolicy::default().allow(FsType::FUSE);
         assert_eq!(policy.check(FsType::FUSE.magic), Ok(()));

@@ -15,7 +15,9 @@
 //!
 //! The pid in `/proc/locks` is a hint: it is the process that took a
 //! `flock` (which may have exited while a forked child keeps the lock), `-1`
-//! for OFD locks, and `0` for a holder in another pid namespace.
+//! for OFD locks, and `0` in fdinfo for an owner outside the reader's pid
+//! namespace (`/proc/locks` leaves such locks out entirely; see
+//! [`in_initial_pid_namespace`]).
 //! [`Snapshot::holders`] reports it as is ([`Attribution::Recorded`]).
 //! [`Snapshot::exact_holders`] instead finds every process with a
 //! descriptor whose fdinfo shows the lock ([`Attribution::Exact`]): the only
@@ -361,6 +363,27 @@ fn mount_id_from_fdinfo(path: &Path) -> Option<u64> {
     .ok()?;
     let raw = u32::try_from(fd.as_fd().as_raw_fd()).ok()?;
     FdInfo::read_fd(std::process::id(), raw).ok()?.mnt_id
+}
+
+/// The inode of the host's initial pid namespace (`PROC_PID_INIT_INO`),
+/// fixed since Linux 3.8.
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
+
+/// Whether this process runs in the host's initial pid namespace (`None`
+/// if `/proc/self/ns/pid` cannot be read).
+///
+/// Answers from inside a nested pid namespace are partial, and callers
+/// should say so: the kernel leaves out of `/proc/locks` every flock and
+/// POSIX lock whose owner is not visible in the namespace of the reader's
+/// `/proc`, so a file locked from outside looks free (taking the lock
+/// still fails: the kernel enforces what it does not show). OFD locks
+/// stay listed, with pid `-1`, and exact attribution cannot name an
+/// outside holder either, as it scans only this namespace's processes.
+/// From the host, holders inside a namespace are listed with their host
+/// pids.
+pub fn in_initial_pid_namespace() -> Option<bool> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(link.as_os_str() == INITIAL_PID_NAMESPACE)
 }
 
 /// Every process visible in this process's `/proc` (thread-group leaders).

@@ -61,6 +61,7 @@ pub use error::{Found, LockError};
 pub use fs_policy::{FsPolicy, FsType};
 pub use holders::{
     Attribution, FileId, Holder, Holders, KeySource, PathHolders, Snapshot, holders_of, holders_of_many,
+    in_initial_pid_namespace,
 };
 pub use lock::{ByteRange, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait};
 pub use pidfile::{Claimant, Pidfile, PidfileGuard, PidfileState};

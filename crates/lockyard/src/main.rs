@@ -148,6 +148,7 @@ fn locks(args: &LocksArgs) -> Result<()> {
             .collect(),
     };
     let listing = listing::list(&options).context("cannot list locks")?;
+    warn_if_nested_pid_namespace();
     if args.json {
         return print_json(&listing);
     }
@@ -299,6 +300,9 @@ fn who(args: &WhoArgs) -> ExitCode {
             return report(Err(e), 0);
         }
     }
+    if !any_held {
+        warn_if_nested_pid_namespace();
+    }
     ExitCode::from(if any_error {
         2
     } else if any_held {
@@ -306,6 +310,17 @@ fn who(args: &WhoArgs) -> ExitCode {
     } else {
         1
     })
+}
+
+/// The kernel hides locks of processes outside our pid namespace, so a
+/// "not held" from in here may be wrong; say so rather than mislead.
+fn warn_if_nested_pid_namespace() {
+    if lockyard::flock::in_initial_pid_namespace() == Some(false) {
+        eprintln!(
+            "lockyard: note: this process is in a nested pid namespace; the kernel does not show \
+             flock or POSIX locks held by processes outside it"
+        );
+    }
 }
 
 fn alive(pid: u32) -> bool {

@@ -1,6 +1,9 @@
 //! The `lockyard` command against real holders: util-linux `flock(1)`,
 //! python `fcntl` OFD locks, and `lslocks` as the reference.
 
+// Tests that need root say why they skip on stderr.
+#![allow(clippy::print_stderr)]
+
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -322,4 +325,38 @@ fn run_lets_the_command_keep_the_lock_unless_close() {
     let still = held(&file);
     kill(bg);
     assert!(!still, "-o: the command's leftovers must not hold the lock");
+}
+
+#[test]
+fn who_names_a_holder_in_a_pid_namespace_and_warns_from_inside_one() {
+    if !rustix::process::geteuid().is_root()
+        || !Command::new("unshare")
+            .args(["-p", "-f", "--mount-proc", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: needs root and unshare -p to create a pid namespace");
+        return;
+    }
+    let dir = Scratch::new("pidns");
+    let file = dir.path("ns.lock");
+    let p = file.to_str().expect("utf-8");
+    // -o: flock(1) itself holds the lock, not the sleep it starts.
+    let outer = Bg::spawn("unshare", &["-p", "-f", "--mount-proc", "flock", "-o", p, "sleep", "60"]);
+    wait_until("flock(1) in the namespace to lock", || held(&file));
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.pid())).expect("children");
+    let host_pid: u32 = children.split_whitespace().next().expect("child").parse().expect("pid");
+
+    let doc = json(&lockyard(&["who", p, "--json"]));
+    assert_eq!(doc["files"][0]["holders"][0]["pid"], host_pid, "{doc}");
+
+    // Inside another namespace the lock is invisible: `who` says so.
+    let inside = Command::new("unshare")
+        .args(["-p", "-f", "--mount-proc", LOCKYARD, "who", p])
+        .output()
+        .expect("run lockyard in a pid namespace");
+    assert_eq!(inside.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&inside.stderr);
+    assert!(err.contains("nested pid namespace"), "{err}");
 }

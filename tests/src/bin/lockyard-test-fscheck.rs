@@ -8,6 +8,11 @@
 //! `lockyard-test-fscheck pair A B`: two children lock A and B, two files
 //! whose /proc/locks keys coincide (same inode number in two btrfs
 //! subvolumes); exact attribution must still tell their holders apart.
+//! `lockyard-test-fscheck pidns-inside FLOCK OFD INNER`, run inside a new
+//! pid namespace by `tests/pid_namespaces.rs` while processes outside hold
+//! a flock lock on FLOCK and an OFD lock on OFD: checks what can and
+//! cannot be seen from in here, and that a holder of INNER started in here
+//! is named by its pid in this namespace.
 //! Prints one line per check; exits 1 with a reason on failure.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -24,7 +29,11 @@ fn main() -> ExitCode {
         ["held", path] => held(Path::new(path)),
         ["refused", path, name] => refused(Path::new(path), name),
         ["pair", a, b] => pair(Path::new(a), Path::new(b)),
-        _ => Err("usage: lockyard-test-fscheck held PATH | refused PATH NAME | pair A B".to_owned()),
+        ["pidns-inside", flock, ofd, inner] => pidns_inside(Path::new(flock), Path::new(ofd), Path::new(inner)),
+        _ => Err(
+            "usage: lockyard-test-fscheck held PATH | refused PATH NAME | pair A B | pidns-inside FLOCK OFD INNER"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(line) => {
@@ -141,4 +150,46 @@ fn refused(path: &Path, name: &str) -> Result<String, String> {
         Err(other) => Err(format!("{}: expected {name} to be refused, got: {other}", path.display())),
         Ok(_) => Err(format!("{}: locked on a filesystem that should be refused", path.display())),
     }
+}
+
+fn pidns_inside(flock: &Path, ofd: &Path, inner: &Path) -> Result<String, String> {
+    if lockyard_flock::in_initial_pid_namespace() != Some(false) {
+        return Err("expected to run in a nested pid namespace".to_owned());
+    }
+    let mut child = spawn_holder(inner)?;
+    let outcome = (|| {
+        let snapshot = Snapshot::read().map_err(|e| e.to_string())?;
+        let id = |p: &Path| snapshot.file_id(p).map_err(|e| e.to_string());
+        let ids = [id(flock)?, id(ofd)?, id(inner)?];
+        let cheap: Vec<_> = ids.iter().map(|id| snapshot.holders(id.key)).collect();
+        let exact = snapshot.exact_holders(&ids);
+        // The outside flock holder is not shown at all, yet the kernel
+        // still enforces its lock.
+        if !cheap[0].is_empty() || !exact[0].is_empty() {
+            return Err(format!("outside flock holder visible: {} / {}", cheap[0], exact[0]));
+        }
+        match LockFile::new(flock).and_then(|f| f.try_lock()) {
+            Ok(None) => {}
+            Ok(Some(_)) => return Err("took a lock that is held outside".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        }
+        // The outside OFD lock is listed (pid -1) but nobody here holds it.
+        let ofd_pids: Vec<_> = cheap[1].holding().map(|h| h.pid).collect();
+        if ofd_pids != [None] || !exact[1].is_empty() {
+            return Err(format!("outside OFD holder: cheap {}, exact {}", cheap[1], exact[1]));
+        }
+        // Our own holder is named by its pid in this namespace.
+        let pids: Vec<_> = cheap[2].holding().filter_map(|h| h.pid).collect();
+        let exact_pids: Vec<_> = exact[2].holding().filter_map(|h| h.pid).collect();
+        if pids != [child.id()] || exact_pids != [child.id()] {
+            return Err(format!("inner holder {pids:?} / {exact_pids:?}, expected [{}]", child.id()));
+        }
+        Ok(format!(
+            "inside: outside flock hidden but enforced, outside OFD listed without a pid, inner holder {}",
+            child.id()
+        ))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
 }
