@@ -329,6 +329,75 @@ fn foreign_file_in_a_sticky_directory_is_refused() {
     assert!(!target.path("a.lock").exists());
 }
 
+/// What must not change about a file an attacker points a lock path at.
+fn fingerprint(path: &Path) -> (Vec<u8>, u32, u32, i64, i64, u64) {
+    let meta = std::fs::symlink_metadata(path).expect("stat victim");
+    let content = std::fs::read(path).expect("read victim");
+    (content, meta.mode(), meta.uid(), meta.mtime(), meta.mtime_nsec(), meta.ino())
+}
+
+#[test]
+fn planted_symlinks_in_a_sticky_directory_are_refused_and_targets_untouched() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant files and links owned by another user");
+        return;
+    }
+    let dir = Scratch::new("flock-planted");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    let victims = Scratch::new("flock-planted-victims");
+    let root_file = victims.path("root-owned");
+    std::fs::write(&root_file, b"root's").expect("root victim");
+    let foreign_file = victims.path("nobody-owned");
+    std::fs::write(&foreign_file, b"nobody's").expect("foreign victim");
+    std::fs::set_permissions(&foreign_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    rustix::fs::chown(&foreign_file, Some(rustix::fs::Uid::from_raw(65534)), None).expect("chown nobody");
+
+    for victim in [&root_file, &foreign_file] {
+        let link = dir.path("victim.lock");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(victim, &link).expect("plant symlink");
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &link,
+            Some(rustix::fs::Uid::from_raw(65534)),
+            None,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .expect("chown link");
+        let before = fingerprint(victim);
+        for kind in [LockKind::Flock, LockKind::Ofd] {
+            let options = LockOptions::new().kind(kind).permissions(0o666);
+            let err = LockFile::with_options(&link, options).expect("dir").try_lock().expect_err("refused");
+            assert!(
+                matches!(
+                    err,
+                    LockError::Refused { found: Found::Symlink | Found::ForeignSymlink { .. }, .. }
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("victim.lock"), "{err}");
+        }
+        assert_eq!(fingerprint(victim), before, "{} was touched", victim.display());
+        assert!(holders_of(victim).expect("holders").is_empty(), "{} was locked", victim.display());
+    }
+}
+
+#[test]
+fn the_var_run_symlink_to_run_keeps_working() {
+    let is_link = std::fs::symlink_metadata("/var/run").is_ok_and(|m| m.file_type().is_symlink());
+    if !is_root() || !is_link {
+        eprintln!("skipped: needs root and /var/run as a symlink (to /run)");
+        return;
+    }
+    let name = format!("lockyard-test-{}.lock", std::process::id());
+    let path = Path::new("/var/run").join(&name);
+    let guard = exclusive(&path).try_lock().expect("lock under /var/run").expect("free");
+    let target = std::fs::canonicalize("/var/run").expect("resolve /var/run").join(&name);
+    assert!(target.exists(), "{} was not created", target.display());
+    drop(guard);
+    std::fs::remove_file(&target).expect("clean up");
+}
+
 #[test]
 fn root_owned_symlinked_directory_is_followed() {
     // Like /var/run -> /run: a symlink owned by us (or root) is fine.
