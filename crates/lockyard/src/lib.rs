@@ -7,6 +7,7 @@
 //!   fdinfo, cmdline and CPU lists.
 //! - [`flock`] (`lockyard-flock`): hardened lock files, flock/OFD locks,
 //!   prompt cancellable waits, exact holders, pidfiles.
+//! - [`cache`] (`lockyard-cache`): crash-safe shared on-disk cache.
 //!
 //! and holds what the command adds on top: [`listing`] (every lock on the
 //! host with paths and holders) and [`cli`] (the command-line interface,
@@ -19,5 +20,6 @@ pub mod cli;
 pub mod listing;
 pub mod table;
 
+pub use lockyard_cache as cache;
 pub use lockyard_flock as flock;
 pub use lockyard_procfs as procfs;

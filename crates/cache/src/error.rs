@@ -1,0 +1,158 @@
+//! The one error type of the cache.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lockyard_flock::{FsType, Holders, LockError};
+
+use crate::key::KeyError;
+
+/// Why an entry cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CorruptReason {
+    /// The entry has no `entry.json`.
+    MissingMetadata,
+    /// `entry.json` or the entry could not be read.
+    Unreadable,
+    /// `entry.json` is not the metadata this crate writes.
+    Malformed,
+    /// `entry.json` was written by a newer version of this crate.
+    SchemaFromTheFuture,
+    /// The content no longer matches the digest recorded at publish time.
+    DigestMismatch,
+    /// Something other than a directory (a planted symlink, a file) sits
+    /// where the entry should be.
+    NotADirectory,
+}
+
+impl std::fmt::Display for CorruptReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CorruptReason::MissingMetadata => "entry.json is missing",
+            CorruptReason::Unreadable => "the entry cannot be read",
+            CorruptReason::Malformed => "entry.json is malformed",
+            CorruptReason::SchemaFromTheFuture => "entry.json was written by a newer lockyard-cache",
+            CorruptReason::DigestMismatch => "the content does not match its recorded digest",
+            CorruptReason::NotADirectory => "it is not a directory (a planted symlink or a stray file)",
+        })
+    }
+}
+
+/// Everything that can go wrong in the cache.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The key cannot name an entry.
+    #[error(
+        "invalid cache key {key:?}: {reason}; keys are 1-200 bytes of printable text without `/` and not starting with `.`"
+    )]
+    InvalidKey {
+        /// The key given.
+        key: String,
+        /// What is wrong with it.
+        reason: KeyError,
+    },
+    /// The entry (or the whole cache, for a full clean) is in use.
+    #[error("{key}: in use, held by {holders}; retry later or stop the holder")]
+    Contended {
+        /// The entry's key (`*` for the cache-wide lock).
+        key: String,
+        /// Who holds its lock.
+        holders: Holders,
+    },
+    /// A bounded wait ran out.
+    #[error("{key}: not available within {waited:.1?}; held by {holders}; raise the wait or stop the holder")]
+    Timeout {
+        /// The entry's key (`*` for the cache-wide lock).
+        key: String,
+        /// How long was waited.
+        waited: Duration,
+        /// Who held the lock when the wait gave up.
+        holders: Holders,
+    },
+    /// The wait was cancelled by the caller.
+    #[error("{key}: wait cancelled after {waited:.1?}")]
+    Cancelled {
+        /// The entry's key.
+        key: String,
+        /// How long was waited.
+        waited: Duration,
+    },
+    /// The entry exists but cannot be trusted.
+    #[error("{}: corrupt entry: {reason}; remove it with a clean, or store it again", path.display())]
+    Corrupt {
+        /// The entry's directory.
+        path: PathBuf,
+        /// Why.
+        reason: CorruptReason,
+    },
+    /// The cache root is on a filesystem where locks are not reliable.
+    #[error(
+        "{}: the cache is on {fs}, where advisory locks are not reliable; put it on a local filesystem",
+        path.display()
+    )]
+    UnsupportedFilesystem {
+        /// The lock file that was refused.
+        path: PathBuf,
+        /// The filesystem found.
+        fs: FsType,
+    },
+    /// Something not made by the cache sits at an internal path.
+    #[error("{}: refusing to use {what}; remove it (the cache root must hold only what lockyard-cache made)", path.display())]
+    Refused {
+        /// The path.
+        path: PathBuf,
+        /// What was found there.
+        what: String,
+    },
+    /// The caller's build function failed; nothing was published.
+    #[error("{key}: build failed: {source}")]
+    Build {
+        /// The entry's key.
+        key: String,
+        /// The build's own error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A lock could not be opened or taken for another reason.
+    #[error(transparent)]
+    Lock(LockError),
+    /// A system call failed.
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl CacheError {
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: impl Into<io::Error>) -> Self {
+        CacheError::Io { path: path.into(), op, source: source.into() }
+    }
+
+    /// Translate a lock error about `key`'s lock into the cache's terms.
+    pub(crate) fn from_lock(key: &str, err: LockError) -> Self {
+        match err {
+            LockError::Contended { holders, .. } => CacheError::Contended { key: key.to_owned(), holders },
+            LockError::Timeout { waited, holders, .. } => {
+                CacheError::Timeout { key: key.to_owned(), waited, holders }
+            }
+            LockError::Cancelled { waited, .. } => CacheError::Cancelled { key: key.to_owned(), waited },
+            LockError::UnsupportedFilesystem { path, fs } => CacheError::UnsupportedFilesystem { path, fs },
+            other => CacheError::Lock(other),
+        }
+    }
+
+    /// Whether another process's use of the cache caused this (retrying
+    /// later may succeed), as opposed to misuse or a broken cache.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, CacheError::Contended { .. } | CacheError::Timeout { .. })
+    }
+}

@@ -1,0 +1,860 @@
+//! A crash-safe on-disk cache shared by the processes of one host.
+//!
+//! Many processes build and read large directory entries (kernel images,
+//! disk templates, toolchains) under one root. A SIGKILL at any instant
+//! never leaves a half-written entry visible, and its debris is removed by
+//! the next [`Cache::sweep`], which proves a writer dead by taking the lock
+//! it held rather than guessing from a pid.
+//!
+//! # Layout
+//!
+//! ```text
+//! {root}/CACHEDIR.TAG                     so backup tools skip the cache
+//! {root}/{key}/                           a published entry
+//! {root}/{key}/entry.json                 its metadata (EntryMeta)
+//! {root}/.locks/{key}.lock                the entry's lock (never deleted)
+//! {root}/.locks/{key}.build               single-flight: held by the builder
+//! {root}/.locks/.cache.lock               the cache-wide lock
+//! {root}/.staging/{key}.{pid}.{random}/   a writer's staging directory
+//! {root}/.staging/{key}.{pid}.{random}.lock   its lock, held for its life
+//! ```
+//!
+//! Lock files live outside the entries, so exchanging an entry never moves
+//! a lock. Every lock file is opened with lockyard-flock's hardening, and
+//! `.locks` and `.staging` must be real directories: a symlink planted
+//! there is refused when the cache is opened.
+//!
+//! # Protocol
+//!
+//! Locks are always taken in this order, so no two processes deadlock:
+//! the build lock, then the cache-wide lock, then an entry lock.
+//!
+//! - **Readers** ([`Cache::lookup`]) hold the entry lock shared for as
+//!   long as their [`EntryGuard`] lives: nobody replaces or deletes the
+//!   entry under them.
+//! - **Writers** ([`Cache::store`]) hold the cache-wide lock shared from
+//!   creating their staging directory to publishing it. They build with
+//!   no entry lock held, `fsync` every file and directory, write
+//!   `entry.json`, then take the entry lock exclusively, publish with
+//!   `renameat2(RENAME_NOREPLACE)` (new) or `RENAME_EXCHANGE` (replace),
+//!   `fsync` the root, and downgrade to shared to hand the caller a
+//!   reader guard. The displaced old entry is then in the staging
+//!   directory, still under the writer's staging lock, and is deleted.
+//! - **Exchange unsupported** (`EINVAL`/`ENOSYS` from some overlayfs or
+//!   FUSE setups): the old entry is renamed into staging, then the new one
+//!   into place. Between the two renames the key is missing, which a
+//!   reader can only observe as a miss (it needs the entry lock, held
+//!   exclusively by the writer throughout); a crash there leaves the key
+//!   missing and both trees as debris for [`Cache::sweep`]. Never a
+//!   partial entry.
+//! - **Single flight** ([`Cache::ensure`]): a caller that misses takes the
+//!   key's build lock, looks again (someone may have published while it
+//!   waited), and only then builds. Waiters block on the build lock, so
+//!   they wake when the builder finishes or dies, not on a poll.
+//! - **Sweep**: a staging directory is dead exactly when its lock can be
+//!   taken exclusively without blocking; then its trees are removed and,
+//!   still holding the lock, its lock file is unlinked. That unlink is
+//!   safe where unlinking entry locks would not be: staging names are
+//!   unique to one writer, which creates and locks its lock file before
+//!   its directory, and lockyard-flock re-checks the path after locking,
+//!   so a writer whose lock file is swept before it locked it simply
+//!   creates a new one.
+//! - **Clean** takes each entry lock exclusively without blocking (busy
+//!   entries are skipped and reported with their holders), renames the
+//!   entry into a staging slot of its own, and deletes it there. Cleaning
+//!   everything ([`Clean::All`]) also holds the cache-wide lock
+//!   exclusively, so nothing is published mid-wipe (pressure-vessel's
+//!   parent `.ref` model).
+//! - **Last use** is the mtime of the entry's lock file, set by every
+//!   lookup through the lock descriptor it already holds (one `futimens`;
+//!   atime is unreliable under `noatime`/`relatime`).
+//!
+//! The library reads no environment variables: the root and every wait
+//! are values from the caller.
+
+mod entry;
+mod error;
+mod key;
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lockyard_flock::{CancelToken, FsPolicy, Holders, LockFile, LockGuard, LockMode, LockOptions, Wait};
+use rustix::fs::RenameFlags;
+use rustix::io::Errno;
+
+pub use entry::{EntryMeta, METADATA, SCHEMA};
+pub use error::{CacheError, CorruptReason};
+pub use key::{KeyError, MAX_KEY_LEN, validate as validate_key};
+
+/// Directory of the lock files, under the root.
+pub const LOCKS_DIR: &str = ".locks";
+/// Directory of the staging directories, under the root.
+pub const STAGING_DIR: &str = ".staging";
+const CACHE_LOCK: &str = ".cache.lock";
+const TAG: &str = "CACHEDIR.TAG";
+const TAG_CONTENT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by lockyard-cache.\n\
+# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// What a build function returns: its own metadata for `entry.json`.
+pub type BuildResult = Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A point in [`Cache::store`] a crash test can stop at.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// The staging directory exists and is locked; nothing built yet.
+    StagingCreated,
+    /// The build function returned; nothing synced yet.
+    Built,
+    /// Content and `entry.json` are synced; not yet published.
+    Synced,
+    /// Two-rename fallback only: the old entry is moved out, the new one
+    /// not yet in (the key is missing).
+    Displaced,
+    /// Published; the displaced old entry is not yet deleted.
+    Published,
+}
+
+/// How a [`Cache`] waits and locks.
+#[derive(Clone)]
+pub struct CacheOptions {
+    wait: Duration,
+    cancel: Option<CancelToken>,
+    fs_policy: FsPolicy,
+    #[cfg(feature = "test-hooks")]
+    hook: Option<std::sync::Arc<dyn Fn(Step) + Send + Sync>>,
+    #[cfg(feature = "test-hooks")]
+    two_renames: bool,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            wait: Duration::from_secs(60),
+            cancel: None,
+            fs_policy: FsPolicy::default(),
+            #[cfg(feature = "test-hooks")]
+            hook: None,
+            #[cfg(feature = "test-hooks")]
+            two_renames: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for CacheOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheOptions").field("wait", &self.wait).field("fs_policy", &self.fs_policy).finish()
+    }
+}
+
+impl CacheOptions {
+    /// Waits of up to 60 s, no cancellation, lockyard-flock's default
+    /// filesystem policy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The longest any one operation waits for a lock (a reader for a
+    /// writer, an `ensure` for a builder).
+    #[must_use]
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Cancel every wait when `token` is cancelled.
+    #[must_use]
+    pub fn cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Which filesystems the lock files may live on.
+    #[must_use]
+    pub fn fs_policy(mut self, policy: FsPolicy) -> Self {
+        self.fs_policy = policy;
+        self
+    }
+
+    /// Call `hook` at each [`Step`] of a store (crash tests kill the
+    /// process there).
+    #[cfg(feature = "test-hooks")]
+    #[must_use]
+    pub fn on_step(mut self, hook: impl Fn(Step) + Send + Sync + 'static) -> Self {
+        self.hook = Some(std::sync::Arc::new(hook));
+        self
+    }
+
+    /// Publish replacements with the two-rename fallback even where
+    /// `RENAME_EXCHANGE` works, to test it.
+    #[cfg(feature = "test-hooks")]
+    #[must_use]
+    pub fn force_two_renames(mut self) -> Self {
+        self.two_renames = true;
+        self
+    }
+}
+
+/// A published entry, held for reading: while this guard lives, nobody
+/// replaces or deletes the entry.
+#[derive(Debug)]
+pub struct EntryGuard {
+    path: PathBuf,
+    meta: EntryMeta,
+    _lock: LockGuard,
+}
+
+impl EntryGuard {
+    /// The entry's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> &EntryMeta {
+        &self.meta
+    }
+
+    /// Its key.
+    pub fn key(&self) -> &str {
+        &self.meta.key
+    }
+}
+
+/// One entry as [`Cache::list`] found it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Listed {
+    /// A readable entry.
+    Valid {
+        /// Its key.
+        key: String,
+        /// Total bytes of its files.
+        size: u64,
+        /// Publication time, ns since the Unix epoch.
+        created_ns: u64,
+        /// Last lookup (or publication), ns since the Unix epoch.
+        last_used_ns: u64,
+        /// BLAKE3 digest recorded at publication, hex.
+        digest: String,
+    },
+    /// An entry that cannot be trusted.
+    Corrupt {
+        /// Its key (the directory name).
+        key: String,
+        /// Why.
+        reason: CorruptReason,
+    },
+}
+
+impl Listed {
+    /// The entry's key.
+    pub fn key(&self) -> &str {
+        match self {
+            Listed::Valid { key, .. } | Listed::Corrupt { key, .. } => key,
+        }
+    }
+}
+
+/// What [`Cache::clean`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Clean {
+    /// Every entry (and all debris); holds the cache-wide lock so nothing
+    /// is published meanwhile.
+    All,
+    /// All but the N most recently created valid entries.
+    KeepNewest(usize),
+    /// Entries not used for this long.
+    UnusedFor(Duration),
+    /// Least recently used entries until the valid ones total at most
+    /// this many bytes.
+    MaxBytes(u64),
+}
+
+/// What [`Cache::clean`] did. Corrupt entries are removed by every policy.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct CleanReport {
+    /// Keys removed.
+    pub removed: Vec<String>,
+    /// Bytes freed (of valid entries).
+    pub freed: u64,
+    /// Keys skipped because they were in use, with who holds them.
+    pub busy: Vec<(String, Holders)>,
+}
+
+/// What [`Cache::sweep`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Staging names whose writer was dead, now removed.
+    pub removed: Vec<String>,
+    /// Staging names whose writer is alive, with who holds them.
+    pub kept: Vec<(String, Holders)>,
+}
+
+/// A cache root. Cheap to clone; holds no descriptor between calls.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+    options: CacheOptions,
+}
+
+impl Cache {
+    /// Open the cache at `root`, creating it (with `CACHEDIR.TAG`,
+    /// `.locks` and `.staging`) if needed.
+    ///
+    /// # Errors
+    /// [`CacheError::Refused`] if `.locks` or `.staging` is not a real
+    /// directory; [`CacheError::Io`] if the root cannot be created.
+    pub fn open(root: impl Into<PathBuf>, options: CacheOptions) -> Result<Self, CacheError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| CacheError::io(&root, "create", e))?;
+        let tag = root.join(TAG);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tag) {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(TAG_CONTENT.as_bytes()).map_err(|e| CacheError::io(&tag, "write", e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(CacheError::io(&tag, "create", e)),
+        }
+        for dir in [LOCKS_DIR, STAGING_DIR] {
+            let path = root.join(dir);
+            match std::fs::create_dir(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(CacheError::io(&path, "create", e)),
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| CacheError::io(&path, "stat", e))?;
+            if !meta.file_type().is_dir() {
+                return Err(CacheError::Refused {
+                    path,
+                    what: "something other than a directory".to_owned(),
+                });
+            }
+        }
+        Ok(Cache { root, options })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the entry for `key` is published (whether or not it exists).
+    pub fn entry_path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// The lock file guarding `key`'s entry (for `lockyard who`).
+    pub fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join(LOCKS_DIR).join(format!("{key}.lock"))
+    }
+
+    fn lock_file(&self, path: PathBuf, mode: LockMode) -> Result<LockFile, CacheError> {
+        let options =
+            LockOptions::new().mode(mode).permissions(0o644).fs_policy(self.options.fs_policy.clone());
+        LockFile::with_options(path, options).map_err(CacheError::Lock)
+    }
+
+    fn waiting(&self, deadline: Instant) -> Wait {
+        let wait = Wait::timeout(deadline.saturating_duration_since(Instant::now()));
+        match &self.options.cancel {
+            Some(token) => wait.cancel(token.clone()),
+            None => wait,
+        }
+    }
+
+    fn lock(
+        &self,
+        path: PathBuf,
+        mode: LockMode,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<LockGuard, CacheError> {
+        let file = self.lock_file(path, mode)?;
+        file.lock_with(&self.waiting(deadline)).map_err(|e| CacheError::from_lock(key, e))
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn step(&self, step: Step) {
+        if let Some(hook) = &self.options.hook {
+            hook(step);
+        }
+    }
+
+    /// The entry for `key`, held for reading, or `None` if there is none.
+    /// Waits (bounded by [`CacheOptions::wait`]) while a writer publishes.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidKey`], [`CacheError::Corrupt`], a timeout, or
+    /// a lock or I/O error.
+    pub fn lookup(&self, key: &str) -> Result<Option<EntryGuard>, CacheError> {
+        check_key(key)?;
+        self.lookup_until(key, Instant::now() + self.options.wait)
+    }
+
+    fn lookup_until(&self, key: &str, deadline: Instant) -> Result<Option<EntryGuard>, CacheError> {
+        let lock = self.lock(self.lock_path(key), LockMode::Shared, key, deadline)?;
+        self.open_entry(key, lock)
+    }
+
+    /// Read the entry of `key` under `lock` (held shared or exclusive).
+    fn open_entry(&self, key: &str, lock: LockGuard) -> Result<Option<EntryGuard>, CacheError> {
+        let path = self.entry_path(key);
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CacheError::io(&path, "stat", e)),
+            Ok(meta) if !meta.file_type().is_dir() => {
+                return Err(CacheError::Corrupt { path, reason: CorruptReason::NotADirectory });
+            }
+            Ok(_) => {}
+        }
+        let meta = entry::read_meta(&path, key)
+            .map_err(|reason| CacheError::Corrupt { path: path.clone(), reason })?;
+        touch(&lock);
+        Ok(Some(EntryGuard { path, meta, _lock: lock }))
+    }
+
+    /// Build an entry for `key` and publish it, replacing any previous
+    /// one atomically. `build` fills the directory it is given and returns
+    /// the caller's metadata for `entry.json`. Returns the new entry, held
+    /// for reading.
+    ///
+    /// # Errors
+    /// [`CacheError::Build`] if `build` fails (nothing is published),
+    /// [`CacheError::InvalidKey`], timeouts, lock and I/O errors.
+    pub fn store(
+        &self,
+        key: &str,
+        build: impl FnOnce(&Path) -> BuildResult,
+    ) -> Result<EntryGuard, CacheError> {
+        check_key(key)?;
+        self.store_until(key, build, Instant::now() + self.options.wait)
+    }
+
+    fn store_until(
+        &self,
+        key: &str,
+        build: impl FnOnce(&Path) -> BuildResult,
+        deadline: Instant,
+    ) -> Result<EntryGuard, CacheError> {
+        let cache_lock =
+            self.lock(self.root.join(LOCKS_DIR).join(CACHE_LOCK), LockMode::Shared, "*", deadline)?;
+        let slot = self.staging_slot(key, true)?;
+        #[cfg(feature = "test-hooks")]
+        self.step(Step::StagingCreated);
+        let outcome = self.fill_and_publish(key, build, &slot, deadline);
+        // Whatever happened, the staging slot now holds only debris: the
+        // displaced old entry, or a failed build.
+        let discarded = slot.discard();
+        drop(cache_lock);
+        let guard = outcome?;
+        if let Err(e) = discarded {
+            tracing::warn!(error = %e, "leaving staging debris for the next sweep");
+        }
+        Ok(guard)
+    }
+
+    fn fill_and_publish(
+        &self,
+        key: &str,
+        build: impl FnOnce(&Path) -> BuildResult,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Result<EntryGuard, CacheError> {
+        let user = build(&slot.dir).map_err(|source| CacheError::Build { key: key.to_owned(), source })?;
+        #[cfg(feature = "test-hooks")]
+        self.step(Step::Built);
+        let meta_path = slot.dir.join(METADATA);
+        if std::fs::symlink_metadata(&meta_path).is_ok() {
+            return Err(CacheError::Build {
+                key: key.to_owned(),
+                source: format!("the build wrote {METADATA}, a name the cache reserves for itself").into(),
+            });
+        }
+        let walked = entry::walk(&slot.dir, true)?;
+        let meta = EntryMeta {
+            schema: SCHEMA,
+            key: key.to_owned(),
+            created_ns: now_ns(),
+            size: walked.size,
+            files: walked.files,
+            digest: walked.digest,
+            user,
+        };
+        write_synced(&meta_path, &serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
+        entry::sync_dir(&slot.dir)?;
+        #[cfg(feature = "test-hooks")]
+        self.step(Step::Synced);
+
+        let mut lock = self.lock(self.lock_path(key), LockMode::Exclusive, key, deadline)?;
+        self.publish(key, slot)?;
+        touch(&lock);
+        #[cfg(feature = "test-hooks")]
+        self.step(Step::Published);
+        lock.set_mode(LockMode::Shared).map_err(|e| CacheError::from_lock(key, e))?;
+        Ok(EntryGuard { path: self.entry_path(key), meta, _lock: lock })
+    }
+
+    /// Move the staging directory into place; the caller holds the entry
+    /// lock exclusively.
+    fn publish(&self, key: &str, slot: &Slot) -> Result<(), CacheError> {
+        let target = self.entry_path(key);
+        let exists = match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_dir() => true,
+            Ok(_) => {
+                return Err(CacheError::Refused {
+                    path: target,
+                    what: "something other than a directory where an entry belongs".to_owned(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(CacheError::io(&target, "stat", e)),
+        };
+        let cwd = rustix::fs::CWD;
+        let flags = if exists { RenameFlags::EXCHANGE } else { RenameFlags::NOREPLACE };
+        #[cfg(feature = "test-hooks")]
+        let forced = exists && self.options.two_renames;
+        #[cfg(not(feature = "test-hooks"))]
+        let forced = false;
+        let result = if forced {
+            Err(Errno::INVAL)
+        } else {
+            rustix::fs::renameat_with(cwd, &slot.dir, cwd, &target, flags)
+        };
+        match result {
+            Ok(()) => {}
+            Err(Errno::INVAL | Errno::NOSYS) if exists => {
+                // No RENAME_EXCHANGE here: see "Exchange unsupported".
+                tracing::debug!(key, "RENAME_EXCHANGE unsupported; publishing with two renames");
+                std::fs::rename(&target, &slot.old).map_err(|e| CacheError::io(&target, "rename", e))?;
+                #[cfg(feature = "test-hooks")]
+                self.step(Step::Displaced);
+                std::fs::rename(&slot.dir, &target).map_err(|e| CacheError::io(&slot.dir, "rename", e))?;
+            }
+            Err(e) => return Err(CacheError::io(&target, "rename", e)),
+        }
+        entry::sync_dir(&self.root)?;
+        entry::sync_dir(&self.root.join(STAGING_DIR))
+    }
+
+    /// The entry for `key`: read it if present, otherwise build it, with
+    /// one builder among all processes that ask at once. The others wait
+    /// (bounded by [`CacheOptions::wait`], cancellable) and read what it
+    /// published; if the builder dies, one of them builds instead.
+    ///
+    /// # Errors
+    /// As [`Cache::lookup`] and [`Cache::store`].
+    pub fn ensure(
+        &self,
+        key: &str,
+        build: impl FnOnce(&Path) -> BuildResult,
+    ) -> Result<EntryGuard, CacheError> {
+        check_key(key)?;
+        let deadline = Instant::now() + self.options.wait;
+        if let Some(found) = self.lookup_until(key, deadline)? {
+            return Ok(found);
+        }
+        let build_lock = self.root.join(LOCKS_DIR).join(format!("{key}.build"));
+        let _building = self.lock(build_lock, LockMode::Exclusive, key, deadline)?;
+        // Whoever held the build lock before us may have published.
+        if let Some(found) = self.lookup_until(key, deadline)? {
+            return Ok(found);
+        }
+        self.store_until(key, build, deadline)
+    }
+
+    /// Recompute the digest of `key`'s entry and compare it with the one
+    /// recorded at publication.
+    ///
+    /// # Errors
+    /// [`CacheError::Corrupt`] with [`CorruptReason::DigestMismatch`] if
+    /// the content changed; `Ok(None)` if there is no entry.
+    pub fn verify(&self, key: &str) -> Result<Option<EntryMeta>, CacheError> {
+        let Some(guard) = self.lookup(key)? else { return Ok(None) };
+        let walked = entry::walk(guard.path(), false)?;
+        if walked.digest != guard.meta.digest || walked.size != guard.meta.size {
+            return Err(CacheError::Corrupt { path: guard.path, reason: CorruptReason::DigestMismatch });
+        }
+        Ok(Some(guard.meta))
+    }
+
+    /// Every entry, valid or corrupt, newest first (corrupt ones last).
+    ///
+    /// # Errors
+    /// [`CacheError::Io`] if the root cannot be listed.
+    pub fn list(&self) -> Result<Vec<Listed>, CacheError> {
+        let mut listed = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(|e| CacheError::io(&self.root, "list", e))? {
+            let entry = entry.map_err(|e| CacheError::io(&self.root, "list", e))?;
+            let Some(key) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if key.starts_with('.') || key == TAG {
+                continue;
+            }
+            let path = entry.path();
+            let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir());
+            listed.push(if !is_dir {
+                Listed::Corrupt { key, reason: CorruptReason::NotADirectory }
+            } else {
+                match entry::read_meta(&path, &key) {
+                    Ok(meta) => Listed::Valid {
+                        last_used_ns: mtime_ns(&self.lock_path(&key)).unwrap_or(meta.created_ns),
+                        key,
+                        size: meta.size,
+                        created_ns: meta.created_ns,
+                        digest: meta.digest,
+                    },
+                    Err(reason) => Listed::Corrupt { key, reason },
+                }
+            });
+        }
+        let created = |l: &Listed| match l {
+            Listed::Valid { created_ns, .. } => Some(*created_ns),
+            Listed::Corrupt { .. } => None,
+        };
+        listed.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| a.key().cmp(b.key())));
+        Ok(listed)
+    }
+
+    /// Remove the debris of dead writers: every staging directory whose
+    /// lock can be taken without blocking. Live writers' are kept.
+    ///
+    /// # Errors
+    /// [`CacheError::Io`] if the staging directory cannot be listed.
+    pub fn sweep(&self) -> Result<SweepReport, CacheError> {
+        let staging = self.root.join(STAGING_DIR);
+        let mut names: Vec<String> = std::fs::read_dir(&staging)
+            .map_err(|e| CacheError::io(&staging, "list", e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let mut report = SweepReport::default();
+        for name in &names {
+            let Some(base) = name.strip_suffix(".lock") else { continue };
+            let options =
+                LockOptions::new().exclusive().must_exist().fs_policy(self.options.fs_policy.clone());
+            let lock_path = staging.join(name);
+            let file = LockFile::with_options(&lock_path, options).map_err(CacheError::Lock)?;
+            match file.try_lock() {
+                Ok(Some(guard)) => {
+                    let slot = Slot {
+                        dir: staging.join(base),
+                        old: staging.join(format!("{base}.old")),
+                        lock_path,
+                        guard: Some(guard),
+                    };
+                    slot.discard()?;
+                    report.removed.push(base.to_owned());
+                }
+                Ok(None) => {
+                    let holders = lockyard_flock::holders_of(&lock_path).unwrap_or_default();
+                    report.kept.push((base.to_owned(), holders));
+                }
+                // Swept by someone else meanwhile.
+                Err(lockyard_flock::LockError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::Lock(e)),
+            }
+        }
+        // A tree without a lock file has no writer: writers create and
+        // lock the lock file before the tree, and sweeps remove the tree
+        // before the lock file.
+        for name in &names {
+            if name.ends_with(".lock") || std::fs::symlink_metadata(staging.join(name)).is_err() {
+                continue;
+            }
+            let base = name.strip_suffix(".old").unwrap_or(name);
+            if std::fs::symlink_metadata(staging.join(format!("{base}.lock"))).is_err() {
+                remove_tree(&staging.join(name))?;
+                report.removed.push(name.clone());
+            }
+        }
+        Ok(report)
+    }
+
+    /// Remove entries by `policy`; corrupt entries always go. An entry is
+    /// removed only while its lock is held exclusively, taken without
+    /// blocking: entries in use are skipped and reported.
+    ///
+    /// # Errors
+    /// For [`Clean::All`], a timeout while stores are in progress; lock
+    /// and I/O errors.
+    pub fn clean(&self, policy: Clean) -> Result<CleanReport, CacheError> {
+        let deadline = Instant::now() + self.options.wait;
+        let _wipe = match policy {
+            Clean::All => Some(self.lock(
+                self.root.join(LOCKS_DIR).join(CACHE_LOCK),
+                LockMode::Exclusive,
+                "*",
+                deadline,
+            )?),
+            _ => None,
+        };
+        let listed = self.list()?;
+        let now = now_ns();
+        let mut victims: Vec<(&str, u64)> = Vec::new();
+        let mut valid: Vec<(&str, u64, u64, u64)> = Vec::new();
+        for item in &listed {
+            match item {
+                Listed::Corrupt { key, .. } => victims.push((key, 0)),
+                Listed::Valid { key, size, created_ns, last_used_ns, .. } => {
+                    valid.push((key, *size, *created_ns, *last_used_ns));
+                }
+            }
+        }
+        match policy {
+            Clean::All => victims.extend(valid.iter().map(|v| (v.0, v.1))),
+            Clean::KeepNewest(n) => victims.extend(valid.iter().skip(n).map(|v| (v.0, v.1))),
+            Clean::UnusedFor(age) => {
+                let cutoff = now.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+                victims.extend(valid.iter().filter(|v| v.3 < cutoff).map(|v| (v.0, v.1)));
+            }
+            Clean::MaxBytes(limit) => {
+                valid.sort_by_key(|v| v.3);
+                let mut total: u64 = valid.iter().map(|v| v.1).sum();
+                for v in &valid {
+                    if total <= limit {
+                        break;
+                    }
+                    total -= v.1;
+                    victims.push((v.0, v.1));
+                }
+            }
+        }
+        let mut report = CleanReport::default();
+        for (key, size) in victims {
+            let lock_path = self.lock_path(key);
+            let file = self.lock_file(lock_path.clone(), LockMode::Exclusive)?;
+            match file.try_lock().map_err(CacheError::Lock)? {
+                Some(lock) => {
+                    self.remove_entry(key, lock)?;
+                    report.removed.push(key.to_owned());
+                    report.freed += size;
+                }
+                None => {
+                    let holders = lockyard_flock::holders_of(&lock_path).unwrap_or_default();
+                    report.busy.push((key.to_owned(), holders));
+                }
+            }
+        }
+        if policy == Clean::All {
+            self.sweep()?;
+        }
+        Ok(report)
+    }
+
+    /// Move `key`'s entry into a staging slot of its own, then delete it
+    /// there: a crash leaves debris for [`Cache::sweep`], never half an
+    /// entry under its key.
+    fn remove_entry(&self, key: &str, lock: LockGuard) -> Result<(), CacheError> {
+        let slot = self.staging_slot(key, false)?;
+        let path = self.entry_path(key);
+        match std::fs::rename(&path, &slot.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CacheError::io(&path, "rename", e)),
+        }
+        entry::sync_dir(&self.root)?;
+        drop(lock);
+        slot.discard()
+    }
+
+    /// A fresh staging slot for `key`: its lock file created and locked,
+    /// then (with `make_dir`) its directory.
+    fn staging_slot(&self, key: &str, make_dir: bool) -> Result<Slot, CacheError> {
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let random = RandomState::new().hash_one((now_ns(), SEQUENCE.fetch_add(1, Ordering::Relaxed)));
+        let name = format!("{key}.{}.{random:016x}", std::process::id());
+        let staging = self.root.join(STAGING_DIR);
+        let lock_path = staging.join(format!("{name}.lock"));
+        let file = self.lock_file(lock_path.clone(), LockMode::Exclusive)?;
+        let guard = file.try_lock().map_err(CacheError::Lock)?.ok_or_else(|| CacheError::Refused {
+            path: lock_path.clone(),
+            what: "a staging lock someone else holds under a fresh random name".to_owned(),
+        })?;
+        let dir = staging.join(&name);
+        if make_dir {
+            std::fs::create_dir(&dir).map_err(|e| CacheError::io(&dir, "create", e))?;
+        }
+        Ok(Slot { old: staging.join(format!("{name}.old")), dir, lock_path, guard: Some(guard) })
+    }
+}
+
+/// A staging directory and the lock its writer holds for its life.
+struct Slot {
+    dir: PathBuf,
+    /// Where the two-rename fallback puts a displaced entry.
+    old: PathBuf,
+    lock_path: PathBuf,
+    guard: Option<LockGuard>,
+}
+
+impl Slot {
+    /// Remove the slot's trees, then its lock file while still holding it.
+    fn discard(mut self) -> Result<(), CacheError> {
+        remove_tree(&self.dir)?;
+        remove_tree(&self.old)?;
+        match std::fs::remove_file(&self.lock_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CacheError::io(&self.lock_path, "remove", e)),
+        }
+        drop(self.guard.take());
+        Ok(())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), CacheError> {
+    key::validate(key).map_err(|reason| CacheError::InvalidKey { key: key.to_owned(), reason })
+}
+
+/// Remove a tree without following symlinks in it; gone already is fine.
+fn remove_tree(path: &Path) -> Result<(), CacheError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CacheError::io(path, "remove", e)),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| CacheError::io(path, "create", e))?;
+    file.write_all(bytes).map_err(|e| CacheError::io(path, "write", e))?;
+    file.sync_all().map_err(|e| CacheError::io(path, "fsync", e))
+}
+
+/// Record a use: the lock file's mtime, through the descriptor we hold.
+fn touch(lock: &LockGuard) {
+    let now = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+    };
+    // Another user's lock file may refuse; last use is advisory.
+    let _ = rustix::fs::futimens(lock, &now);
+}
+
+fn mtime_ns(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    u64::try_from(modified.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

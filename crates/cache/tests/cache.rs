@@ -1,0 +1,222 @@
+//! lockyard-cache in one process: layout, keys, publish and replace,
+//! metadata and verification, corrupt entries, planted symlinks, clean
+//! policies. Multi-process and crash tests are in `tests/tests/cache_processes.rs`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockyard_cache::{BuildResult, Cache, CacheError, CacheOptions, Clean, CorruptReason, KeyError, Listed};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lockyard-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(dir: &Scratch) -> Cache {
+    Cache::open(dir.0.join("c"), CacheOptions::new().wait(Duration::from_millis(300))).expect("open")
+}
+
+fn writes(text: &'static str) -> impl FnOnce(&Path) -> BuildResult {
+    move |dir| {
+        std::fs::write(dir.join("data"), text)?;
+        std::fs::create_dir(dir.join("nested"))?;
+        std::os::unix::fs::symlink("../data", dir.join("nested/link"))?;
+        Ok(serde_json::json!({ "text": text }))
+    }
+}
+
+fn staging_is_empty(cache: &Cache) -> bool {
+    std::fs::read_dir(cache.root().join(".staging")).expect("staging").next().is_none()
+}
+
+#[test]
+fn store_publishes_an_entry_with_its_metadata_and_a_cachedir_tag() {
+    let dir = Scratch::new("store");
+    let cache = open(&dir);
+    assert!(cache.lookup("k").expect("lookup").is_none());
+    let stored = cache.store("k", writes("hello")).expect("store");
+    assert_eq!(stored.meta().size, 5);
+    assert_eq!(stored.meta().files, 2, "data and the symlink");
+    assert_eq!(stored.meta().user["text"], "hello");
+    assert_eq!(stored.path(), cache.entry_path("k"));
+    drop(stored);
+    let found = cache.lookup("k").expect("lookup").expect("present");
+    assert_eq!(std::fs::read_to_string(found.path().join("data")).expect("data"), "hello");
+    assert!(found.path().join("entry.json").exists());
+    drop(found);
+    let tag = std::fs::read_to_string(cache.root().join("CACHEDIR.TAG")).expect("tag");
+    assert!(tag.starts_with("Signature: 8a477f597d28d172789f06886806bc55"));
+    assert!(cache.lock_path("k").exists());
+    assert!(staging_is_empty(&cache));
+    assert_eq!(cache.verify("k").expect("verify").expect("present").key, "k");
+}
+
+#[test]
+fn replacing_swaps_the_whole_entry_and_waits_for_readers() {
+    let dir = Scratch::new("replace");
+    let cache = open(&dir);
+    cache.store("k", writes("one")).expect("store");
+    let reader = cache.lookup("k").expect("lookup").expect("present");
+    // A reader's guard keeps the entry: the replacement times out, and
+    // leaves nothing behind.
+    let err = cache.store("k", writes("two")).expect_err("blocked by the reader");
+    assert!(matches!(err, CacheError::Timeout { .. }) && err.is_busy(), "{err}");
+    assert_eq!(std::fs::read_to_string(reader.path().join("data")).expect("data"), "one");
+    assert!(staging_is_empty(&cache));
+    drop(reader);
+    let replaced = cache.store("k", writes("two")).expect("replace");
+    assert_eq!(std::fs::read_to_string(replaced.path().join("data")).expect("data"), "two");
+    drop(replaced);
+    cache.verify("k").expect("verifies");
+    assert!(staging_is_empty(&cache), "the displaced entry was deleted");
+}
+
+#[test]
+fn the_two_rename_fallback_replaces_too() {
+    let dir = Scratch::new("fallback");
+    let cache = Cache::open(dir.0.join("c"), CacheOptions::new().force_two_renames()).expect("open");
+    cache.store("k", writes("one")).expect("store");
+    let replaced = cache.store("k", writes("two")).expect("replace");
+    assert_eq!(std::fs::read_to_string(replaced.path().join("data")).expect("data"), "two");
+    drop(replaced);
+    assert!(staging_is_empty(&cache));
+}
+
+#[test]
+fn bad_keys_are_refused_with_the_rule_they_break() {
+    let dir = Scratch::new("keys");
+    let cache = open(&dir);
+    for (key, rule) in [
+        ("", KeyError::Empty),
+        ("a/b", KeyError::Slash),
+        ("..", KeyError::DotName),
+        (".locks", KeyError::LeadingDot),
+        ("a\nb", KeyError::Control),
+    ] {
+        match cache.lookup(key) {
+            Err(CacheError::InvalidKey { reason, .. }) => assert_eq!(reason, rule, "{key:?}"),
+            other => panic!("{key:?}: {other:?}"),
+        }
+    }
+    let err = cache.store(&"x".repeat(201), writes("x")).expect_err("too long");
+    assert!(err.to_string().contains("longer than 200 bytes"), "{err}");
+}
+
+#[test]
+fn a_failed_build_publishes_nothing_and_leaves_no_debris() {
+    let dir = Scratch::new("failed-build");
+    let cache = open(&dir);
+    let err = cache.store("k", |d| {
+        std::fs::write(d.join("partial"), "x")?;
+        Err("compiler crashed".into())
+    });
+    assert!(matches!(err, Err(CacheError::Build { .. })), "{err:?}");
+    assert!(cache.lookup("k").expect("lookup").is_none());
+    assert!(staging_is_empty(&cache));
+    let err = cache.store("k", |d| {
+        std::fs::write(d.join("entry.json"), "{}")?;
+        Ok(serde_json::Value::Null)
+    });
+    assert!(err.is_err_and(|e| e.to_string().contains("reserves")));
+    assert!(staging_is_empty(&cache));
+}
+
+#[test]
+fn tampering_and_corruption_are_reported_by_kind() {
+    let dir = Scratch::new("corrupt");
+    let cache = open(&dir);
+    cache.store("tampered", writes("original")).expect("store");
+    std::fs::write(cache.entry_path("tampered").join("data"), "modified").expect("tamper");
+    match cache.verify("tampered") {
+        Err(CacheError::Corrupt { reason: CorruptReason::DigestMismatch, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    std::fs::create_dir(cache.entry_path("no-meta")).expect("mkdir");
+    std::fs::create_dir(cache.entry_path("garbled")).expect("mkdir");
+    std::fs::write(cache.entry_path("garbled").join("entry.json"), "not json").expect("write");
+    std::fs::create_dir(cache.entry_path("future")).expect("mkdir");
+    std::fs::write(cache.entry_path("future").join("entry.json"), r#"{"schema": 99}"#).expect("write");
+    let outside = dir.0.join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    std::os::unix::fs::symlink(&outside, cache.entry_path("planted")).expect("symlink");
+
+    let listed = cache.list().expect("list");
+    let reason = |key: &str| {
+        listed.iter().find(|l| l.key() == key).map(|l| match l {
+            Listed::Corrupt { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(reason("no-meta"), Some(Some(CorruptReason::MissingMetadata)));
+    assert_eq!(reason("garbled"), Some(Some(CorruptReason::Malformed)));
+    assert_eq!(reason("future"), Some(Some(CorruptReason::SchemaFromTheFuture)));
+    assert_eq!(reason("planted"), Some(Some(CorruptReason::NotADirectory)));
+    assert_eq!(reason("tampered"), Some(None), "list does not rehash");
+    assert!(matches!(listed[0], Listed::Valid { .. }), "valid entries first: {listed:?}");
+    assert!(matches!(
+        cache.lookup("planted"),
+        Err(CacheError::Corrupt { reason: CorruptReason::NotADirectory, .. })
+    ));
+
+    // Clean removes the corrupt ones, and never follows the planted link.
+    std::fs::write(outside.join("precious"), "keep").expect("write");
+    let report = cache.clean(Clean::KeepNewest(10)).expect("clean");
+    assert_eq!(report.removed.len(), 4, "{report:?}");
+    assert_eq!(std::fs::read_to_string(outside.join("precious")).expect("outside intact"), "keep");
+}
+
+#[test]
+fn planted_internal_directories_are_refused() {
+    let dir = Scratch::new("planted");
+    let outside = dir.0.join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    for internal in [".locks", ".staging"] {
+        let root = dir.0.join(format!("c{internal}"));
+        std::fs::create_dir(&root).expect("root");
+        std::os::unix::fs::symlink(&outside, root.join(internal)).expect("plant");
+        let err = Cache::open(&root, CacheOptions::new()).expect_err("refused");
+        assert!(matches!(err, CacheError::Refused { .. }), "{err}");
+        assert!(err.to_string().contains(internal), "{err}");
+    }
+    assert!(std::fs::read_dir(&outside).expect("outside").next().is_none(), "nothing written outside");
+}
+
+#[test]
+fn clean_policies_pick_by_age_use_and_size() {
+    let dir = Scratch::new("policies");
+    let cache = open(&dir);
+    for key in ["a", "b", "c", "d"] {
+        cache.store(key, writes("0123456789")).expect("store");
+    }
+    // Use a and b again, so c and d are the least recently used.
+    std::thread::sleep(Duration::from_millis(20));
+    drop(cache.lookup("a").expect("lookup"));
+    drop(cache.lookup("b").expect("lookup"));
+    let report = cache.clean(Clean::MaxBytes(25)).expect("clean by size");
+    let mut removed = report.removed.clone();
+    removed.sort();
+    assert_eq!(removed, ["c", "d"], "{report:?}");
+    assert_eq!(report.freed, 20);
+
+    let report = cache.clean(Clean::KeepNewest(1)).expect("keep newest");
+    assert_eq!(report.removed, ["a"], "b is newer: {report:?}");
+
+    assert!(cache.clean(Clean::UnusedFor(Duration::from_secs(3600))).expect("unused").removed.is_empty());
+    std::thread::sleep(Duration::from_millis(20));
+    let report = cache.clean(Clean::UnusedFor(Duration::from_millis(10))).expect("unused");
+    assert_eq!(report.removed, ["b"]);
+    assert!(cache.list().expect("list").is_empty());
+    assert!(cache.lock_path("a").exists(), "lock files are never deleted");
+}
