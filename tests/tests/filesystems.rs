@@ -3,7 +3,9 @@
 //! mount stacked over another, a mount point with a space and a newline in
 //! its name, and FUSE (bindfs), which must be refused. On btrfs, two files
 //! with the same inode number in two subvolumes share a /proc/locks key;
-//! exact attribution must tell their holders apart.
+//! exact attribution must tell their holders apart. A lockyard-cache on
+//! tmpfs, ext4, btrfs, xfs and overlayfs stores, replaces (exchange and
+//! the two-rename fallback), verifies and sweeps.
 //!
 //! Needs root, loop devices and the mkfs tools (`.ci/install-deps` installs
 //! them); runs in a private mount namespace (`unshare -m`) so nothing leaks
@@ -82,6 +84,11 @@ $check held "odd name
 x/a.lock"
 $check pair btrfs/a.lock btrfs/sub/a.lock
 $check refused fuse/in-lower.lock FUSE
+$check cache tmpfs/cache
+$check cache ext4/cache
+$check cache btrfs/sub/cache
+$check cache xfs/cache
+$check cache merged/cache
 fusermount -u fuse 2>/dev/null || umount fuse
 "#,
         dir = dir.0.display()
@@ -94,7 +101,7 @@ fusermount -u fuse 2>/dev/null || umount fuse
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}");
     assert!(out.status.success(), "filesystem matrix failed:\n{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok: ")).count(), 12, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok: ")).count(), 17, "{stdout}");
     // btrfs is the case where stat's device is not the lock's device.
     assert!(
         stdout

@@ -13,6 +13,9 @@
 //! a flock lock on FLOCK and an OFD lock on OFD: checks what can and
 //! cannot be seen from in here, and that a holder of INNER started in here
 //! is named by its pid in this namespace.
+//! `lockyard-test-fscheck cache ROOT`: a lockyard-cache at ROOT stores,
+//! replaces (by exchange, and by the two-rename fallback), reads, verifies
+//! and sweeps on this filesystem.
 //! Prints one line per check; exits 1 with a reason on failure.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         ["refused", path, name] => refused(Path::new(path), name),
         ["pair", a, b] => pair(Path::new(a), Path::new(b)),
         ["pidns-inside", flock, ofd, inner] => pidns_inside(Path::new(flock), Path::new(ofd), Path::new(inner)),
+        ["cache", root] => cache(Path::new(root)),
         _ => Err(
             "usage: lockyard-test-fscheck held PATH | refused PATH NAME | pair A B | pidns-inside FLOCK OFD INNER"
                 .to_owned(),
@@ -192,4 +196,38 @@ fn pidns_inside(flock: &Path, ofd: &Path, inner: &Path) -> Result<String, String
     let _ = child.kill();
     let _ = child.wait();
     outcome
+}
+
+fn cache(root: &Path) -> Result<String, String> {
+    use lockyard_cache::{Cache, CacheOptions};
+    let put = |cache: &Cache, text: &'static str| {
+        cache
+            .store("entry", |dir| {
+                std::fs::write(dir.join("data"), text)?;
+                std::os::unix::fs::symlink("data", dir.join("link"))?;
+                Ok(serde_json::Value::Null)
+            })
+            .map_err(|e| e.to_string())
+    };
+    let read = |cache: &Cache| -> Result<String, String> {
+        let guard = cache.lookup("entry").map_err(|e| e.to_string())?.ok_or("entry missing")?;
+        std::fs::read_to_string(guard.path().join("data")).map_err(|e| e.to_string())
+    };
+    let cache = Cache::open(root, CacheOptions::new()).map_err(|e| e.to_string())?;
+    drop(put(&cache, "one")?);
+    drop(put(&cache, "two")?);
+    if read(&cache)? != "two" {
+        return Err(format!("{}: exchange did not replace the entry", root.display()));
+    }
+    let fallback = Cache::open(root, CacheOptions::new().force_two_renames()).map_err(|e| e.to_string())?;
+    drop(put(&fallback, "three")?);
+    if read(&cache)? != "three" {
+        return Err(format!("{}: the two-rename fallback did not replace the entry", root.display()));
+    }
+    cache.verify("entry").map_err(|e| e.to_string())?;
+    let swept = cache.sweep().map_err(|e| e.to_string())?;
+    if !swept.removed.is_empty() || !swept.kept.is_empty() {
+        return Err(format!("{}: debris after clean stores: {swept:?}", root.display()));
+    }
+    Ok(format!("{}: cache stores, replaces (exchange and two renames), verifies", root.display()))
 }
