@@ -64,6 +64,8 @@ enum Part {
     Mixed(Load),
     /// Holders SIGKILLed at random points.
     Crash(CrashLoad),
+    /// Cache soak: stores, lookups, ensures, cleans and sweeps at once.
+    Cache(CacheLoad),
     /// One worker process (started by the other parts).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -102,6 +104,16 @@ struct CrashLoad {
     seed: Option<u64>,
 }
 
+#[derive(clap::Args, Clone)]
+struct CacheLoad {
+    /// Worker processes.
+    #[arg(long, default_value_t = 6)]
+    procs: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Kind {
     Flock,
@@ -130,6 +142,7 @@ enum Role {
     Reader,
     Writer,
     Crash,
+    Cache,
 }
 
 #[derive(clap::Args)]
@@ -160,6 +173,7 @@ fn main() -> ExitCode {
         Part::Exclusion(load) => exclusion(&load, false).map(|r| r.ok()),
         Part::Mixed(load) => exclusion(&load, true).map(|r| r.ok()),
         Part::Crash(load) => crash(&load).map(|r| r.ok()),
+        Part::Cache(load) => cache_soak(&load),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -193,6 +207,7 @@ fn all(long: bool) -> Result<bool> {
         ok = false;
     }
     ok &= crash(&CrashLoad { procs: procs / 2, kills, files: 6, seed: None })?.ok();
+    ok &= cache_soak(&CacheLoad { procs: 6, seconds: if long { 60 } else { 8 } })?;
     println!("all parts {} in {:.1?}", if ok { "passed" } else { "FAILED" }, started.elapsed());
     Ok(ok)
 }
@@ -341,6 +356,7 @@ fn role_name(role: Role) -> &'static str {
         Role::Reader => "reader",
         Role::Writer => "writer",
         Role::Crash => "crash",
+        Role::Cache => "cache",
     }
 }
 
@@ -406,6 +422,7 @@ fn worker(args: &WorkerArgs) -> ExitCode {
     let _ = std::io::stdin().read_to_end(&mut sink);
     let result = match args.role {
         Role::Crash => crash_worker(args),
+        Role::Cache => cache_worker(args),
         role => contend(args, role),
     };
     match result {
@@ -745,4 +762,131 @@ fn crash_worker(args: &WorkerArgs) -> Result<()> {
         set_phase(4);
         drop(guard);
     }
+}
+
+// ---------------------------------------------------------------------
+// Cache soak
+
+const CACHE_KEYS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+
+/// Several processes store, look up, ensure, clean and sweep a few keys
+/// of one cache at once. Readers check, while holding their guard, that
+/// the entry is complete (its payload matches what its metadata says) and
+/// stays so; every other failure than "busy" counts too.
+fn cache_soak(load: &CacheLoad) -> Result<bool> {
+    let work = Workdir::new("cache")?;
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for slot in 0..load.procs {
+        let mut command = worker_command(Role::Cache, Kind::Flock, &work.0);
+        command
+            .arg("--rounds")
+            .arg(load.seconds.to_string())
+            .arg("--seed")
+            .arg((now_ns() + slot as u64).to_string());
+        children.push(spawn(command)?);
+    }
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for mut child in children {
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+        if !status.success() {
+            return Err(format!("cache worker {status}"));
+        }
+        for line in out.lines() {
+            if let Some((name, n)) = line.rsplit_once(' ') {
+                *totals.entry(name.to_owned()).or_default() += n.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    // Afterwards: nothing half-made, nothing left in staging.
+    let cache = lockyard_cache::Cache::open(work.0.join("cache"), lockyard_cache::CacheOptions::new())
+        .map_err(|e| e.to_string())?;
+    let swept = cache.sweep().map_err(|e| e.to_string())?;
+    let mut failures =
+        totals.get("violations").copied().unwrap_or(0) + totals.get("errors").copied().unwrap_or(0);
+    failures += (swept.removed.len() + swept.kept.len()) as u64;
+    for key in CACHE_KEYS {
+        if let Err(e) = cache.verify(key) {
+            println!("  {key}: {e}");
+            failures += 1;
+        }
+    }
+    let shown: Vec<String> = totals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "cache soak: {} processes for {:.1?}: {}; debris after the run {}, failures {failures}",
+        load.procs,
+        started.elapsed(),
+        shown.join(", "),
+        swept.removed.len() + swept.kept.len(),
+    );
+    Ok(failures == 0)
+}
+
+fn cache_worker(args: &WorkerArgs) -> Result<()> {
+    use lockyard_cache::{Cache, CacheError, CacheOptions, Clean};
+    let mut rng = fastrand::Rng::with_seed(args.seed);
+    let cache = Cache::open(args.dir.join("cache"), CacheOptions::new().wait(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(args.rounds as u64);
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let build = |len: usize| {
+        move |dir: &Path| -> lockyard_cache::BuildResult {
+            let payload = vec![b'x'; len];
+            std::fs::write(dir.join("payload"), &payload)?;
+            Ok(serde_json::json!({ "len": len }))
+        }
+    };
+    while Instant::now() < deadline {
+        let key = CACHE_KEYS[rng.usize(..CACHE_KEYS.len())];
+        let op = rng.u8(0..20);
+        let outcome: std::result::Result<&str, CacheError> = match op {
+            0..=8 => cache.lookup(key).map(|found| match found {
+                Some(guard) => {
+                    let ok = entry_is_whole(&guard) && {
+                        std::thread::sleep(Duration::from_micros(rng.u64(0..2000)));
+                        entry_is_whole(&guard)
+                    };
+                    if ok { "lookups" } else { "violations" }
+                }
+                None => "misses",
+            }),
+            9..=12 => cache
+                .ensure(key, build(rng.usize(1..65536)))
+                .map(|g| if entry_is_whole(&g) { "ensures" } else { "violations" }),
+            13..=16 => cache
+                .store(key, build(rng.usize(1..65536)))
+                .map(|g| if entry_is_whole(&g) { "stores" } else { "violations" }),
+            17 => cache.clean(Clean::KeepNewest(2)).map(|_| "cleans"),
+            18 => cache.clean(Clean::All).map(|_| "full cleans"),
+            _ => cache.sweep().map(|_| "sweeps"),
+        };
+        let counted = match outcome {
+            Ok(what) => what,
+            Err(e) if e.is_busy() => "busy",
+            Err(e) => {
+                eprintln!("cache worker {}: {e}", std::process::id());
+                "errors"
+            }
+        };
+        *counts.entry(counted).or_default() += 1;
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, n) in counts {
+        let _ = writeln!(out, "{name} {n}");
+    }
+    Ok(())
+}
+
+/// The entry's payload has the length its metadata recorded.
+fn entry_is_whole(guard: &lockyard_cache::EntryGuard) -> bool {
+    let expected = guard.meta().user["len"].as_u64();
+    let actual = std::fs::metadata(guard.path().join("payload")).ok().map(|m| m.len());
+    expected.is_some() && expected == actual
 }
