@@ -399,6 +399,25 @@ fn the_var_run_symlink_to_run_keeps_working() {
 }
 
 #[test]
+fn a_lock_dir_makes_lock_files_that_share_its_hardened_directory() {
+    let dir = Scratch::new("flock-lockdir");
+    let locks = lockyard_flock::LockDir::open(&dir.0).expect("open dir");
+    for bad in ["", ".", "..", "a/b"] {
+        let err = locks.file(bad, LockOptions::new()).expect_err("one component");
+        assert!(matches!(err, LockError::InvalidPath { .. }), "{bad:?}: {err}");
+    }
+    let file = locks.file("x.lock", LockOptions::new()).expect("file");
+    assert_eq!(file.path(), dir.path("x.lock"));
+    let guard = file.try_lock().expect("try").expect("free");
+    assert_eq!(holders_of(dir.path("x.lock")).expect("holders").holding().count(), 1);
+    drop(guard);
+    // A planted symlink is refused through a LockDir as through a path.
+    std::os::unix::fs::symlink("/etc/passwd", dir.path("planted.lock")).expect("symlink");
+    let err = locks.file("planted.lock", LockOptions::new()).expect("file").try_lock().expect_err("refused");
+    assert!(matches!(err, LockError::Refused { found: Found::Symlink, .. }), "{err:?}");
+}
+
+#[test]
 fn root_owned_symlinked_directory_is_followed() {
     // Like /var/run -> /run: a symlink owned by us (or root) is fine.
     let dir = Scratch::new("flock-dirlink");

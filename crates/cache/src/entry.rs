@@ -161,16 +161,23 @@ pub(crate) fn read_meta(entry: &Path, key: &str) -> Result<EntryMeta, CorruptRea
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CorruptReason::MissingMetadata),
         Err(_) => return Err(CorruptReason::Unreadable),
     };
-    // The schema first, so a future layout is not called malformed.
-    #[derive(Deserialize)]
-    struct Version {
-        schema: u32,
-    }
-    let version: Version = serde_json::from_slice(&bytes).map_err(|_| CorruptReason::Malformed)?;
-    if version.schema > SCHEMA {
+    let meta: EntryMeta = match serde_json::from_slice(&bytes) {
+        Ok(meta) => meta,
+        Err(_) => {
+            // A newer layout is not malformed: say which it is.
+            #[derive(Deserialize)]
+            struct Version {
+                schema: u32,
+            }
+            return Err(match serde_json::from_slice::<Version>(&bytes) {
+                Ok(v) if v.schema > SCHEMA => CorruptReason::SchemaFromTheFuture,
+                _ => CorruptReason::Malformed,
+            });
+        }
+    };
+    if meta.schema > SCHEMA {
         return Err(CorruptReason::SchemaFromTheFuture);
     }
-    let meta: EntryMeta = serde_json::from_slice(&bytes).map_err(|_| CorruptReason::Malformed)?;
     if meta.key != key {
         return Err(CorruptReason::Malformed);
     }

@@ -82,7 +82,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lockyard_flock::{CancelToken, FsPolicy, Holders, LockFile, LockGuard, LockMode, LockOptions, Wait};
+use lockyard_flock::{
+    CancelToken, FsPolicy, Holders, LockDir, LockFile, LockGuard, LockMode, LockOptions, Wait,
+};
 use rustix::fs::RenameFlags;
 use rustix::io::Errno;
 
@@ -301,10 +303,14 @@ pub struct SweepReport {
     pub kept: Vec<(String, Holders)>,
 }
 
-/// A cache root. Cheap to clone; holds no descriptor between calls.
+/// A cache root. Cheap to clone (clones share two directory descriptors).
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// `.locks` and `.staging`, opened once: making a lock file in them
+    /// then costs no path walk.
+    locks: LockDir,
+    staging: LockDir,
     options: CacheOptions,
 }
 
@@ -342,7 +348,9 @@ impl Cache {
                 });
             }
         }
-        Ok(Cache { root, options })
+        let locks = LockDir::open(root.join(LOCKS_DIR)).map_err(CacheError::Lock)?;
+        let staging = LockDir::open(root.join(STAGING_DIR)).map_err(CacheError::Lock)?;
+        Ok(Cache { root, locks, staging, options })
     }
 
     /// The root directory.
@@ -360,10 +368,9 @@ impl Cache {
         self.root.join(LOCKS_DIR).join(format!("{key}.lock"))
     }
 
-    fn lock_file(&self, path: PathBuf, mode: LockMode) -> Result<LockFile, CacheError> {
-        let options =
-            LockOptions::new().mode(mode).permissions(0o644).fs_policy(self.options.fs_policy.clone());
-        LockFile::with_options(path, options).map_err(CacheError::Lock)
+    fn lock_file(&self, dir: &LockDir, name: &str, options: LockOptions) -> Result<LockFile, CacheError> {
+        let options = options.permissions(0o644).fs_policy(self.options.fs_policy.clone());
+        dir.file(name, options).map_err(CacheError::Lock)
     }
 
     fn waiting(&self, deadline: Instant) -> Wait {
@@ -376,12 +383,13 @@ impl Cache {
 
     fn lock(
         &self,
-        path: PathBuf,
+        dir: &LockDir,
+        name: &str,
         mode: LockMode,
         key: &str,
         deadline: Instant,
     ) -> Result<LockGuard, CacheError> {
-        let file = self.lock_file(path, mode)?;
+        let file = self.lock_file(dir, name, LockOptions::new().mode(mode))?;
         file.lock_with(&self.waiting(deadline)).map_err(|e| CacheError::from_lock(key, e))
     }
 
@@ -404,7 +412,7 @@ impl Cache {
     }
 
     fn lookup_until(&self, key: &str, deadline: Instant) -> Result<Option<EntryGuard>, CacheError> {
-        let lock = self.lock(self.lock_path(key), LockMode::Shared, key, deadline)?;
+        let lock = self.lock(&self.locks, &format!("{key}.lock"), LockMode::Shared, key, deadline)?;
         self.open_entry(key, lock)
     }
 
@@ -448,8 +456,7 @@ impl Cache {
         build: impl FnOnce(&Path) -> BuildResult,
         deadline: Instant,
     ) -> Result<EntryGuard, CacheError> {
-        let cache_lock =
-            self.lock(self.root.join(LOCKS_DIR).join(CACHE_LOCK), LockMode::Shared, "*", deadline)?;
+        let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", deadline)?;
         let slot = self.staging_slot(key, true)?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::StagingCreated);
@@ -497,7 +504,7 @@ impl Cache {
         #[cfg(feature = "test-hooks")]
         self.step(Step::Synced);
 
-        let mut lock = self.lock(self.lock_path(key), LockMode::Exclusive, key, deadline)?;
+        let mut lock = self.lock(&self.locks, &format!("{key}.lock"), LockMode::Exclusive, key, deadline)?;
         self.publish(key, slot)?;
         touch(&lock);
         #[cfg(feature = "test-hooks")]
@@ -565,8 +572,8 @@ impl Cache {
         if let Some(found) = self.lookup_until(key, deadline)? {
             return Ok(found);
         }
-        let build_lock = self.root.join(LOCKS_DIR).join(format!("{key}.build"));
-        let _building = self.lock(build_lock, LockMode::Exclusive, key, deadline)?;
+        let _building =
+            self.lock(&self.locks, &format!("{key}.build"), LockMode::Exclusive, key, deadline)?;
         // Whoever held the build lock before us may have published.
         if let Some(found) = self.lookup_until(key, deadline)? {
             return Ok(found);
@@ -641,10 +648,8 @@ impl Cache {
         let mut report = SweepReport::default();
         for name in &names {
             let Some(base) = name.strip_suffix(".lock") else { continue };
-            let options =
-                LockOptions::new().exclusive().must_exist().fs_policy(self.options.fs_policy.clone());
             let lock_path = staging.join(name);
-            let file = LockFile::with_options(&lock_path, options).map_err(CacheError::Lock)?;
+            let file = self.lock_file(&self.staging, name, LockOptions::new().exclusive().must_exist())?;
             match file.try_lock() {
                 Ok(Some(guard)) => {
                     let slot = Slot {
@@ -692,12 +697,7 @@ impl Cache {
     pub fn clean(&self, policy: Clean) -> Result<CleanReport, CacheError> {
         let deadline = Instant::now() + self.options.wait;
         let _wipe = match policy {
-            Clean::All => Some(self.lock(
-                self.root.join(LOCKS_DIR).join(CACHE_LOCK),
-                LockMode::Exclusive,
-                "*",
-                deadline,
-            )?),
+            Clean::All => Some(self.lock(&self.locks, CACHE_LOCK, LockMode::Exclusive, "*", deadline)?),
             _ => None,
         };
         let listed = self.list()?;
@@ -734,7 +734,7 @@ impl Cache {
         let mut report = CleanReport::default();
         for (key, size) in victims {
             let lock_path = self.lock_path(key);
-            let file = self.lock_file(lock_path.clone(), LockMode::Exclusive)?;
+            let file = self.lock_file(&self.locks, &format!("{key}.lock"), LockOptions::new().exclusive())?;
             match file.try_lock().map_err(CacheError::Lock)? {
                 Some(lock) => {
                     self.remove_entry(key, lock)?;
@@ -777,7 +777,7 @@ impl Cache {
         let name = format!("{key}.{}.{random:016x}", std::process::id());
         let staging = self.root.join(STAGING_DIR);
         let lock_path = staging.join(format!("{name}.lock"));
-        let file = self.lock_file(lock_path.clone(), LockMode::Exclusive)?;
+        let file = self.lock_file(&self.staging, &format!("{name}.lock"), LockOptions::new().exclusive())?;
         let guard = file.try_lock().map_err(CacheError::Lock)?.ok_or_else(|| CacheError::Refused {
             path: lock_path.clone(),
             what: "a staging lock someone else holds under a fresh random name".to_owned(),

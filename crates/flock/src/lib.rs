@@ -63,7 +63,7 @@ pub use holders::{
     Attribution, FileId, Holder, Holders, KeySource, PathHolders, Snapshot, holders_of, holders_of_many,
     in_initial_pid_namespace,
 };
-pub use lock::{ByteRange, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait};
+pub use lock::{ByteRange, LockDir, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait};
 pub use pidfile::{Claimant, Pidfile, PidfileGuard, PidfileState};
 pub use wait::CancelToken;
 

@@ -1,9 +1,10 @@
 //! Lock files, the ways to lock them, and the guards that hold the locks.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -205,12 +206,60 @@ impl Wait {
     }
 }
 
+/// A directory of lock files, opened once with the hardening rules (see the
+/// crate docs). Lock files made from it share its descriptor, so making
+/// one costs no path walk: for callers that lock many names in one
+/// directory (a cache's per-entry locks, per-CPU reservation files).
+#[derive(Debug, Clone)]
+pub struct LockDir {
+    dir: Arc<Dir>,
+}
+
+impl LockDir {
+    /// Open the directory at `path`.
+    ///
+    /// # Errors
+    /// As [`LockFile::new`] for a lock file's directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LockError> {
+        Ok(LockDir { dir: Arc::new(Dir::open(path.as_ref())?) })
+    }
+
+    /// The directory's path as given.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The lock file `name` in this directory.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidPath`] unless `name` is one path component
+    /// (not empty, `.`, `..`, and without `/`).
+    pub fn file(&self, name: impl AsRef<OsStr>, options: LockOptions) -> Result<LockFile, LockError> {
+        let name = name.as_ref();
+        let path = self.dir.path().join(name);
+        let bytes = name.as_encoded_bytes();
+        if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+            return Err(LockError::InvalidPath {
+                path,
+                reason: "a lock file name must be one path component",
+            });
+        }
+        Ok(LockFile {
+            dir: Arc::clone(&self.dir),
+            name: name.to_owned(),
+            path,
+            options,
+            checked_dev: AtomicU64::new(u64::MAX),
+        })
+    }
+}
+
 /// A lock file: a path in a directory opened once, hardened (see the crate
 /// docs), and the options to lock it with. Each lock attempt opens the file
 /// anew relative to that directory.
 #[derive(Debug)]
 pub struct LockFile {
-    dir: Dir,
+    dir: Arc<Dir>,
     name: OsString,
     path: PathBuf,
     options: LockOptions,
@@ -246,7 +295,7 @@ impl LockFile {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let dir = Dir::open(parent)?;
+        let dir = Arc::new(Dir::open(parent)?);
         Ok(LockFile { dir, name, path: path.to_owned(), options, checked_dev: AtomicU64::new(u64::MAX) })
     }
 
