@@ -195,9 +195,11 @@ fn sweep_keeps_a_live_writer_whose_pid_matches_dead_debris() {
     std::fs::create_dir(staging.join(dead)).expect("debris");
     std::fs::write(staging.join(dead).join("half"), b"half written").expect("debris file");
     std::fs::write(staging.join(format!("{dead}.lock")), b"").expect("debris lock");
+    // A stray file with no lock beside it is debris too.
+    std::fs::write(staging.join("stray"), b"?").expect("stray");
 
     let report = cache(&root).sweep().expect("sweep");
-    assert_eq!(report.removed, [dead], "{report:?}");
+    assert_eq!(report.removed, [dead, "stray"], "{report:?}");
     assert_eq!(report.kept.len(), 1, "{report:?}");
     assert_eq!(report.kept[0].0, live[0]);
     assert!(staging.join(&live[0]).exists(), "the live writer's staging was swept");

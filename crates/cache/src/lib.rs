@@ -818,9 +818,14 @@ fn check_key(key: &str) -> Result<(), CacheError> {
     key::validate(key).map_err(|reason| CacheError::InvalidKey { key: key.to_owned(), reason })
 }
 
-/// Remove a tree without following symlinks in it; gone already is fine.
+/// Remove a tree (or a stray file or symlink) without following symlinks;
+/// gone already is fine.
 fn remove_tree(path: &Path) -> Result<(), CacheError> {
-    match std::fs::remove_dir_all(path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_dir() => std::fs::remove_file(path),
+        _ => std::fs::remove_dir_all(path),
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(CacheError::io(path, "remove", e)),
