@@ -499,7 +499,9 @@ impl Cache {
             digest: walked.digest,
             user,
         };
-        write_synced(&meta_path, &serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
+        let encoded = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| CacheError::io(&meta_path, "encode", std::io::Error::other(e)))?;
+        write_synced(&meta_path, &encoded)?;
         entry::sync_dir(&slot.dir)?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::Synced);
