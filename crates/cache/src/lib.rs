@@ -365,7 +365,7 @@ impl Cache {
 
     /// The lock file guarding `key`'s entry (for `lockyard who`).
     pub fn lock_path(&self, key: &str) -> PathBuf {
-        self.root.join(LOCKS_DIR).join(format!("{key}.lock"))
+        self.root.join(LOCKS_DIR).join(entry_lock_name(key))
     }
 
     fn lock_file(&self, dir: &LockDir, name: &str, options: LockOptions) -> Result<LockFile, CacheError> {
@@ -412,7 +412,7 @@ impl Cache {
     }
 
     fn lookup_until(&self, key: &str, deadline: Instant) -> Result<Option<EntryGuard>, CacheError> {
-        let lock = self.lock(&self.locks, &format!("{key}.lock"), LockMode::Shared, key, deadline)?;
+        let lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Shared, key, deadline)?;
         self.open_entry(key, lock)
     }
 
@@ -506,7 +506,7 @@ impl Cache {
         #[cfg(feature = "test-hooks")]
         self.step(Step::Synced);
 
-        let mut lock = self.lock(&self.locks, &format!("{key}.lock"), LockMode::Exclusive, key, deadline)?;
+        let mut lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Exclusive, key, deadline)?;
         self.publish(key, slot)?;
         touch(&lock);
         #[cfg(feature = "test-hooks")]
@@ -648,6 +648,7 @@ impl Cache {
             .collect();
         names.sort();
         let mut report = SweepReport::default();
+        let mut live = Vec::new();
         for name in &names {
             let Some(base) = name.strip_suffix(".lock") else { continue };
             let lock_path = staging.join(name);
@@ -663,16 +664,14 @@ impl Cache {
                     slot.discard()?;
                     report.removed.push(base.to_owned());
                 }
-                Ok(None) => {
-                    let holders = lockyard_flock::holders_of(&lock_path).unwrap_or_default();
-                    report.kept.push((base.to_owned(), holders));
-                }
+                Ok(None) => live.push((base.to_owned(), lock_path)),
                 // Swept by someone else meanwhile.
                 Err(lockyard_flock::LockError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(CacheError::Lock(e)),
             }
         }
+        report.kept = name_holders(live);
         // A tree without a lock file has no writer: writers create and
         // lock the lock file before the tree, and sweeps remove the tree
         // before the lock file.
@@ -734,21 +733,19 @@ impl Cache {
             }
         }
         let mut report = CleanReport::default();
+        let mut busy = Vec::new();
         for (key, size) in victims {
-            let lock_path = self.lock_path(key);
-            let file = self.lock_file(&self.locks, &format!("{key}.lock"), LockOptions::new().exclusive())?;
+            let file = self.lock_file(&self.locks, &entry_lock_name(key), LockOptions::new().exclusive())?;
             match file.try_lock().map_err(CacheError::Lock)? {
                 Some(lock) => {
                     self.remove_entry(key, lock)?;
                     report.removed.push(key.to_owned());
                     report.freed += size;
                 }
-                None => {
-                    let holders = lockyard_flock::holders_of(&lock_path).unwrap_or_default();
-                    report.busy.push((key.to_owned(), holders));
-                }
+                None => busy.push((key.to_owned(), self.lock_path(key))),
             }
         }
+        report.busy = name_holders(busy);
         if policy == Clean::All {
             self.sweep()?;
         }
@@ -814,6 +811,23 @@ impl Slot {
         drop(self.guard.take());
         Ok(())
     }
+}
+
+fn entry_lock_name(key: &str) -> String {
+    format!("{key}.lock")
+}
+
+/// The holders of each busy lock, with one read of /proc for all of them
+/// (empty where /proc could not say).
+fn name_holders(busy: Vec<(String, PathBuf)>) -> Vec<(String, Holders)> {
+    if busy.is_empty() {
+        return Vec::new();
+    }
+    let paths: Vec<&Path> = busy.iter().map(|(_, path)| path.as_path()).collect();
+    let mut found = lockyard_flock::holders_of_many(&paths, false).unwrap_or_default().into_iter();
+    busy.into_iter()
+        .map(|(name, _)| (name, found.next().and_then(|(_, h)| h.ok()).unwrap_or_default()))
+        .collect()
 }
 
 fn check_key(key: &str) -> Result<(), CacheError> {
