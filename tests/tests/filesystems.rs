@@ -19,6 +19,9 @@ use std::process::Command;
 
 use common::{Scratch, is_root};
 
+/// The mounts of the matrix, shared with the command's own matrix test.
+const SETUP: &str = include_str!("../fs-matrix-setup.sh");
+
 fn missing_capability() -> Option<String> {
     if !is_root() {
         return Some("needs root".to_owned());
@@ -48,29 +51,9 @@ fn locks_and_holders_on_every_filesystem() {
     let check = env!("CARGO_BIN_EXE_lockyard-test-fscheck");
     let script = format!(
         r#"
-set -eu
-export PATH="$PATH:/usr/sbin:/sbin"
 cd {dir}
 check={check}
-truncate -s 300M btrfs.img xfs.img ext4.img
-mkfs.btrfs -q btrfs.img
-mkfs.xfs -q xfs.img
-mkfs.ext4 -q -F ext4.img
-mkdir -p tmpfs ext4 btrfs xfs lower upper work merged bind stack "odd name
-x" fuse
-mount -t tmpfs t tmpfs
-mount -o loop ext4.img ext4
-mount -o loop btrfs.img btrfs
-btrfs -q subvolume create btrfs/sub
-mount -o loop xfs.img xfs
-touch lower/in-lower.lock
-mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work merged
-touch merged/in-upper.lock
-mkdir -p ext4/inner && mount --bind ext4/inner bind
-mount -t tmpfs bottom stack && touch stack/bottom-only && mount -t tmpfs top stack
-mount -t tmpfs odd "odd name
-x"
-bindfs --no-allow-other lower fuse
+{SETUP}
 $check held tmpfs/a.lock
 $check held ext4/a.lock
 $check held btrfs/a.lock

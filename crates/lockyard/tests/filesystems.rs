@@ -20,30 +20,10 @@ use serde_json::Value;
 
 const LOCKYARD: &str = env!("CARGO_BIN_EXE_lockyard");
 
-const SETUP: &str = r#"
-set -eu
-export PATH="$PATH:/usr/sbin:/sbin"
-truncate -s 300M btrfs.img xfs.img ext4.img
-mkfs.btrfs -q btrfs.img
-mkfs.xfs -q xfs.img
-mkfs.ext4 -q -F ext4.img
-mkdir -p tmpfs ext4 btrfs xfs lower upper work merged bind stack "odd name
-x" fuse
-mount -t tmpfs t tmpfs
-mount -o loop ext4.img ext4
-mount -o loop btrfs.img btrfs
-btrfs -q subvolume create btrfs/sub
-mount -o loop xfs.img xfs
-touch lower/in-lower.lock
-mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work merged
-mkdir -p ext4/inner && mount --bind ext4/inner bind
-mount -t tmpfs bottom stack && mount -t tmpfs top stack
-mount -t tmpfs odd "odd name
-x"
-bindfs --no-allow-other lower fuse
-echo ready
-exec sleep 600
-"#;
+/// The mounts of the matrix (shared with `tests/tests/filesystems.rs`),
+/// then a word to say they are ready and a sleep that keeps the namespace.
+const SETUP: &str =
+    concat!(include_str!("../../../tests/fs-matrix-setup.sh"), "echo ready\nexec sleep 600\n");
 
 /// Files to lock, relative to the scratch directory, one per case.
 const CASES: &[&str] = &[
@@ -125,7 +105,7 @@ fn who_and_locks_name_holder_and_path_on_every_filesystem() {
         .expect("unshare");
     let stdout = BufReader::new(keeper.stdout.take().expect("stdout"));
     let keeper = Group(keeper);
-    // mkfs tools chat on stdout; the script's last word before it sleeps
+    // Setup tools may chat on stdout; the script's last word before it sleeps
     // is `ready`.
     let ready = stdout.lines().map_while(Result::ok).any(|line| line == "ready");
     assert!(ready, "mount setup failed (see stderr)");
