@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use common::{Proc, Scratch, is_root};
+use common::{Proc, Scratch, missing_pid_namespaces};
 use lockyard_cache::{Cache, CacheOptions, Clean};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_lockyard-test-cache");
@@ -159,13 +159,8 @@ fn waiter_pid_from(builds: &str) -> String {
 
 #[test]
 fn sweep_keeps_a_live_writer_whose_pid_matches_dead_debris() {
-    if !is_root()
-        || !Command::new("unshare")
-            .args(["-p", "-f", "--mount-proc", "true"])
-            .status()
-            .is_ok_and(|s| s.success())
-    {
-        eprintln!("skipped: needs root and unshare -p for a writer in another pid namespace");
+    if let Some(why) = missing_pid_namespaces() {
+        eprintln!("skipped: {why}");
         return;
     }
     let dir = Scratch::new("cache-pidns-sweep");

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Scratch, eventually, hold, is_root, spawn};
+use common::{Scratch, eventually, give_link_to_nobody, hold, is_root, spawn};
 use lockyard_flock::procfs::{FdInfo, LockKind as ProcKind, LockMode as ProcMode};
 use lockyard_flock::{
     Attribution, ByteRange, CancelToken, Found, FsPolicy, FsType, LockError, LockFile, LockKind, LockMode,
@@ -316,14 +316,7 @@ fn foreign_file_in_a_sticky_directory_is_refused() {
     let target = Scratch::new("flock-sticky-target");
     let link = dir.path("lockdir");
     std::os::unix::fs::symlink(&target.0, &link).expect("symlink");
-    rustix::fs::chownat(
-        rustix::fs::CWD,
-        &link,
-        Some(rustix::fs::Uid::from_raw(65534)),
-        None,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .expect("chown link");
+    give_link_to_nobody(&link);
     let err = LockFile::new(link.join("a.lock")).expect_err("foreign symlink refused");
     assert!(matches!(err, LockError::Refused { found: Found::ForeignSymlink { uid: 65534 }, .. }), "{err:?}");
     assert!(!target.path("a.lock").exists());
@@ -356,14 +349,7 @@ fn planted_symlinks_in_a_sticky_directory_are_refused_and_targets_untouched() {
         let link = dir.path("victim.lock");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(victim, &link).expect("plant symlink");
-        rustix::fs::chownat(
-            rustix::fs::CWD,
-            &link,
-            Some(rustix::fs::Uid::from_raw(65534)),
-            None,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .expect("chown link");
+        give_link_to_nobody(&link);
         let before = fingerprint(victim);
         for kind in [LockKind::Flock, LockKind::Ofd] {
             let options = LockOptions::new().kind(kind).permissions(0o666);

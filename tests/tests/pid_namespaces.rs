@@ -14,20 +14,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use common::{Proc, Scratch, hold, is_root};
+use common::{Proc, Scratch, hold, missing_pid_namespaces};
 use lockyard_flock::{holders_of, holders_of_many, in_initial_pid_namespace};
-
-fn missing_capability() -> Option<String> {
-    if !is_root() {
-        return Some("needs root to create a pid namespace".to_owned());
-    }
-    let probe = Command::new("unshare").args(["-p", "-f", "--mount-proc", "true"]).output();
-    match probe {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!("unshare -p failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
-        Err(e) => Some(format!("unshare: {e}")),
-    }
-}
 
 /// The children of `pid` (its first thread's, which is where a
 /// single-threaded `unshare` forks).
@@ -49,7 +37,7 @@ fn ns_pids(pid: u32) -> Vec<u32> {
 
 #[test]
 fn a_holder_inside_a_pid_namespace_is_named_by_its_host_pid() {
-    if let Some(why) = missing_capability() {
+    if let Some(why) = missing_pid_namespaces() {
         eprintln!("skipped: {why}");
         return;
     }
@@ -87,7 +75,7 @@ fn a_holder_inside_a_pid_namespace_is_named_by_its_host_pid() {
 
 #[test]
 fn inside_a_pid_namespace_outside_holders_are_hidden_but_enforced() {
-    if let Some(why) = missing_capability() {
+    if let Some(why) = missing_pid_namespaces() {
         eprintln!("skipped: {why}");
         return;
     }

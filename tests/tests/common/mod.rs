@@ -119,3 +119,29 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Why this machine cannot run a holder in a new pid namespace
+/// (`unshare -p -f --mount-proc` needs root), or `None` if it can.
+pub fn missing_pid_namespaces() -> Option<String> {
+    if !is_root() {
+        return Some("needs root to create a pid namespace".to_owned());
+    }
+    match Command::new("unshare").args(["-p", "-f", "--mount-proc", "true"]).output() {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!("unshare -p failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Err(e) => Some(format!("unshare: {e}")),
+    }
+}
+
+/// Make `symlink` (the link itself) belong to `nobody` (65534), as if
+/// another user had planted it.
+pub fn give_link_to_nobody(symlink: &Path) {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        symlink,
+        Some(rustix::fs::Uid::from_raw(65534)),
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .expect("chown link");
+}
