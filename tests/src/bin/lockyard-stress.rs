@@ -280,11 +280,8 @@ fn exclusion(load: &Load, mixed: bool) -> Result<ExclusionReport> {
         }
         children.push(spawn(command)?);
     }
-    // Closing their stdin is the starting gun, so all of them contend.
-    let tallies = collect(children)?;
-
     let mut total = Tally::default();
-    for tally in tallies {
+    for tally in collect(children)?.iter().map(|out| parse_tally(out)) {
         total.acquisitions += tally.acquisitions;
         total.violations += tally.violations;
         total.max_readers = total.max_readers.max(tally.max_readers);
@@ -365,12 +362,13 @@ fn spawn(mut command: Command) -> Result<Child> {
     command.spawn().map_err(|e| format!("spawn worker: {e}"))
 }
 
-/// Start the workers together and read each one's tally.
-fn collect(mut children: Vec<Child>) -> Result<Vec<Tally>> {
+/// Start the workers together (closing their stdin is the starting gun)
+/// and read what each one printed; an error if any of them failed.
+fn collect(mut children: Vec<Child>) -> Result<Vec<String>> {
     for child in &mut children {
         drop(child.stdin.take());
     }
-    let mut tallies = Vec::new();
+    let mut outputs = Vec::new();
     let mut failed = None;
     for mut child in children {
         let mut out = String::new();
@@ -381,11 +379,11 @@ fn collect(mut children: Vec<Child>) -> Result<Vec<Tally>> {
         if !status.success() {
             failed = Some(format!("worker {} {status}", child.id()));
         }
-        tallies.push(parse_tally(&out));
+        outputs.push(out);
     }
     match failed {
         Some(failure) => Err(failure),
-        None => Ok(tallies),
+        None => Ok(outputs),
     }
 }
 
@@ -786,19 +784,8 @@ fn cache_soak(load: &CacheLoad) -> Result<bool> {
             .arg((now_ns() + slot as u64).to_string());
         children.push(spawn(command)?);
     }
-    for child in &mut children {
-        drop(child.stdin.take());
-    }
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-    for mut child in children {
-        let mut out = String::new();
-        if let Some(mut stdout) = child.stdout.take() {
-            let _ = stdout.read_to_string(&mut out);
-        }
-        let status = child.wait().map_err(|e| format!("wait: {e}"))?;
-        if !status.success() {
-            return Err(format!("cache worker {status}"));
-        }
+    for out in collect(children)? {
         for line in out.lines() {
             if let Some((name, n)) = line.rsplit_once(' ') {
                 *totals.entry(name.to_owned()).or_default() += n.parse::<u64>().unwrap_or(0);
