@@ -58,7 +58,8 @@
 //!   unique to one writer, which creates and locks its lock file before
 //!   its directory, and lockyard-flock re-checks the path after locking,
 //!   so a writer whose lock file is swept before it locked it simply
-//!   creates a new one.
+//!   creates a new one (waiting, if need be, for the sweep to let go of
+//!   the file it is unlinking).
 //! - **Clean** takes each entry lock exclusively without blocking (busy
 //!   entries are skipped and reported with their holders), renames the
 //!   entry into a staging slot of its own, and deletes it there. Cleaning
@@ -775,12 +776,14 @@ impl Cache {
         let random = RandomState::new().hash_one((now_ns(), SEQUENCE.fetch_add(1, Ordering::Relaxed)));
         let name = format!("{key}.{}.{random:016x}", std::process::id());
         let staging = self.root.join(STAGING_DIR);
-        let lock_path = staging.join(format!("{name}.lock"));
-        let file = self.lock_file(&self.staging, &format!("{name}.lock"), LockOptions::new().exclusive())?;
-        let guard = file.try_lock().map_err(CacheError::Lock)?.ok_or_else(|| CacheError::Refused {
-            path: lock_path.clone(),
-            what: "a staging lock someone else holds under a fresh random name".to_owned(),
-        })?;
+        let lock_name = format!("{name}.lock");
+        // Not a try: a sweep may hold the fresh lock file for the moment
+        // between our creating and our locking it. It then unlinks it, and
+        // the lock we get on the unlinked file fails lockyard-flock's path
+        // check, which creates and locks a new one.
+        let deadline = Instant::now() + self.options.wait;
+        let guard = self.lock(&self.staging, &lock_name, LockMode::Exclusive, key, deadline)?;
+        let lock_path = staging.join(lock_name);
         let dir = staging.join(&name);
         if make_dir {
             std::fs::create_dir(&dir).map_err(|e| CacheError::io(&dir, "create", e))?;
