@@ -103,6 +103,20 @@ fn timeout_names_the_holder_and_cancel_stops_the_wait() {
 }
 
 #[test]
+fn an_unrepresentable_timeout_means_no_limit() {
+    // `Instant + Duration::MAX` overflows; the wait must not panic but
+    // wait as long as it takes.
+    let dir = Scratch::new("flock-max-timeout");
+    let path = dir.path("m.lock");
+    let mut holder = hold(&path, &["flock", "exclusive"]);
+    let file = exclusive(&path);
+    let waiting = std::thread::spawn(move || file.lock_timeout(Duration::MAX).map(drop));
+    std::thread::sleep(Duration::from_millis(30));
+    holder.kill();
+    waiting.join().expect("no panic").expect("acquired after the holder died");
+}
+
+#[test]
 fn waiter_wakes_on_explicit_unlock_without_close() {
     // `flock -u` style release raises no inotify event; the capped backoff
     // must still notice it.

@@ -164,7 +164,8 @@ impl CacheOptions {
     }
 
     /// The longest any one operation waits for a lock (a reader for a
-    /// writer, an `ensure` for a builder).
+    /// writer, an `ensure` for a builder); `Duration::MAX` waits as long
+    /// as it takes.
     #[must_use]
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
@@ -292,6 +293,44 @@ pub struct CleanReport {
     pub freed: u64,
     /// Keys skipped because they were in use, with who holds them.
     pub busy: Vec<(String, Holders)>,
+    /// Keys skipped because they were replaced or used after the plan
+    /// was made (see [`Cache::clean_planned`]).
+    pub changed: Vec<String>,
+}
+
+/// What a clean would remove: made by [`Cache::plan_clean`], carried out
+/// by [`Cache::clean_planned`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct CleanPlan {
+    #[serde(skip)]
+    policy: Clean,
+    /// The entries to remove: corrupt ones first, then by the policy's
+    /// order (newest first, or least recently used first for a size cap).
+    pub victims: Vec<Victim>,
+}
+
+impl CleanPlan {
+    /// Bytes the plan frees (of valid entries).
+    pub fn bytes(&self) -> u64 {
+        self.victims.iter().map(|v| v.size).sum()
+    }
+}
+
+/// One entry a [`CleanPlan`] removes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Victim {
+    /// Its key.
+    pub key: String,
+    /// Its size (0 for a corrupt entry).
+    pub size: u64,
+    /// Its last use, ns since the Unix epoch (0 for a corrupt entry).
+    pub last_used_ns: u64,
+    /// Its digest when planned (`None` for a corrupt entry).
+    pub digest: Option<String>,
+    /// Why it is corrupt, if it is.
+    pub corrupt: Option<CorruptReason>,
 }
 
 /// What [`Cache::sweep`] did.
@@ -374,11 +413,16 @@ impl Cache {
         dir.file(name, options).map_err(CacheError::Lock)
     }
 
-    fn waiting(&self, deadline: Instant) -> Wait {
-        let wait = Wait::timeout(deadline.saturating_duration_since(Instant::now()));
-        match &self.options.cancel {
-            Some(token) => wait.cancel(token.clone()),
-            None => wait,
+    /// When a wait starting now gives up; `None` (no limit) for a wait
+    /// too long to represent, such as `Duration::MAX`.
+    fn deadline(&self) -> Option<Instant> {
+        Instant::now().checked_add(self.options.wait)
+    }
+
+    fn waiting(&self, deadline: Option<Instant>) -> Wait {
+        Wait {
+            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            cancel: self.options.cancel.clone(),
         }
     }
 
@@ -388,7 +432,7 @@ impl Cache {
         name: &str,
         mode: LockMode,
         key: &str,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<LockGuard, CacheError> {
         let file = self.lock_file(dir, name, LockOptions::new().mode(mode))?;
         file.lock_with(&self.waiting(deadline)).map_err(|e| CacheError::from_lock(key, e))
@@ -409,10 +453,10 @@ impl Cache {
     /// a lock or I/O error.
     pub fn lookup(&self, key: &str) -> Result<Option<EntryGuard>, CacheError> {
         check_key(key)?;
-        self.lookup_until(key, Instant::now() + self.options.wait)
+        self.lookup_until(key, self.deadline())
     }
 
-    fn lookup_until(&self, key: &str, deadline: Instant) -> Result<Option<EntryGuard>, CacheError> {
+    fn lookup_until(&self, key: &str, deadline: Option<Instant>) -> Result<Option<EntryGuard>, CacheError> {
         let lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Shared, key, deadline)?;
         self.open_entry(key, lock)
     }
@@ -448,20 +492,20 @@ impl Cache {
         build: impl FnOnce(&Path) -> BuildResult,
     ) -> Result<EntryGuard, CacheError> {
         check_key(key)?;
-        self.store_until(key, build, Instant::now() + self.options.wait)
+        self.store_until(key, build, self.deadline())
     }
 
     fn store_until(
         &self,
         key: &str,
         build: impl FnOnce(&Path) -> BuildResult,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<EntryGuard, CacheError> {
         let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", deadline)?;
         let slot = self.staging_slot(key, true)?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::StagingCreated);
-        let outcome = self.fill_and_publish(key, build, &slot, deadline);
+        let outcome = self.fill_and_publish(key, build, &slot);
         // Whatever happened, the staging slot now holds only debris: the
         // displaced old entry, or a failed build.
         let discarded = slot.discard();
@@ -478,7 +522,6 @@ impl Cache {
         key: &str,
         build: impl FnOnce(&Path) -> BuildResult,
         slot: &Slot,
-        deadline: Instant,
     ) -> Result<EntryGuard, CacheError> {
         let user = build(&slot.dir).map_err(|source| CacheError::Build { key: key.to_owned(), source })?;
         #[cfg(feature = "test-hooks")]
@@ -507,7 +550,9 @@ impl Cache {
         #[cfg(feature = "test-hooks")]
         self.step(Step::Synced);
 
-        let mut lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Exclusive, key, deadline)?;
+        // A wait of its own: the build may have outlasted the caller's.
+        let mut lock =
+            self.lock(&self.locks, &entry_lock_name(key), LockMode::Exclusive, key, self.deadline())?;
         self.publish(key, slot)?;
         touch(&lock);
         #[cfg(feature = "test-hooks")]
@@ -571,7 +616,7 @@ impl Cache {
         build: impl FnOnce(&Path) -> BuildResult,
     ) -> Result<EntryGuard, CacheError> {
         check_key(key)?;
-        let deadline = Instant::now() + self.options.wait;
+        let deadline = self.deadline();
         if let Some(found) = self.lookup_until(key, deadline)? {
             return Ok(found);
         }
@@ -697,60 +742,120 @@ impl Cache {
     /// For [`Clean::All`], a timeout while stores are in progress; lock
     /// and I/O errors.
     pub fn clean(&self, policy: Clean) -> Result<CleanReport, CacheError> {
-        let deadline = Instant::now() + self.options.wait;
-        let _wipe = match policy {
-            Clean::All => Some(self.lock(&self.locks, CACHE_LOCK, LockMode::Exclusive, "*", deadline)?),
-            _ => None,
-        };
+        let wipe = self.wipe_lock(policy)?;
+        let plan = self.plan_clean(policy)?;
+        self.remove_planned(&plan, wipe.is_some())
+    }
+
+    /// What [`Cache::clean`] with `policy` would remove now, removing
+    /// nothing (for a dry run, or to ask before [`Cache::clean_planned`]).
+    ///
+    /// # Errors
+    /// [`CacheError::Io`] if the root cannot be listed.
+    pub fn plan_clean(&self, policy: Clean) -> Result<CleanPlan, CacheError> {
         let listed = self.list()?;
         let now = now_ns();
-        let mut victims: Vec<(&str, u64)> = Vec::new();
-        let mut valid: Vec<(&str, u64, u64, u64)> = Vec::new();
-        for item in &listed {
+        let mut victims = Vec::new();
+        let mut valid = Vec::new();
+        for item in listed {
             match item {
-                Listed::Corrupt { key, .. } => victims.push((key, 0)),
-                Listed::Valid { key, size, created_ns, last_used_ns, .. } => {
-                    valid.push((key, *size, *created_ns, *last_used_ns));
+                Listed::Corrupt { key, reason } => {
+                    victims.push(Victim {
+                        key,
+                        size: 0,
+                        last_used_ns: 0,
+                        digest: None,
+                        corrupt: Some(reason),
+                    });
+                }
+                Listed::Valid { key, size, last_used_ns, digest, .. } => {
+                    valid.push(Victim { key, size, last_used_ns, digest: Some(digest), corrupt: None });
                 }
             }
         }
+        // `valid` is newest first, as listed.
         match policy {
-            Clean::All => victims.extend(valid.iter().map(|v| (v.0, v.1))),
-            Clean::KeepNewest(n) => victims.extend(valid.iter().skip(n).map(|v| (v.0, v.1))),
+            Clean::All => victims.append(&mut valid),
+            Clean::KeepNewest(n) => victims.extend(valid.into_iter().skip(n)),
             Clean::UnusedFor(age) => {
                 let cutoff = now.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
-                victims.extend(valid.iter().filter(|v| v.3 < cutoff).map(|v| (v.0, v.1)));
+                victims.extend(valid.into_iter().filter(|v| v.last_used_ns < cutoff));
             }
             Clean::MaxBytes(limit) => {
-                valid.sort_by_key(|v| v.3);
-                let mut total: u64 = valid.iter().map(|v| v.1).sum();
-                for v in &valid {
+                valid.sort_by_key(|v| v.last_used_ns);
+                let mut total: u64 = valid.iter().map(|v| v.size).sum();
+                for v in valid {
                     if total <= limit {
                         break;
                     }
-                    total -= v.1;
-                    victims.push((v.0, v.1));
+                    total -= v.size;
+                    victims.push(v);
                 }
             }
         }
+        Ok(CleanPlan { policy, victims })
+    }
+
+    /// Remove what `plan` lists, and only that. For every policy but
+    /// [`Clean::All`], an entry replaced or used since the plan was made
+    /// is kept (reported in [`CleanReport::changed`]): the plan's reasons
+    /// no longer hold for it.
+    ///
+    /// # Errors
+    /// As [`Cache::clean`].
+    pub fn clean_planned(&self, plan: &CleanPlan) -> Result<CleanReport, CacheError> {
+        let wipe = self.wipe_lock(plan.policy)?;
+        self.remove_planned(plan, wipe.is_some())
+    }
+
+    /// For a full clean, the cache-wide lock held exclusively, so nothing
+    /// is published mid-wipe.
+    fn wipe_lock(&self, policy: Clean) -> Result<Option<LockGuard>, CacheError> {
+        match policy {
+            Clean::All => {
+                Ok(Some(self.lock(&self.locks, CACHE_LOCK, LockMode::Exclusive, "*", self.deadline())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn remove_planned(&self, plan: &CleanPlan, and_sweep: bool) -> Result<CleanReport, CacheError> {
         let mut report = CleanReport::default();
         let mut busy = Vec::new();
-        for (key, size) in victims {
+        for victim in &plan.victims {
+            let key = victim.key.as_str();
             let file = self.lock_file(&self.locks, &entry_lock_name(key), LockOptions::new().exclusive())?;
-            match file.try_lock().map_err(CacheError::Lock)? {
-                Some(lock) => {
-                    self.remove_entry(key, lock)?;
-                    report.removed.push(key.to_owned());
-                    report.freed += size;
-                }
-                None => busy.push((key.to_owned(), self.lock_path(key))),
+            let Some(lock) = file.try_lock().map_err(CacheError::Lock)? else {
+                busy.push((key.to_owned(), self.lock_path(key)));
+                continue;
+            };
+            if plan.policy != Clean::All && !self.as_planned(victim, &lock) {
+                report.changed.push(key.to_owned());
+                continue;
             }
+            self.remove_entry(key, lock)?;
+            report.removed.push(key.to_owned());
+            report.freed += victim.size;
         }
         report.busy = name_holders(busy);
-        if policy == Clean::All {
+        if and_sweep {
             self.sweep()?;
         }
         Ok(report)
+    }
+
+    /// Whether `victim` is still what the plan saw: same content, not
+    /// used since (we hold its lock exclusively, so neither can change
+    /// while we look).
+    fn as_planned(&self, victim: &Victim, lock: &LockGuard) -> bool {
+        let now = entry::read_meta(&self.entry_path(&victim.key), &victim.key);
+        match (&victim.digest, now) {
+            (None, Err(_)) => true,
+            (Some(digest), Ok(meta)) => {
+                *digest == meta.digest && fd_mtime_ns(lock).is_none_or(|used| used <= victim.last_used_ns)
+            }
+            _ => false,
+        }
     }
 
     /// Move `key`'s entry into a staging slot of its own, then delete it
@@ -781,7 +886,7 @@ impl Cache {
         // between our creating and our locking it. It then unlinks it, and
         // the lock we get on the unlinked file fails lockyard-flock's path
         // check, which creates and locks a new one.
-        let deadline = Instant::now() + self.options.wait;
+        let deadline = self.deadline();
         let guard = self.lock(&self.staging, &lock_name, LockMode::Exclusive, key, deadline)?;
         let lock_path = staging.join(lock_name);
         let dir = staging.join(&name);
@@ -870,6 +975,15 @@ fn touch(lock: &LockGuard) {
     };
     // Another user's lock file may refuse; last use is advisory.
     let _ = rustix::fs::futimens(lock, &now);
+}
+
+fn fd_mtime_ns(fd: impl std::os::fd::AsFd) -> Option<u64> {
+    let stat = rustix::fs::fstat(fd).ok()?;
+    let secs = u64::try_from(stat.st_mtime).ok()?;
+    // The field's type differs between architectures.
+    #[allow(clippy::useless_conversion)]
+    let nanos = u64::try_from(stat.st_mtime_nsec).ok()?;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
 fn mtime_ns(path: &Path) -> Option<u64> {

@@ -220,3 +220,39 @@ fn clean_policies_pick_by_age_use_and_size() {
     assert!(cache.list().expect("list").is_empty());
     assert!(cache.lock_path("a").exists(), "lock files are never deleted");
 }
+
+#[test]
+fn a_planned_clean_removes_only_what_the_plan_saw_unchanged() {
+    let dir = Scratch::new("planned");
+    let cache = open(&dir);
+    for key in ["used", "replaced", "idle"] {
+        cache.store(key, writes("0123456789")).expect("store");
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let plan = cache.plan_clean(Clean::UnusedFor(Duration::from_millis(10))).expect("plan");
+    let mut planned: Vec<&str> = plan.victims.iter().map(|v| v.key.as_str()).collect();
+    planned.sort_unstable();
+    assert_eq!(planned, ["idle", "replaced", "used"]);
+    assert_eq!(plan.bytes(), 30);
+    assert_eq!(cache.list().expect("list").len(), 3, "planning removes nothing");
+
+    // Between plan and execution: one entry is used, one replaced.
+    drop(cache.lookup("used").expect("lookup"));
+    drop(cache.store("replaced", writes("new content")).expect("replace"));
+    let report = cache.clean_planned(&plan).expect("clean");
+    assert_eq!(report.removed, ["idle"], "{report:?}");
+    let mut changed = report.changed.clone();
+    changed.sort();
+    assert_eq!(changed, ["replaced", "used"]);
+    assert!(cache.lookup("used").expect("lookup").is_some());
+    assert!(cache.lookup("idle").expect("lookup").is_none());
+}
+
+#[test]
+fn an_unbounded_wait_is_accepted() {
+    let dir = Scratch::new("unbounded");
+    let cache = Cache::open(dir.0.join("c"), CacheOptions::new().wait(Duration::MAX)).expect("open");
+    drop(cache.store("k", writes("x")).expect("store"));
+    assert!(cache.lookup("k").expect("lookup").is_some());
+    assert_eq!(cache.clean(Clean::All).expect("clean").removed, ["k"]);
+}

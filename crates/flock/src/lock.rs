@@ -357,7 +357,8 @@ impl LockFile {
     /// locking failure.
     pub fn lock_with(&self, wait: &Wait) -> Result<LockGuard, LockError> {
         let started = Instant::now();
-        let deadline = wait.timeout.map(|t| started + t);
+        // A timeout too large to represent (`Duration::MAX`) is no limit.
+        let deadline = wait.timeout.and_then(|t| started.checked_add(t));
         let mut waiter = Waiter::new(deadline, wait.cancel.as_ref());
         match self.acquire(Some(&mut waiter))? {
             Ok(guard) => Ok(guard),
