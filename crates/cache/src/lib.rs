@@ -229,6 +229,11 @@ impl EntryGuard {
     pub fn key(&self) -> &str {
         &self.meta.key
     }
+
+    /// Its last use (lookup or publication), ns since the Unix epoch.
+    pub fn last_used_ns(&self) -> u64 {
+        fd_mtime_ns(&self._lock).unwrap_or(self.meta.created_ns)
+    }
 }
 
 /// One entry as [`Cache::list`] found it.
@@ -456,13 +461,24 @@ impl Cache {
         self.lookup_until(key, self.deadline())
     }
 
+    /// As [`Cache::lookup`], but not recorded as a use: for tools that
+    /// look at entries (show, verify) without deciding their eviction.
+    ///
+    /// # Errors
+    /// As [`Cache::lookup`].
+    pub fn inspect(&self, key: &str) -> Result<Option<EntryGuard>, CacheError> {
+        check_key(key)?;
+        let lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Shared, key, self.deadline())?;
+        self.open_entry(key, lock, false)
+    }
+
     fn lookup_until(&self, key: &str, deadline: Option<Instant>) -> Result<Option<EntryGuard>, CacheError> {
         let lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Shared, key, deadline)?;
-        self.open_entry(key, lock)
+        self.open_entry(key, lock, true)
     }
 
     /// Read the entry of `key` under `lock` (held shared or exclusive).
-    fn open_entry(&self, key: &str, lock: LockGuard) -> Result<Option<EntryGuard>, CacheError> {
+    fn open_entry(&self, key: &str, lock: LockGuard, used: bool) -> Result<Option<EntryGuard>, CacheError> {
         let path = self.entry_path(key);
         match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -474,7 +490,9 @@ impl Cache {
         }
         let meta = entry::read_meta(&path, key)
             .map_err(|reason| CacheError::Corrupt { path: path.clone(), reason })?;
-        touch(&lock);
+        if used {
+            touch(&lock);
+        }
         Ok(Some(EntryGuard { path, meta, _lock: lock }))
     }
 
@@ -636,7 +654,7 @@ impl Cache {
     /// [`CacheError::Corrupt`] with [`CorruptReason::DigestMismatch`] if
     /// the content changed; `Ok(None)` if there is no entry.
     pub fn verify(&self, key: &str) -> Result<Option<EntryMeta>, CacheError> {
-        let Some(guard) = self.lookup(key)? else { return Ok(None) };
+        let Some(guard) = self.inspect(key)? else { return Ok(None) };
         let walked = entry::walk(guard.path(), false)?;
         if walked.digest != guard.meta.digest || walked.size != guard.meta.size {
             return Err(CacheError::Corrupt { path: guard.path, reason: CorruptReason::DigestMismatch });

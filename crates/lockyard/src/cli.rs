@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         Every lock lockyard takes is a kernel advisory lock, released by the kernel when its \
         holder dies. `lockyard locks` lists every lock on the host with paths and holders \
         (a better lslocks); `lockyard who` answers who holds given files; `lockyard run` \
-        runs a command under a lock, compatible with flock(1).",
+        runs a command under a lock, compatible with flock(1); `lockyard cache` builds and \
+        shares directories that a crash never leaves half-written.",
     after_help = "Environment: LOCKYARD_LOG sets the log filter (RUST_LOG syntax, e.g. LOCKYARD_LOG=debug).\n\
         Exit codes are documented per command and in docs/cli.md."
 )]
@@ -44,6 +45,8 @@ pub enum Command {
     /// Claim or inspect pidfiles.
     #[command(subcommand)]
     Pidfile(PidfileCommand),
+    /// Use a crash-safe shared cache of directories (build once, read by many).
+    Cache(CacheArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -185,4 +188,128 @@ pub enum PidfileCommand {
         #[arg(short = 'J', long)]
         json: bool,
     },
+}
+
+/// Options of `lockyard cache`.
+#[derive(Debug, Args)]
+#[command(after_help = "The cache root is --dir, else $LOCKYARD_CACHE_DIR, else $XDG_CACHE_HOME/lockyard, \
+    else $HOME/.cache/lockyard. Layout and protocol: docs/cache.md; output and exit codes: docs/cli.md.")]
+pub struct CacheArgs {
+    /// The cache root (created if missing).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Give up waiting for a lock (a writer publishing, another builder)
+    /// after SECS seconds; the default is to wait as long as it takes.
+    #[arg(short = 'w', long = "wait", global = true, value_name = "SECS")]
+    pub wait: Option<f64>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+/// `lockyard cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List every entry, newest first, with size, age, last use and
+    /// digest; corrupt entries with the reason.
+    #[command(after_help = "Exit status: 0 on success, 2 on error.")]
+    List {
+        /// Print one JSON document (schema 1, see docs/cli.md).
+        #[arg(short = 'J', long)]
+        json: bool,
+    },
+    /// Show one entry: its path, metadata, and who is reading it.
+    #[command(after_help = "Exit status: 0 if the entry exists, 1 if it does not, 2 on error \
+        (a corrupt entry is an error).")]
+    Show {
+        /// The entry's key.
+        key: String,
+        /// Print one JSON document (schema 1, see docs/cli.md).
+        #[arg(short = 'J', long)]
+        json: bool,
+    },
+    /// Recompute entries' digests and compare them with the recorded ones.
+    #[command(after_help = "Exit status: 0 if every entry checked is intact, 1 if one is corrupt \
+        (or KEY has no entry), 2 on error.")]
+    Verify {
+        /// The entry to verify (default: all).
+        key: Option<String>,
+        /// Print one JSON document (schema 1, see docs/cli.md).
+        #[arg(short = 'J', long)]
+        json: bool,
+    },
+    /// Store a copy of SRC_DIR as KEY's entry, replacing any previous one
+    /// atomically, and print the entry's path.
+    #[command(
+        after_help = "Exit status: 0 on success, 1 if the entry stayed in use past --wait, 2 on error."
+    )]
+    Put {
+        /// The entry's key.
+        key: String,
+        /// The directory to copy (regular files, directories and symlinks;
+        /// symlinks are copied, not followed).
+        #[arg(value_name = "SRC_DIR")]
+        src: PathBuf,
+    },
+    /// Make sure KEY exists, building it at most once across every caller
+    /// on the host; then print its path, or run COMMAND with it.
+    #[command(
+        trailing_var_arg = true,
+        after_help = "When the entry is missing, exactly one of the concurrent callers runs the build \
+        command with `sh -c`, with LOCKYARD_STAGING naming the directory to fill and LOCKYARD_KEY the key; \
+        the others wait and use what it published (if it dies, one of them builds instead). The build's \
+        standard output goes to standard error, so `$(lockyard cache ensure ...)` captures only the path.\n\n\
+        With COMMAND, it runs with LOCKYARD_ENTRY set to the entry's path while the entry is held for \
+        reading (nobody replaces or removes it meanwhile).\n\n\
+        Exit status: COMMAND's (128+N if killed by signal N), else 0; the build's if it failed (nothing \
+        is published); 1 if a lock stayed busy past --wait; 2 on error; 126/127 if COMMAND cannot be run."
+    )]
+    Ensure {
+        /// The entry's key.
+        key: String,
+        /// The shell command that fills $LOCKYARD_STAGING when the entry is
+        /// missing.
+        #[arg(long, value_name = "SHELL_CMD")]
+        build: String,
+        /// The command to run with the entry (after `--`).
+        #[arg(value_name = "COMMAND", allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Remove entries by a policy. Entries in use are skipped and named
+    /// with their holders; corrupt entries are always removed.
+    #[command(
+        group(clap::ArgGroup::new("policy").required(true)),
+        after_help = "Lists what it will remove first. On a terminal it then asks; without one it \
+        refuses unless --yes is given. Only what was listed is removed: an entry replaced or used \
+        meanwhile is kept.\n\n\
+        DUR is a number with a unit: 90s, 45m, 12h, 30d, 2w (or combined: 1d12h). SIZE is a number \
+        with an optional unit: K, M, G, T (or KiB, MiB, GiB, TiB) are powers of 1024; KB, MB, GB, TB \
+        are powers of 1000.\n\n\
+        Exit status: 0 on success (also when busy entries were skipped), 1 if declined, 2 on error."
+    )]
+    Clean {
+        /// Remove every entry (and dead writers' debris); nothing is
+        /// published meanwhile.
+        #[arg(long, group = "policy")]
+        all: bool,
+        /// Keep the N newest entries.
+        #[arg(long, group = "policy", value_name = "N")]
+        keep: Option<usize>,
+        /// Remove entries not used for DUR.
+        #[arg(long, group = "policy", value_name = "DUR")]
+        older_than: Option<String>,
+        /// Remove least recently used entries until the rest total at most SIZE.
+        #[arg(long, group = "policy", value_name = "SIZE")]
+        max_size: Option<String>,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// Remove what crashed writers left behind (only debris whose writer
+    /// is proven dead by its lock).
+    #[command(after_help = "Exit status: 0 on success, 2 on error.")]
+    Sweep,
 }

@@ -11,7 +11,8 @@
 //!
 //! and holds what the command adds on top: [`listing`] (every lock on the
 //! host with paths and holders) and [`cli`] (the command-line interface,
-//! shared with `cargo xtask man`).
+//! shared with `cargo xtask man`), plus [`table`] and [`units`] for
+//! printing.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod listing;
 pub mod table;
+pub mod units;
 
 pub use lockyard_cache as cache;
 pub use lockyard_flock as flock;

@@ -15,6 +15,7 @@ use lockyard::listing::{self, ListOptions, Listing};
 use lockyard::table::{self, Column, Style};
 use serde::Serialize;
 
+mod cache_cmd;
 mod run;
 
 /// `sysexits.h` code for bad usage, as flock(1) uses it.
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
         Command::Pidfile(PidfileCommand::Claim { path, command }) => run::pidfile_claim(&path, &command),
+        Command::Cache(args) => cache_cmd::cache(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lockyard", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -72,14 +72,19 @@ fn inherit(command: &mut Command, fd: std::os::fd::RawFd) {
 /// Start `command`, forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it
 /// until it exits, and turn its status into ours (128+N for signal N).
 /// `started` sees the child's pid once it runs.
-fn spawn_and_wait(mut command: Command, started: impl FnOnce(u32)) -> ExitCode {
+pub(crate) fn spawn_and_wait(command: Command, started: impl FnOnce(u32)) -> ExitCode {
+    ExitCode::from(spawn_and_wait_code(command, started))
+}
+
+/// As [`spawn_and_wait`], with the status as a number.
+pub(crate) fn spawn_and_wait_code(mut command: Command, started: impl FnOnce(u32)) -> u8 {
     // Registered before the child exists, so no signal is lost in between;
     // the child starts with default dispositions (exec resets handlers).
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("lockyard: cannot set up signal forwarding: {e}");
-            return ExitCode::from(71);
+            return 71;
         }
     };
     let mut child = match command.spawn() {
@@ -87,7 +92,7 @@ fn spawn_and_wait(mut command: Command, started: impl FnOnce(u32)) -> ExitCode {
         Err(e) => {
             let program = command.get_program().to_string_lossy().into_owned();
             eprintln!("lockyard: cannot run {program}: {e}");
-            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+            return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
         }
     };
     let pid = child.id();
@@ -108,13 +113,13 @@ fn spawn_and_wait(mut command: Command, started: impl FnOnce(u32)) -> ExitCode {
     let _ = forwarder.join();
     match status {
         Ok(status) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-            (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(255)),
-            (None, None) => ExitCode::from(1),
+            (Some(code), _) => u8::try_from(code).unwrap_or(1),
+            (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(255),
+            (None, None) => 1,
         },
         Err(e) => {
             eprintln!("lockyard: waiting for the command failed: {e}");
-            ExitCode::from(71)
+            71
         }
     }
 }

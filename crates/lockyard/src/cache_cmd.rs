@@ -1,0 +1,432 @@
+//! `lockyard cache`: the lockyard-cache library for shells and CI jobs.
+//! Exit codes: 0 success, 1 a negative answer (missing or corrupt entry,
+//! declined, a lock busy past `--wait`), 2 an error; `ensure` passes the
+//! build's or COMMAND's status through.
+
+use std::ffi::OsString;
+use std::io::{BufRead, IsTerminal};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use lockyard::cache::{Cache, CacheError, CacheOptions, Clean, CleanPlan, Listed};
+use lockyard::cli::{CacheArgs, CacheCommand};
+use lockyard::table::{self, Column, Style};
+use lockyard::units::{format_age, format_size, parse_duration, parse_size};
+use serde::Serialize;
+
+use crate::run::spawn_and_wait_code;
+use crate::{emit, print_json, sentence};
+
+pub(crate) fn cache(args: &CacheArgs) -> ExitCode {
+    match dispatch(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("lockyard: {}", sentence(&err));
+            let busy = err.chain().any(|e| {
+                e.downcast_ref::<CacheError>()
+                    .is_some_and(|c| c.is_busy() || matches!(c, CacheError::Cancelled { .. }))
+            });
+            ExitCode::from(if busy { 1 } else { 2 })
+        }
+    }
+}
+
+fn dispatch(args: &CacheArgs) -> Result<u8> {
+    let root = root(args.dir.as_deref(), |name| std::env::var_os(name))?;
+    let wait = match args.wait {
+        None => Duration::MAX,
+        Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(1e9)),
+        Some(secs) => bail!("invalid --wait {secs}: give a number of seconds, 0 or more"),
+    };
+    let cache = Cache::open(&root, CacheOptions::new().wait(wait))
+        .with_context(|| format!("cannot open the cache at {}", root.display()))?;
+    match &args.command {
+        CacheCommand::List { json } => list(&cache, *json),
+        CacheCommand::Show { key, json } => show(&cache, key, *json),
+        CacheCommand::Verify { key, json } => verify(&cache, key.as_deref(), *json),
+        CacheCommand::Put { key, src } => put(&cache, key, src),
+        CacheCommand::Ensure { key, build, command } => ensure(&cache, key, build, command),
+        CacheCommand::Clean { all, keep, older_than, max_size, dry_run, yes } => {
+            let policy = if *all {
+                Clean::All
+            } else if let Some(n) = keep {
+                Clean::KeepNewest(*n)
+            } else if let Some(age) = older_than {
+                Clean::UnusedFor(parse_duration(age).map_err(anyhow::Error::msg)?)
+            } else if let Some(size) = max_size {
+                Clean::MaxBytes(parse_size(size).map_err(anyhow::Error::msg)?)
+            } else {
+                bail!("say what to remove: --all, --keep N, --older-than DUR or --max-size SIZE");
+            };
+            clean(&cache, policy, *dry_run, *yes)
+        }
+        CacheCommand::Sweep => sweep(&cache),
+    }
+}
+
+/// The cache root: `--dir`, else `LOCKYARD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/lockyard` (if absolute, as the XDG spec asks), else
+/// `$HOME/.cache/lockyard`.
+pub(crate) fn root(dir: Option<&Path>, env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = dir {
+        return Ok(dir.to_owned());
+    }
+    if let Some(dir) = set("LOCKYARD_CACHE_DIR") {
+        return Ok(dir);
+    }
+    if let Some(xdg) = set("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
+        return Ok(xdg.join("lockyard"));
+    }
+    match set("HOME") {
+        Some(home) if home.is_absolute() && home != Path::new("/") => Ok(home.join(".cache/lockyard")),
+        Some(home) => bail!(
+            "HOME is {:?}, which cannot hold a per-user cache; pass --dir or set LOCKYARD_CACHE_DIR",
+            home.display()
+        ),
+        None => bail!("HOME is not set, so there is no default cache; pass --dir or set LOCKYARD_CACHE_DIR"),
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+fn age(ns: u64) -> String {
+    format_age(Duration::from_nanos(now_ns().saturating_sub(ns)))
+}
+
+#[derive(Serialize)]
+struct ListReport<'a> {
+    schema: u32,
+    root: String,
+    entries: &'a [Listed],
+}
+
+fn list(cache: &Cache, json: bool) -> Result<u8> {
+    let entries = cache.list()?;
+    if json {
+        print_json(&ListReport { schema: 1, root: cache.root().display().to_string(), entries: &entries })?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|item| match item {
+            Listed::Valid { key, size, created_ns, last_used_ns, digest, .. } => vec![
+                key.clone(),
+                format_size(*size),
+                age(*created_ns),
+                age(*last_used_ns),
+                digest.chars().take(16).collect(),
+            ],
+            Listed::Corrupt { key, reason, .. } => {
+                vec![key.clone(), "-".into(), "-".into(), "-".into(), format!("CORRUPT: {reason}")]
+            }
+            _ => vec![item.key().to_owned(), "-".into(), "-".into(), "-".into(), "?".into()],
+        })
+        .collect();
+    let column = |name, flexible| Column { name, flexible };
+    let columns = [
+        column("KEY", true),
+        column("SIZE", false),
+        column("CREATED", false),
+        column("USED", false),
+        column("DIGEST", true),
+    ];
+    emit(&table::render(&columns, &rows, Style { width: crate::stdout_width(), ..Style::default() }))?;
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct ShowReport<'a> {
+    schema: u32,
+    path: String,
+    lock: String,
+    last_used_ns: u64,
+    meta: &'a lockyard::cache::EntryMeta,
+    readers: Vec<lockyard::flock::Holder>,
+}
+
+fn show(cache: &Cache, key: &str, json: bool) -> Result<u8> {
+    let Some(guard) = cache.inspect(key)? else {
+        eprintln!("lockyard: no entry {key:?} in {}", cache.root().display());
+        return Ok(1);
+    };
+    let meta = guard.meta().clone();
+    let last_used_ns = guard.last_used_ns();
+    drop(guard);
+    // Everyone holding the entry lock now is a reader (we let go of ours).
+    let lock = cache.lock_path(key);
+    let readers: Vec<_> =
+        lockyard::flock::holders_of(&lock).map(|h| h.holding().cloned().collect()).unwrap_or_default();
+    let path = cache.entry_path(key);
+    if json {
+        print_json(&ShowReport {
+            schema: 1,
+            path: path.display().to_string(),
+            lock: lock.display().to_string(),
+            last_used_ns,
+            meta: &meta,
+            readers,
+        })?;
+        return Ok(0);
+    }
+    let mut text = format!(
+        "key:       {key}\npath:      {}\nsize:      {} in {} files\ncreated:   {}\nused:      {}\n\
+         digest:    blake3:{}\nlock:      {}\n",
+        path.display(),
+        format_size(meta.size),
+        meta.files,
+        age(meta.created_ns),
+        age(last_used_ns),
+        meta.digest,
+        lock.display()
+    );
+    if readers.is_empty() {
+        text.push_str("readers:   none\n");
+    }
+    for reader in &readers {
+        text.push_str(&format!("reader:    {reader}\n"));
+    }
+    if !meta.user.is_null() {
+        text.push_str(&format!("metadata:  {}\n", meta.user));
+    }
+    emit(&text)?;
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct Verified {
+    key: String,
+    /// `intact`, `corrupt` or `missing`.
+    state: &'static str,
+    reason: Option<lockyard::cache::CorruptReason>,
+    size: Option<u64>,
+    digest: Option<String>,
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    schema: u32,
+    root: String,
+    entries: Vec<Verified>,
+}
+
+fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
+    let keys: Vec<String> = match key {
+        Some(key) => vec![key.to_owned()],
+        None => cache.list()?.iter().map(|l| l.key().to_owned()).collect(),
+    };
+    let mut entries = Vec::new();
+    for key in keys {
+        let checked = match cache.verify(&key) {
+            Ok(Some(meta)) => Verified {
+                key,
+                state: "intact",
+                reason: None,
+                size: Some(meta.size),
+                digest: Some(meta.digest),
+            },
+            Ok(None) => Verified { key, state: "missing", reason: None, size: None, digest: None },
+            Err(CacheError::Corrupt { reason, .. }) => {
+                Verified { key, state: "corrupt", reason: Some(reason), size: None, digest: None }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !json {
+            let line = match (checked.state, &checked.reason) {
+                ("intact", _) => {
+                    format!("{}: intact ({})\n", checked.key, format_size(checked.size.unwrap_or(0)))
+                }
+                ("corrupt", Some(reason)) => format!("{}: CORRUPT: {reason}\n", checked.key),
+                _ => format!("{}: no such entry\n", checked.key),
+            };
+            emit(&line)?;
+        }
+        entries.push(checked);
+    }
+    let bad = entries.iter().any(|e| e.state != "intact");
+    if json {
+        print_json(&VerifyReport { schema: 1, root: cache.root().display().to_string(), entries })?;
+    }
+    Ok(u8::from(bad))
+}
+
+fn put(cache: &Cache, key: &str, src: &Path) -> Result<u8> {
+    let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory; `put` stores a directory's contents", src.display());
+    }
+    let source = std::path::absolute(src).unwrap_or_else(|_| src.to_owned());
+    let guard = cache.store(key, |staging| {
+        copy_tree(src, staging)?;
+        Ok(serde_json::json!({ "source": source.display().to_string() }))
+    })?;
+    emit(&format!("{}\n", guard.path().display()))?;
+    Ok(0)
+}
+
+/// Copy a tree: directories, regular files (with their permissions) and
+/// symlinks (as symlinks); anything else is refused.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for item in std::fs::read_dir(from)? {
+        let item = item?;
+        let (src, dst) = (item.path(), to.join(item.file_name()));
+        let kind = item.file_type()?;
+        if kind.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+            std::fs::set_permissions(&dst, std::fs::symlink_metadata(&src)?.permissions())?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst)?;
+        } else {
+            return Err(std::io::Error::other(format!(
+                "{}: a FIFO, socket or device node cannot be stored",
+                src.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A build command that exited non-zero (or was killed): its status is
+/// passed through.
+#[derive(Debug, thiserror::Error)]
+#[error("the build command exited with status {0}; nothing was published")]
+struct BuildFailed(u8);
+
+fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString]) -> Result<u8> {
+    let result = cache.ensure(key, |staging| {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", build]).env("LOCKYARD_STAGING", staging).env("LOCKYARD_KEY", key);
+        // Keep stdout for the entry's path.
+        sh.stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?));
+        match spawn_and_wait_code(sh, |_| {}) {
+            0 => Ok(serde_json::json!({ "build": build })),
+            code => Err(BuildFailed(code).into()),
+        }
+    });
+    let guard = match result {
+        Ok(guard) => guard,
+        Err(CacheError::Build { source, .. }) if source.downcast_ref::<BuildFailed>().is_some() => {
+            let code = source.downcast_ref::<BuildFailed>().map_or(1, |b| b.0);
+            eprintln!("lockyard: {key}: {source}");
+            return Ok(code);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if command.is_empty() {
+        emit(&format!("{}\n", guard.path().display()))?;
+        return Ok(0);
+    }
+    let mut child = Command::new(&command[0]);
+    child.args(&command[1..]).env("LOCKYARD_ENTRY", guard.path());
+    let code = spawn_and_wait_code(child, |_| {});
+    drop(guard);
+    Ok(code)
+}
+
+fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
+    let plan = cache.plan_clean(policy)?;
+    let mut text = String::new();
+    for victim in &plan.victims {
+        match &victim.corrupt {
+            Some(reason) => text.push_str(&format!("remove {} (corrupt: {reason})\n", victim.key)),
+            None => text.push_str(&format!(
+                "remove {} ({}, used {})\n",
+                victim.key,
+                format_size(victim.size),
+                age(victim.last_used_ns)
+            )),
+        }
+    }
+    let summary = summary(&plan);
+    if dry_run {
+        text.push_str(&format!("dry run: would remove {summary}\n"));
+        emit(&text)?;
+        return Ok(0);
+    }
+    if !plan.victims.is_empty() && !yes {
+        emit(&text)?;
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to remove {summary} without confirmation: pass --yes (or --dry-run to only list)"
+            );
+        }
+        eprint!("Remove {summary}? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).context("cannot read the answer")?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            eprintln!("lockyard: nothing removed");
+            return Ok(1);
+        }
+    } else if yes {
+        emit(&text)?;
+    }
+    let report = cache.clean_planned(&plan)?;
+    let n = report.removed.len();
+    let entries = if n == 1 { "entry" } else { "entries" };
+    let mut out = format!("removed {n} {entries}, freed {}\n", format_size(report.freed));
+    for (key, holders) in &report.busy {
+        out.push_str(&format!("kept {key}: in use, held by {holders}\n"));
+    }
+    for key in &report.changed {
+        out.push_str(&format!("kept {key}: replaced or used since it was listed\n"));
+    }
+    emit(&out)?;
+    Ok(0)
+}
+
+fn summary(plan: &CleanPlan) -> String {
+    let n = plan.victims.len();
+    format!("{n} {} ({})", if n == 1 { "entry" } else { "entries" }, format_size(plan.bytes()))
+}
+
+fn sweep(cache: &Cache) -> Result<u8> {
+    let report = cache.sweep()?;
+    let mut out = String::new();
+    for name in &report.removed {
+        out.push_str(&format!("removed {name}: its writer is gone\n"));
+    }
+    for (name, holders) in &report.kept {
+        out.push_str(&format!("kept {name}: its writer is alive, held by {holders}\n"));
+    }
+    out.push_str(&format!("swept {}, kept {}\n", report.removed.len(), report.kept.len()));
+    emit(&out)?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| OsString::from(v))
+    }
+
+    #[test]
+    fn the_root_comes_from_the_flag_then_the_environment() {
+        let all = [("LOCKYARD_CACHE_DIR", "/c"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
+        assert_eq!(root(Some(Path::new("d")), env(&all)).unwrap(), Path::new("d"));
+        assert_eq!(root(None, env(&all)).unwrap(), Path::new("/c"));
+        assert_eq!(root(None, env(&all[1..])).unwrap(), Path::new("/x/lockyard"));
+        assert_eq!(root(None, env(&all[2..])).unwrap(), Path::new("/h/.cache/lockyard"));
+        let relative_xdg = [("XDG_CACHE_HOME", "x"), ("HOME", "/h")];
+        assert_eq!(root(None, env(&relative_xdg)).unwrap(), Path::new("/h/.cache/lockyard"));
+        let empty = [("LOCKYARD_CACHE_DIR", ""), ("HOME", "/h")];
+        assert_eq!(root(None, env(&empty)).unwrap(), Path::new("/h/.cache/lockyard"));
+    }
+
+    #[test]
+    fn a_home_that_cannot_hold_a_cache_is_refused() {
+        for home in [&[][..], &[("HOME", "")], &[("HOME", "/")], &[("HOME", "rel")]] {
+            let err = root(None, env(home)).expect_err("refused").to_string();
+            assert!(err.contains("--dir") && err.contains("LOCKYARD_CACHE_DIR"), "{err}");
+        }
+    }
+}
