@@ -415,6 +415,20 @@ fn a_lock_dir_makes_lock_files_that_share_its_hardened_directory() {
     std::os::unix::fs::symlink("/etc/passwd", dir.path("planted.lock")).expect("symlink");
     let err = locks.file("planted.lock", LockOptions::new()).expect("file").try_lock().expect_err("refused");
     assert!(matches!(err, LockError::Refused { found: Found::Symlink, .. }), "{err:?}");
+
+    // Subdirectories: one component, never through a symlink, directories only.
+    std::fs::create_dir(dir.path("sub")).expect("mkdir");
+    let sub = locks.subdir("sub").expect("a real subdirectory");
+    assert_eq!(sub.path(), dir.path("sub"));
+    drop(sub.file("y.lock", LockOptions::new()).expect("file").try_lock().expect("try").expect("free"));
+    assert!(dir.path("sub/y.lock").exists());
+    std::os::unix::fs::symlink(dir.path("sub"), dir.path("linked")).expect("symlink");
+    let err = locks.subdir("linked").expect_err("a symlink is refused");
+    assert!(matches!(err, LockError::Refused { found: Found::Symlink, .. }), "{err:?}");
+    let err = locks.subdir("x.lock").expect_err("a file is refused");
+    assert!(matches!(err, LockError::Refused { .. }), "{err:?}");
+    let err = locks.subdir("a/b").expect_err("one component");
+    assert!(matches!(err, LockError::InvalidPath { .. }), "{err:?}");
 }
 
 #[test]

@@ -1,13 +1,18 @@
 //! What an entry holds about itself (`entry.json`) and the canonical walk
 //! that digests and syncs its content.
 
+use std::ffi::OsStr;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType};
+use rustix::io::Errno;
 
 use serde::{Deserialize, Serialize};
 
+use crate::at;
 use crate::error::{CacheError, CorruptReason};
 
 /// Name of the metadata file inside every entry (reserved: a build that
@@ -45,92 +50,106 @@ pub(crate) struct Walked {
     pub(crate) digest: String,
 }
 
-/// Digest `dir` in a canonical order (names sorted bytewise, depth first),
+/// Digest the directory `dir` (a readable descriptor, named `path` in
+/// messages) in a canonical order (names sorted bytewise, depth first),
 /// skipping the top-level `entry.json`; with `sync`, `fsync` every file
 /// and directory on the way (children before their directory).
 ///
 /// Per item the digest takes its type, its path relative to `dir`, and
 /// then for a file the executable bit, the length and the bytes, for a
-/// symlink its target. Symlinks are never followed; other file types
-/// (FIFOs, devices, sockets) are refused, as no reader could copy them.
-pub(crate) fn walk(dir: &Path, sync: bool) -> Result<Walked, CacheError> {
+/// symlink its target. Every name is opened relative to its directory's
+/// descriptor and symlinks are never followed; other file types (FIFOs,
+/// devices, sockets) are refused, as no reader could copy them.
+pub(crate) fn walk(dir: impl AsFd, path: &Path, sync: bool) -> Result<Walked, CacheError> {
     let mut hasher = blake3::Hasher::new();
     let mut walked = Walked { size: 0, files: 0, digest: String::new() };
-    walk_into(dir, Path::new(""), sync, &mut hasher, &mut walked)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut walker = Walker { sync, hasher: &mut hasher, walked: &mut walked, buf: &mut buf };
+    walker.walk_into(dir.as_fd(), path, Path::new(""))?;
     walked.digest = hasher.finalize().to_hex().to_string();
     Ok(walked)
 }
 
-fn walk_into(
-    root: &Path,
-    rel: &Path,
+struct Walker<'a> {
     sync: bool,
-    hasher: &mut blake3::Hasher,
-    walked: &mut Walked,
-) -> Result<(), CacheError> {
-    let dir = root.join(rel);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|e| CacheError::io(&dir, "list", e))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| CacheError::io(&dir, "list", e))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    for name in names {
-        if rel.as_os_str().is_empty() && name == METADATA {
-            continue;
-        }
-        let rel_path = rel.join(&name);
-        let path = root.join(&rel_path);
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| CacheError::io(&path, "stat", e))?;
-        let kind = meta.file_type();
-        if kind.is_dir() {
-            item(hasher, b'd', &rel_path);
-            walk_into(root, &rel_path, sync, hasher, walked)?;
-        } else if kind.is_symlink() {
-            item(hasher, b'l', &rel_path);
-            let target = std::fs::read_link(&path).map_err(|e| CacheError::io(&path, "readlink", e))?;
-            hasher.update(target.as_os_str().as_bytes());
-            hasher.update(b"\0");
-            walked.files += 1;
-        } else if kind.is_file() {
-            item(hasher, b'f', &rel_path);
-            hasher.update(&[u8::from(meta.mode() & 0o111 != 0)]);
-            hasher.update(&meta.len().to_le_bytes());
-            let mut file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc_flags())
-                .open(&path)
-                .map_err(|e| CacheError::io(&path, "open", e))?;
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut seen = 0u64;
-            loop {
-                let n = file.read(&mut buf).map_err(|e| CacheError::io(&path, "read", e))?;
-                if n == 0 {
-                    break;
+    hasher: &'a mut blake3::Hasher,
+    walked: &'a mut Walked,
+    buf: &'a mut [u8],
+}
+
+impl Walker<'_> {
+    fn walk_into(&mut self, dir: BorrowedFd<'_>, path: &Path, rel: &Path) -> Result<(), CacheError> {
+        let mut names = at::names(dir, path)?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            if rel.as_os_str().is_empty() && name == METADATA {
+                continue;
+            }
+            let rel_path = rel.join(&name);
+            let path = path.join(&name);
+            let st = rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| CacheError::io(&path, "stat", e))?;
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    item(self.hasher, b'd', &rel_path);
+                    let child =
+                        at::open_dir(dir, name.as_os_str()).map_err(|e| CacheError::io(&path, "open", e))?;
+                    self.walk_into(child.as_fd(), &path, &rel_path)?;
                 }
-                seen += n as u64;
-                hasher.update(&buf[..n]);
+                FileType::Symlink => {
+                    item(self.hasher, b'l', &rel_path);
+                    let target = rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())
+                        .map_err(|e| CacheError::io(&path, "readlink", e))?;
+                    self.hasher.update(target.as_bytes());
+                    self.hasher.update(b"\0");
+                    self.walked.files += 1;
+                }
+                FileType::RegularFile => self.file(dir, &name, &path, &rel_path)?,
+                _ => return Err(refused(path)),
             }
-            if seen != meta.len() {
-                // Changed under us: nothing trustworthy can be said.
-                return Err(CacheError::io(&path, "read", std::io::Error::other("file changed while read")));
-            }
-            if sync {
-                file.sync_all().map_err(|e| CacheError::io(&path, "fsync", e))?;
-            }
-            walked.size += meta.len();
-            walked.files += 1;
-        } else {
-            return Err(CacheError::Refused {
-                path,
-                what: "a FIFO, socket or device node in an entry".to_owned(),
-            });
         }
+        if self.sync {
+            rustix::fs::fsync(dir).map_err(|e| CacheError::io(path, "fsync", e))?;
+        }
+        Ok(())
     }
-    if sync {
-        sync_dir(&dir)?;
+
+    fn file(&mut self, dir: BorrowedFd<'_>, name: &OsStr, path: &Path, rel: &Path) -> Result<(), CacheError> {
+        let fd = at::open_file(dir, name).map_err(|e| CacheError::io(path, "open", e))?;
+        // What was opened is what counts: the name may have been swapped.
+        let st = rustix::fs::fstat(&fd).map_err(|e| CacheError::io(path, "stat", e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(refused(path.to_owned()));
+        }
+        let len = u64::try_from(st.st_size).unwrap_or(0);
+        item(self.hasher, b'f', rel);
+        self.hasher.update(&[u8::from(st.st_mode & 0o111 != 0)]);
+        self.hasher.update(&len.to_le_bytes());
+        let mut file = std::fs::File::from(fd);
+        let mut seen = 0u64;
+        loop {
+            let n = file.read(self.buf).map_err(|e| CacheError::io(path, "read", e))?;
+            if n == 0 {
+                break;
+            }
+            seen += n as u64;
+            self.hasher.update(&self.buf[..n]);
+        }
+        if seen != len {
+            // Changed under us: nothing trustworthy can be said.
+            return Err(CacheError::io(path, "read", std::io::Error::other("file changed while read")));
+        }
+        if self.sync {
+            file.sync_all().map_err(|e| CacheError::io(path, "fsync", e))?;
+        }
+        self.walked.size += len;
+        self.walked.files += 1;
+        Ok(())
     }
-    Ok(())
+}
+
+fn refused(path: PathBuf) -> CacheError {
+    CacheError::Refused { path, what: "a FIFO, socket or device node in an entry".to_owned() }
 }
 
 fn item(hasher: &mut blake3::Hasher, kind: u8, rel: &Path) {
@@ -139,28 +158,32 @@ fn item(hasher: &mut blake3::Hasher, kind: u8, rel: &Path) {
     hasher.update(b"\0");
 }
 
-fn libc_flags() -> i32 {
-    libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY
-}
-
-/// `fsync` a directory, so the names in it survive a power cut.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), CacheError> {
-    let fd = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| CacheError::io(dir, "open", e))?;
-    rustix::fs::fsync(&fd).map_err(|e| CacheError::io(dir, "fsync", e))
-}
-
 /// Read and check an entry's `entry.json`.
-pub(crate) fn read_meta(entry: &Path, key: &str) -> Result<EntryMeta, CorruptReason> {
-    let bytes = match std::fs::read(entry.join(METADATA)) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CorruptReason::MissingMetadata),
-        Err(_) => return Err(CorruptReason::Unreadable),
-    };
+pub(crate) fn read_meta(entry: impl AsFd, key: &str) -> Result<EntryMeta, CorruptReason> {
+    match at::open_file(entry, METADATA) {
+        Ok(fd) => read_meta_from(&fd, key),
+        Err(Errno::NOENT) => Err(CorruptReason::MissingMetadata),
+        Err(_) => Err(CorruptReason::Unreadable),
+    }
+}
+
+/// Read and check an opened `entry.json`.
+pub(crate) fn read_meta_from(file: impl AsFd, key: &str) -> Result<EntryMeta, CorruptReason> {
+    // Plain reads into spare capacity: the file is small, and
+    // `read_to_end` would first ask its size and position (two more
+    // syscalls on every lookup).
+    let mut bytes = Vec::with_capacity(1024);
+    loop {
+        if bytes.len() == bytes.capacity() {
+            bytes.reserve(bytes.capacity());
+        }
+        match rustix::io::read(&file, rustix::buffer::spare_capacity(&mut bytes)) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::INTR) => {}
+            // Also what a directory planted as `entry.json` gives.
+            Err(_) => return Err(CorruptReason::Unreadable),
+        }
+    }
     let meta: EntryMeta = match serde_json::from_slice(&bytes) {
         Ok(meta) => meta,
         Err(_) => {

@@ -20,9 +20,12 @@
 //! ```
 //!
 //! Lock files live outside the entries, so exchanging an entry never moves
-//! a lock. Every lock file is opened with lockyard-flock's hardening, and
-//! `.locks` and `.staging` must be real directories: a symlink planted
-//! there is refused when the cache is opened.
+//! a lock. The root is opened once with lockyard-flock's hostile-directory
+//! hardening, and every name under it is then reached relative to that
+//! descriptor (or to `.locks`' and `.staging`'s, opened from it), one
+//! component at a time with `O_NOFOLLOW`: a symlink planted as `.locks`,
+//! `.staging` or an entry, or inside one, is refused or reported corrupt,
+//! never followed, and nothing outside the root is touched.
 //!
 //! # Protocol
 //!
@@ -73,20 +76,22 @@
 //! The library reads no environment variables: the root and every wait
 //! are values from the caller.
 
+mod at;
 mod entry;
 mod error;
 mod key;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockyard_flock::{
-    CancelToken, FsPolicy, Holders, LockDir, LockFile, LockGuard, LockMode, LockOptions, Wait,
+    CancelToken, FsPolicy, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Wait,
 };
-use rustix::fs::RenameFlags;
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 pub use entry::{EntryMeta, METADATA, SCHEMA};
@@ -348,12 +353,14 @@ pub struct SweepReport {
     pub kept: Vec<(String, Holders)>,
 }
 
-/// A cache root. Cheap to clone (clones share two directory descriptors).
+/// A cache root. Cheap to clone (clones share three directory descriptors).
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
-    /// `.locks` and `.staging`, opened once: making a lock file in them
-    /// then costs no path walk.
+    /// The root, `.locks` and `.staging`, opened once with lockyard-flock's
+    /// hardening: every name under the root is reached relative to one of
+    /// them (see the `at` module), and making a lock file costs no walk.
+    dir: LockDir,
     locks: LockDir,
     staging: LockDir,
     options: CacheOptions,
@@ -364,38 +371,46 @@ impl Cache {
     /// `.locks` and `.staging`) if needed.
     ///
     /// # Errors
-    /// [`CacheError::Refused`] if `.locks` or `.staging` is not a real
-    /// directory; [`CacheError::Io`] if the root cannot be created.
+    /// [`CacheError::Refused`] if the root is reached through another
+    /// user's symlink in a sticky directory, or `.locks` or `.staging` is
+    /// not a real directory; [`CacheError::Io`] if the root cannot be
+    /// created.
     pub fn open(root: impl Into<PathBuf>, options: CacheOptions) -> Result<Self, CacheError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| CacheError::io(&root, "create", e))?;
+        // Created only when missing: an existing root is never written
+        // through before the hardened open has vetted the way to it.
+        let dir = match LockDir::open(&root) {
+            Err(LockError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&root).map_err(|e| CacheError::io(&root, "create", e))?;
+                LockDir::open(&root)
+            }
+            opened => opened,
+        }
+        .map_err(refused)?;
         let tag = root.join(TAG);
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tag) {
-            Ok(mut file) => {
+        match rustix::fs::openat(
+            &dir,
+            TAG,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => {
                 use std::io::Write;
+                let mut file = std::fs::File::from(fd);
                 file.write_all(TAG_CONTENT.as_bytes()).map_err(|e| CacheError::io(&tag, "write", e))?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(Errno::EXIST) => {}
             Err(e) => return Err(CacheError::io(&tag, "create", e)),
         }
-        for dir in [LOCKS_DIR, STAGING_DIR] {
-            let path = root.join(dir);
-            match std::fs::create_dir(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(CacheError::io(&path, "create", e)),
-            }
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| CacheError::io(&path, "stat", e))?;
-            if !meta.file_type().is_dir() {
-                return Err(CacheError::Refused {
-                    path,
-                    what: "something other than a directory".to_owned(),
-                });
+        for name in [LOCKS_DIR, STAGING_DIR] {
+            match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(CacheError::io(root.join(name), "create", e)),
             }
         }
-        let locks = LockDir::open(root.join(LOCKS_DIR)).map_err(CacheError::Lock)?;
-        let staging = LockDir::open(root.join(STAGING_DIR)).map_err(CacheError::Lock)?;
-        Ok(Cache { root, locks, staging, options })
+        let locks = dir.subdir(LOCKS_DIR).map_err(refused)?;
+        let staging = dir.subdir(STAGING_DIR).map_err(refused)?;
+        Ok(Cache { root, dir, locks, staging, options })
     }
 
     /// The root directory.
@@ -410,7 +425,7 @@ impl Cache {
 
     /// The lock file guarding `key`'s entry (for `lockyard who`).
     pub fn lock_path(&self, key: &str) -> PathBuf {
-        self.root.join(LOCKS_DIR).join(entry_lock_name(key))
+        self.locks.path().join(entry_lock_name(key))
     }
 
     fn lock_file(&self, dir: &LockDir, name: &str, options: LockOptions) -> Result<LockFile, CacheError> {
@@ -477,23 +492,34 @@ impl Cache {
         self.open_entry(key, lock, true)
     }
 
+    /// The published directory of `key`, opened; `None` if there is none.
+    fn entry_dir(&self, key: &str) -> Result<Option<OwnedFd>, CacheError> {
+        match at::open_dir(&self.dir, key) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                Err(CacheError::Corrupt { path: self.entry_path(key), reason: CorruptReason::NotADirectory })
+            }
+            Err(e) => Err(CacheError::io(self.entry_path(key), "open", e)),
+        }
+    }
+
     /// Read the entry of `key` under `lock` (held shared or exclusive).
     fn open_entry(&self, key: &str, lock: LockGuard, used: bool) -> Result<Option<EntryGuard>, CacheError> {
-        let path = self.entry_path(key);
-        match std::fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CacheError::io(&path, "stat", e)),
-            Ok(meta) if !meta.file_type().is_dir() => {
-                return Err(CacheError::Corrupt { path, reason: CorruptReason::NotADirectory });
+        let corrupt = |reason| CacheError::Corrupt { path: self.entry_path(key), reason };
+        let meta = match at::open_file_beneath(&self.dir, &format!("{key}/{METADATA}")) {
+            Ok(file) => entry::read_meta_from(&file, key).map_err(corrupt)?,
+            // A miss, a corrupt entry, or no openat2: one step at a time
+            // tells which.
+            Err(_) => {
+                let Some(dir) = self.entry_dir(key)? else { return Ok(None) };
+                entry::read_meta(&dir, key).map_err(corrupt)?
             }
-            Ok(_) => {}
-        }
-        let meta = entry::read_meta(&path, key)
-            .map_err(|reason| CacheError::Corrupt { path: path.clone(), reason })?;
+        };
         if used {
             touch(&lock);
         }
-        Ok(Some(EntryGuard { path, meta, _lock: lock }))
+        Ok(Some(EntryGuard { path: self.entry_path(key), meta, _lock: lock }))
     }
 
     /// Build an entry for `key` and publish it, replacing any previous
@@ -539,19 +565,23 @@ impl Cache {
         &self,
         key: &str,
         build: impl FnOnce(&Path) -> BuildResult,
-        slot: &Slot,
+        slot: &Slot<'_>,
     ) -> Result<EntryGuard, CacheError> {
-        let user = build(&slot.dir).map_err(|source| CacheError::Build { key: key.to_owned(), source })?;
+        let path = slot.path();
+        let user = build(&path).map_err(|source| CacheError::Build { key: key.to_owned(), source })?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::Built);
-        let meta_path = slot.dir.join(METADATA);
-        if std::fs::symlink_metadata(&meta_path).is_ok() {
+        // The build had the path; from here on, its directory by descriptor.
+        let dir =
+            at::open_dir(&self.staging, slot.name.as_str()).map_err(|e| CacheError::io(&path, "open", e))?;
+        let meta_path = path.join(METADATA);
+        if at::stat(&dir, METADATA, &meta_path)?.is_some() {
             return Err(CacheError::Build {
                 key: key.to_owned(),
                 source: format!("the build wrote {METADATA}, a name the cache reserves for itself").into(),
             });
         }
-        let walked = entry::walk(&slot.dir, true)?;
+        let walked = entry::walk(&dir, &path, true)?;
         let meta = EntryMeta {
             schema: SCHEMA,
             key: key.to_owned(),
@@ -563,8 +593,8 @@ impl Cache {
         };
         let encoded = serde_json::to_vec_pretty(&meta)
             .map_err(|e| CacheError::io(&meta_path, "encode", std::io::Error::other(e)))?;
-        write_synced(&meta_path, &encoded)?;
-        entry::sync_dir(&slot.dir)?;
+        write_synced(&dir, &meta_path, &encoded)?;
+        rustix::fs::fsync(&dir).map_err(|e| CacheError::io(&path, "fsync", e))?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::Synced);
 
@@ -581,20 +611,18 @@ impl Cache {
 
     /// Move the staging directory into place; the caller holds the entry
     /// lock exclusively.
-    fn publish(&self, key: &str, slot: &Slot) -> Result<(), CacheError> {
+    fn publish(&self, key: &str, slot: &Slot<'_>) -> Result<(), CacheError> {
         let target = self.entry_path(key);
-        let exists = match std::fs::symlink_metadata(&target) {
-            Ok(meta) if meta.file_type().is_dir() => true,
-            Ok(_) => {
+        let exists = match at::stat(&self.dir, key, &target)? {
+            Some(st) if at::is_dir(&st) => true,
+            Some(_) => {
                 return Err(CacheError::Refused {
                     path: target,
                     what: "something other than a directory where an entry belongs".to_owned(),
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(CacheError::io(&target, "stat", e)),
+            None => false,
         };
-        let cwd = rustix::fs::CWD;
         let flags = if exists { RenameFlags::EXCHANGE } else { RenameFlags::NOREPLACE };
         #[cfg(feature = "test-hooks")]
         let forced = exists && self.options.two_renames;
@@ -603,22 +631,24 @@ impl Cache {
         let result = if forced {
             Err(Errno::INVAL)
         } else {
-            rustix::fs::renameat_with(cwd, &slot.dir, cwd, &target, flags)
+            rustix::fs::renameat_with(&self.staging, slot.name.as_str(), &self.dir, key, flags)
         };
         match result {
             Ok(()) => {}
             Err(Errno::INVAL | Errno::NOSYS) if exists => {
                 // No RENAME_EXCHANGE here: see "Exchange unsupported".
                 tracing::debug!(key, "RENAME_EXCHANGE unsupported; publishing with two renames");
-                std::fs::rename(&target, &slot.old).map_err(|e| CacheError::io(&target, "rename", e))?;
+                rustix::fs::renameat(&self.dir, key, &self.staging, slot.old().as_str())
+                    .map_err(|e| CacheError::io(&target, "rename", e))?;
                 #[cfg(feature = "test-hooks")]
                 self.step(Step::Displaced);
-                std::fs::rename(&slot.dir, &target).map_err(|e| CacheError::io(&slot.dir, "rename", e))?;
+                rustix::fs::renameat(&self.staging, slot.name.as_str(), &self.dir, key)
+                    .map_err(|e| CacheError::io(slot.path(), "rename", e))?;
             }
             Err(e) => return Err(CacheError::io(&target, "rename", e)),
         }
-        entry::sync_dir(&self.root)?;
-        entry::sync_dir(&self.root.join(STAGING_DIR))
+        at::sync_dir(&self.dir, &self.root)?;
+        at::sync_dir(&self.staging, self.staging.path())
     }
 
     /// The entry for `key`: read it if present, otherwise build it, with
@@ -655,7 +685,9 @@ impl Cache {
     /// the content changed; `Ok(None)` if there is no entry.
     pub fn verify(&self, key: &str) -> Result<Option<EntryMeta>, CacheError> {
         let Some(guard) = self.inspect(key)? else { return Ok(None) };
-        let walked = entry::walk(guard.path(), false)?;
+        // The reader lock keeps this name on the entry the guard read.
+        let Some(dir) = self.entry_dir(key)? else { return Ok(None) };
+        let walked = entry::walk(&dir, &guard.path, false)?;
         if walked.digest != guard.meta.digest || walked.size != guard.meta.size {
             return Err(CacheError::Corrupt { path: guard.path, reason: CorruptReason::DigestMismatch });
         }
@@ -668,27 +700,30 @@ impl Cache {
     /// [`CacheError::Io`] if the root cannot be listed.
     pub fn list(&self) -> Result<Vec<Listed>, CacheError> {
         let mut listed = Vec::new();
-        for entry in std::fs::read_dir(&self.root).map_err(|e| CacheError::io(&self.root, "list", e))? {
-            let entry = entry.map_err(|e| CacheError::io(&self.root, "list", e))?;
-            let Some(key) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        for name in at::names(&self.dir, &self.root)? {
+            let Ok(key) = name.into_string() else { continue };
             if key.starts_with('.') || key == TAG {
                 continue;
             }
-            let path = entry.path();
-            let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir());
-            listed.push(if !is_dir {
-                Listed::Corrupt { key, reason: CorruptReason::NotADirectory }
-            } else {
-                match entry::read_meta(&path, &key) {
-                    Ok(meta) => Listed::Valid {
-                        last_used_ns: mtime_ns(&self.lock_path(&key)).unwrap_or(meta.created_ns),
-                        key,
-                        size: meta.size,
-                        created_ns: meta.created_ns,
-                        digest: meta.digest,
-                    },
-                    Err(reason) => Listed::Corrupt { key, reason },
+            let dir = match self.entry_dir(&key) {
+                Ok(Some(dir)) => dir,
+                // Removed since we listed it.
+                Ok(None) => continue,
+                Err(CacheError::Corrupt { reason, .. }) => {
+                    listed.push(Listed::Corrupt { key, reason });
+                    continue;
                 }
+                Err(e) => return Err(e),
+            };
+            listed.push(match entry::read_meta(&dir, &key) {
+                Ok(meta) => Listed::Valid {
+                    last_used_ns: self.last_used_ns(&key).unwrap_or(meta.created_ns),
+                    key,
+                    size: meta.size,
+                    created_ns: meta.created_ns,
+                    digest: meta.digest,
+                },
+                Err(reason) => Listed::Corrupt { key, reason },
             });
         }
         let created = |l: &Listed| match l {
@@ -699,36 +734,36 @@ impl Cache {
         Ok(listed)
     }
 
+    /// The last use of `key`: its lock file's mtime.
+    fn last_used_ns(&self, key: &str) -> Option<u64> {
+        let st = rustix::fs::statat(&self.locks, entry_lock_name(key).as_str(), AtFlags::empty()).ok()?;
+        at::mtime_ns(&st)
+    }
+
     /// Remove the debris of dead writers: every staging directory whose
     /// lock can be taken without blocking. Live writers' are kept.
     ///
     /// # Errors
     /// [`CacheError::Io`] if the staging directory cannot be listed.
     pub fn sweep(&self) -> Result<SweepReport, CacheError> {
-        let staging = self.root.join(STAGING_DIR);
-        let mut names: Vec<String> = std::fs::read_dir(&staging)
-            .map_err(|e| CacheError::io(&staging, "list", e))?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        let staging_path = self.staging.path();
+        let mut names: Vec<String> = at::names(&self.staging, staging_path)?
+            .into_iter()
+            .filter_map(|name| name.into_string().ok())
             .collect();
         names.sort();
         let mut report = SweepReport::default();
         let mut live = Vec::new();
         for name in &names {
             let Some(base) = name.strip_suffix(".lock") else { continue };
-            let lock_path = staging.join(name);
             let file = self.lock_file(&self.staging, name, LockOptions::new().exclusive().must_exist())?;
             match file.try_lock() {
                 Ok(Some(guard)) => {
-                    let slot = Slot {
-                        dir: staging.join(base),
-                        old: staging.join(format!("{base}.old")),
-                        lock_path,
-                        guard: Some(guard),
-                    };
+                    let slot = Slot { staging: &self.staging, name: base.to_owned(), guard: Some(guard) };
                     slot.discard()?;
                     report.removed.push(base.to_owned());
                 }
-                Ok(None) => live.push((base.to_owned(), lock_path)),
+                Ok(None) => live.push((base.to_owned(), staging_path.join(name))),
                 // Swept by someone else meanwhile.
                 Err(lockyard_flock::LockError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound => {}
@@ -739,13 +774,14 @@ impl Cache {
         // A tree without a lock file has no writer: writers create and
         // lock the lock file before the tree, and sweeps remove the tree
         // before the lock file.
+        let exists = |name: &str| at::stat(&self.staging, name, &staging_path.join(name));
         for name in &names {
-            if name.ends_with(".lock") || std::fs::symlink_metadata(staging.join(name)).is_err() {
+            if name.ends_with(".lock") || exists(name)?.is_none() {
                 continue;
             }
             let base = name.strip_suffix(".old").unwrap_or(name);
-            if std::fs::symlink_metadata(staging.join(format!("{base}.lock"))).is_err() {
-                remove_tree(&staging.join(name))?;
+            if exists(&format!("{base}.lock"))?.is_none() {
+                at::remove_tree(&self.staging, name.as_ref(), &staging_path.join(name))?;
                 report.removed.push(name.clone());
             }
         }
@@ -866,7 +902,11 @@ impl Cache {
     /// used since (we hold its lock exclusively, so neither can change
     /// while we look).
     fn as_planned(&self, victim: &Victim, lock: &LockGuard) -> bool {
-        let now = entry::read_meta(&self.entry_path(&victim.key), &victim.key);
+        let now = match self.entry_dir(&victim.key) {
+            Ok(Some(dir)) => entry::read_meta(&dir, &victim.key),
+            Ok(None) => return false,
+            Err(_) => Err(CorruptReason::NotADirectory),
+        };
         match (&victim.digest, now) {
             (None, Err(_)) => true,
             (Some(digest), Ok(meta)) => {
@@ -881,24 +921,21 @@ impl Cache {
     /// entry under its key.
     fn remove_entry(&self, key: &str, lock: LockGuard) -> Result<(), CacheError> {
         let slot = self.staging_slot(key, false)?;
-        let path = self.entry_path(key);
-        match std::fs::rename(&path, &slot.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CacheError::io(&path, "rename", e)),
+        match rustix::fs::renameat(&self.dir, key, &self.staging, slot.name.as_str()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(CacheError::io(self.entry_path(key), "rename", e)),
         }
-        entry::sync_dir(&self.root)?;
+        at::sync_dir(&self.dir, &self.root)?;
         drop(lock);
         slot.discard()
     }
 
     /// A fresh staging slot for `key`: its lock file created and locked,
     /// then (with `make_dir`) its directory.
-    fn staging_slot(&self, key: &str, make_dir: bool) -> Result<Slot, CacheError> {
+    fn staging_slot(&self, key: &str, make_dir: bool) -> Result<Slot<'_>, CacheError> {
         static SEQUENCE: AtomicU64 = AtomicU64::new(0);
         let random = RandomState::new().hash_one((now_ns(), SEQUENCE.fetch_add(1, Ordering::Relaxed)));
         let name = format!("{key}.{}.{random:016x}", std::process::id());
-        let staging = self.root.join(STAGING_DIR);
         let lock_name = format!("{name}.lock");
         // Not a try: a sweep may hold the fresh lock file for the moment
         // between our creating and our locking it. It then unlinks it, and
@@ -906,33 +943,43 @@ impl Cache {
         // check, which creates and locks a new one.
         let deadline = self.deadline();
         let guard = self.lock(&self.staging, &lock_name, LockMode::Exclusive, key, deadline)?;
-        let lock_path = staging.join(lock_name);
-        let dir = staging.join(&name);
+        let slot = Slot { staging: &self.staging, name, guard: Some(guard) };
         if make_dir {
-            std::fs::create_dir(&dir).map_err(|e| CacheError::io(&dir, "create", e))?;
+            rustix::fs::mkdirat(&self.staging, slot.name.as_str(), Mode::from_raw_mode(0o777))
+                .map_err(|e| CacheError::io(slot.path(), "create", e))?;
         }
-        Ok(Slot { old: staging.join(format!("{name}.old")), dir, lock_path, guard: Some(guard) })
+        Ok(slot)
     }
 }
 
-/// A staging directory and the lock its writer holds for its life.
-struct Slot {
-    dir: PathBuf,
-    /// Where the two-rename fallback puts a displaced entry.
-    old: PathBuf,
-    lock_path: PathBuf,
+/// A staging directory `{name}` (`.old` beside it for a displaced entry)
+/// and the lock `{name}.lock` its writer holds for its life.
+struct Slot<'a> {
+    staging: &'a LockDir,
+    name: String,
     guard: Option<LockGuard>,
 }
 
-impl Slot {
+impl Slot<'_> {
+    fn path(&self) -> PathBuf {
+        self.staging.path().join(&self.name)
+    }
+
+    /// Where the two-rename fallback puts a displaced entry.
+    fn old(&self) -> String {
+        format!("{}.old", self.name)
+    }
+
     /// Remove the slot's trees, then its lock file while still holding it.
     fn discard(mut self) -> Result<(), CacheError> {
-        remove_tree(&self.dir)?;
-        remove_tree(&self.old)?;
-        match std::fs::remove_file(&self.lock_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CacheError::io(&self.lock_path, "remove", e)),
+        let dir = self.staging.path();
+        at::remove_tree(self.staging, self.name.as_ref(), &self.path())?;
+        let old = self.old();
+        at::remove_tree(self.staging, old.as_ref(), &dir.join(&old))?;
+        let lock = format!("{}.lock", self.name);
+        match rustix::fs::unlinkat(self.staging, lock.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(CacheError::io(dir.join(&lock), "remove", e)),
         }
         drop(self.guard.take());
         Ok(())
@@ -960,29 +1007,28 @@ fn check_key(key: &str) -> Result<(), CacheError> {
     key::validate(key).map_err(|reason| CacheError::InvalidKey { key: key.to_owned(), reason })
 }
 
-/// Remove a tree (or a stray file or symlink) without following symlinks;
-/// gone already is fine.
-fn remove_tree(path: &Path) -> Result<(), CacheError> {
-    let removed = match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_dir() => std::fs::remove_file(path),
-        _ => std::fs::remove_dir_all(path),
-    };
-    match removed {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CacheError::io(path, "remove", e)),
-    }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+/// Create `entry.json` in `dir` and sync it.
+fn write_synced(dir: impl AsFd, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| CacheError::io(path, "create", e))?;
+    let fd = rustix::fs::openat(
+        dir,
+        METADATA,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| CacheError::io(path, "create", e))?;
+    let mut file = std::fs::File::from(fd);
     file.write_all(bytes).map_err(|e| CacheError::io(path, "write", e))?;
     file.sync_all().map_err(|e| CacheError::io(path, "fsync", e))
+}
+
+/// A lock-directory error as the cache reports it: a refusal names what
+/// was found where the cache expected its own directory.
+fn refused(e: LockError) -> CacheError {
+    match e {
+        LockError::Refused { path, found } => CacheError::Refused { path, what: found.to_string() },
+        e => CacheError::Lock(e),
+    }
 }
 
 /// Record a use: the lock file's mtime, through the descriptor we hold.
@@ -995,18 +1041,8 @@ fn touch(lock: &LockGuard) {
     let _ = rustix::fs::futimens(lock, &now);
 }
 
-fn fd_mtime_ns(fd: impl std::os::fd::AsFd) -> Option<u64> {
-    let stat = rustix::fs::fstat(fd).ok()?;
-    let secs = u64::try_from(stat.st_mtime).ok()?;
-    // The field's type differs between architectures.
-    #[allow(clippy::useless_conversion)]
-    let nanos = u64::try_from(stat.st_mtime_nsec).ok()?;
-    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
-}
-
-fn mtime_ns(path: &Path) -> Option<u64> {
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-    u64::try_from(modified.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+fn fd_mtime_ns(fd: impl AsFd) -> Option<u64> {
+    at::mtime_ns(&rustix::fs::fstat(fd).ok()?)
 }
 
 fn now_ns() -> u64 {

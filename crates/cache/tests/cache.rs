@@ -2,6 +2,8 @@
 //! metadata and verification, corrupt entries, planted symlinks, clean
 //! policies. Multi-process and crash tests are in `tests/tests/cache_processes.rs`.
 
+#![allow(clippy::print_stderr)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -191,6 +193,64 @@ fn planted_internal_directories_are_refused() {
         assert!(err.to_string().contains(internal), "{err}");
     }
     assert!(std::fs::read_dir(&outside).expect("outside").next().is_none(), "nothing written outside");
+}
+
+#[test]
+fn planted_symlinks_are_never_followed() {
+    let dir = Scratch::new("symlinks");
+    let outside = dir.0.join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    std::fs::write(outside.join("secret"), "keep me").expect("secret");
+    let cache = open(&dir);
+    drop(cache.store("good", writes("fine")).expect("store"));
+
+    // As an entry: reported corrupt, never read through.
+    std::os::unix::fs::symlink(&outside, cache.root().join("evil")).expect("plant entry");
+    let err = cache.lookup("evil").expect_err("a symlinked entry is corrupt");
+    assert!(matches!(err, CacheError::Corrupt { reason: CorruptReason::NotADirectory, .. }), "{err}");
+    assert!(
+        cache
+            .list()
+            .expect("list")
+            .contains(&Listed::Corrupt { key: "evil".to_owned(), reason: CorruptReason::NotADirectory })
+    );
+    // As `entry.json` inside an entry: not followed to the outside file.
+    let inner = cache.entry_path("good").join("entry.json");
+    std::fs::rename(&inner, dir.0.join("saved.json")).expect("move metadata");
+    std::os::unix::fs::symlink(outside.join("secret"), &inner).expect("plant metadata");
+    let err = cache.lookup("good").expect_err("a symlinked entry.json is not read");
+    assert!(matches!(err, CacheError::Corrupt { reason: CorruptReason::Unreadable, .. }), "{err}");
+    // As staging debris with no lock: the link goes, its target stays.
+    std::os::unix::fs::symlink(&outside, cache.root().join(".staging/x.1.0")).expect("plant debris");
+    assert_eq!(cache.sweep().expect("sweep").removed, ["x.1.0"]);
+
+    let report = cache.clean(Clean::All).expect("clean");
+    let mut removed = report.removed.clone();
+    removed.sort();
+    assert_eq!(removed, ["evil", "good"], "{report:?}");
+    assert_eq!(std::fs::read_to_string(outside.join("secret")).expect("outside intact"), "keep me");
+    assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 1, "nothing written outside");
+}
+
+#[test]
+fn a_root_reached_through_a_foreign_symlink_in_a_sticky_directory_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: planting another user's symlink needs root");
+        return;
+    }
+    let dir = Scratch::new("foreign");
+    let sticky = dir.0.join("tmp");
+    std::fs::create_dir(&sticky).expect("sticky");
+    std::fs::set_permissions(&sticky, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
+    let target = dir.0.join("target");
+    std::fs::create_dir(&target).expect("target");
+    let link = sticky.join("cache");
+    std::os::unix::fs::symlink(&target, &link).expect("plant");
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).expect("lchown");
+    let err = Cache::open(&link, CacheOptions::new()).expect_err("refused");
+    assert!(matches!(err, CacheError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("uid 65534"), "{err}");
+    assert!(std::fs::read_dir(&target).expect("target").next().is_none(), "nothing made in the target");
 }
 
 #[test]

@@ -5,7 +5,6 @@ use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FlockOperation};
@@ -229,6 +228,20 @@ impl LockDir {
         self.dir.path()
     }
 
+    /// The directory `name` inside this one, opened relative to this
+    /// one's descriptor and never through a symlink: for a tree of lock
+    /// directories under one hardened root (a cache's `.locks`).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidPath`] unless `name` is one path component;
+    /// [`LockError::Refused`] if it is a symlink or not a directory;
+    /// [`LockError::Io`] if it cannot be opened.
+    pub fn subdir(&self, name: impl AsRef<OsStr>) -> Result<LockDir, LockError> {
+        let name = name.as_ref();
+        check_component(&self.dir.path().join(name), name)?;
+        Ok(LockDir { dir: Arc::new(self.dir.open_child(name)?) })
+    }
+
     /// The lock file `name` in this directory.
     ///
     /// # Errors
@@ -237,21 +250,29 @@ impl LockDir {
     pub fn file(&self, name: impl AsRef<OsStr>, options: LockOptions) -> Result<LockFile, LockError> {
         let name = name.as_ref();
         let path = self.dir.path().join(name);
-        let bytes = name.as_encoded_bytes();
-        if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
-            return Err(LockError::InvalidPath {
-                path,
-                reason: "a lock file name must be one path component",
-            });
-        }
-        Ok(LockFile {
-            dir: Arc::clone(&self.dir),
-            name: name.to_owned(),
-            path,
-            options,
-            checked_dev: AtomicU64::new(u64::MAX),
-        })
+        check_component(&path, name)?;
+        Ok(LockFile { dir: Arc::clone(&self.dir), name: name.to_owned(), path, options })
     }
+}
+
+/// The descriptor is an `O_PATH` one: good as the directory of `*at`
+/// calls (`openat`, `statat`, `mkdirat`, `renameat`, `unlinkat`), not for
+/// reading or `fsync`.
+impl AsFd for LockDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+}
+
+fn check_component(path: &Path, name: &OsStr) -> Result<(), LockError> {
+    let bytes = name.as_encoded_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(LockError::InvalidPath {
+            path: path.to_owned(),
+            reason: "a lock file or directory name must be one path component",
+        });
+    }
+    Ok(())
 }
 
 /// A lock file: a path in a directory opened once, hardened (see the crate
@@ -263,10 +284,6 @@ pub struct LockFile {
     name: OsString,
     path: PathBuf,
     options: LockOptions,
-    /// `st_dev` of the last file that passed the filesystem policy: the
-    /// same device is the same superblock, so `fstatfs` need not be asked
-    /// again. `u64::MAX` before the first check.
-    checked_dev: AtomicU64,
 }
 
 impl LockFile {
@@ -296,7 +313,7 @@ impl LockFile {
             _ => Path::new("."),
         };
         let dir = Arc::new(Dir::open(parent)?);
-        Ok(LockFile { dir, name, path: path.to_owned(), options, checked_dev: AtomicU64::new(u64::MAX) })
+        Ok(LockFile { dir, name, path: path.to_owned(), options })
     }
 
     /// The path as given.
@@ -434,19 +451,22 @@ impl LockFile {
     }
 
     fn check_filesystem(&self, opened: &Opened) -> Result<(), LockError> {
-        if self.checked_dev.load(Ordering::Relaxed) == opened.stat.st_dev {
-            return Ok(());
-        }
-        let statfs = rustix::fs::fstatfs(&opened.fd).map_err(|e| LockError::io(&self.path, "statfs", e))?;
-        // `f_type` is signed on some targets; the magic numbers are u32.
-        #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
-        let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
+        let magic = match self.dir.fs_magic(opened.stat.st_dev) {
+            Some(magic) => magic,
+            None => {
+                let statfs =
+                    rustix::fs::fstatfs(&opened.fd).map_err(|e| LockError::io(&self.path, "statfs", e))?;
+                // `f_type` is signed on some targets; the magic numbers are u32.
+                #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+                let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
+                self.dir.remember_fs_magic(opened.stat.st_dev, magic);
+                magic
+            }
+        };
         self.options
             .fs_policy
             .check(magic)
-            .map_err(|fs: FsType| LockError::UnsupportedFilesystem { path: self.path.clone(), fs })?;
-        self.checked_dev.store(opened.stat.st_dev, Ordering::Relaxed);
-        Ok(())
+            .map_err(|fs: FsType| LockError::UnsupportedFilesystem { path: self.path.clone(), fs })
     }
 
     /// Whether the path still names the inode that was opened (a tmp

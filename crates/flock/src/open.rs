@@ -29,6 +29,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
@@ -45,6 +46,10 @@ pub(crate) struct Dir {
     path: PathBuf,
     /// World-writable and sticky, like `/tmp`.
     shared: bool,
+    /// The filesystem magic of the last device a lock file in here was
+    /// found on: one device is one superblock, so `fstatfs` is asked once
+    /// per directory rather than once per lock file made from it.
+    fs_magic: Mutex<Option<(u64, u64)>>,
 }
 
 fn stat_is_shared_dir(st: &Stat) -> bool {
@@ -110,7 +115,43 @@ impl Dir {
             .map_err(|e| io("open directory", e))?;
             cur_stat = rustix::fs::fstat(&cur).map_err(|e| io("stat directory", e))?;
         }
-        Ok(Dir { fd: cur, path: path.to_owned(), shared: stat_is_shared_dir(&cur_stat) })
+        Ok(Dir {
+            fd: cur,
+            path: path.to_owned(),
+            shared: stat_is_shared_dir(&cur_stat),
+            fs_magic: Mutex::default(),
+        })
+    }
+
+    /// Open the directory `name` inside this one: relative to this
+    /// descriptor, never through a symlink, refused unless a directory.
+    /// It inherits no trust: whether it is shared is its own mode's say.
+    pub(crate) fn open_child(&self, name: &OsStr) -> Result<Dir, LockError> {
+        let path = self.path.join(name);
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| LockError::io(&path, "open directory", e))?;
+        // O_PATH | O_NOFOLLOW opens a symlink itself rather than failing:
+        // the type check below is what refuses it.
+        let st = rustix::fs::fstat(&fd).map_err(|e| LockError::io(&path, "stat directory", e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(LockError::Refused { path, found: Found::from_mode(st.st_mode) });
+        }
+        Ok(Dir { fd, shared: stat_is_shared_dir(&st), path, fs_magic: Mutex::default() })
+    }
+
+    /// The filesystem magic of device `dev`, if known.
+    pub(crate) fn fs_magic(&self, dev: u64) -> Option<u64> {
+        let known = *self.fs_magic.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.and_then(|(known_dev, magic)| (known_dev == dev).then_some(magic))
+    }
+
+    pub(crate) fn remember_fs_magic(&self, dev: u64, magic: u64) {
+        *self.fs_magic.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((dev, magic));
     }
 
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
@@ -210,8 +251,7 @@ fn check_existing(dir: &Dir, st: &Stat) -> Result<(), Found> {
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(Found::from_mode(st.st_mode));
     }
-    let euid = rustix::process::geteuid().as_raw();
-    if dir.shared && st.st_uid != euid && st.st_uid != 0 {
+    if dir.shared && st.st_uid != 0 && st.st_uid != rustix::process::geteuid().as_raw() {
         return Err(Found::ForeignFile { uid: st.st_uid });
     }
     Ok(())
