@@ -60,11 +60,18 @@ pub(crate) struct Walked {
 /// symlink its target. Every name is opened relative to its directory's
 /// descriptor and symlinks are never followed; other file types (FIFOs,
 /// devices, sockets) are refused, as no reader could copy them.
-pub(crate) fn walk(dir: impl AsFd, path: &Path, sync: bool) -> Result<Walked, CacheError> {
+///
+/// `progress` is told the bytes of every chunk read, as it is read.
+pub(crate) fn walk(
+    dir: impl AsFd,
+    path: &Path,
+    sync: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Walked, CacheError> {
     let mut hasher = blake3::Hasher::new();
     let mut walked = Walked { size: 0, files: 0, digest: String::new() };
     let mut buf = vec![0u8; 256 * 1024];
-    let mut walker = Walker { sync, hasher: &mut hasher, walked: &mut walked, buf: &mut buf };
+    let mut walker = Walker { sync, hasher: &mut hasher, walked: &mut walked, buf: &mut buf, progress };
     walker.walk_into(dir.as_fd(), path, Path::new(""))?;
     walked.digest = hasher.finalize().to_hex().to_string();
     Ok(walked)
@@ -75,6 +82,7 @@ struct Walker<'a> {
     hasher: &'a mut blake3::Hasher,
     walked: &'a mut Walked,
     buf: &'a mut [u8],
+    progress: &'a mut dyn FnMut(u64),
 }
 
 impl Walker<'_> {
@@ -134,6 +142,7 @@ impl Walker<'_> {
             }
             seen += n as u64;
             self.hasher.update(&self.buf[..n]);
+            (self.progress)(n as u64);
         }
         if seen != len {
             // Changed under us: nothing trustworthy can be said.

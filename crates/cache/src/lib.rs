@@ -581,7 +581,7 @@ impl Cache {
                 source: format!("the build wrote {METADATA}, a name the cache reserves for itself").into(),
             });
         }
-        let walked = entry::walk(&dir, &path, true)?;
+        let walked = entry::walk(&dir, &path, true, &mut |_| {})?;
         let meta = EntryMeta {
             schema: SCHEMA,
             key: key.to_owned(),
@@ -684,10 +684,23 @@ impl Cache {
     /// [`CacheError::Corrupt`] with [`CorruptReason::DigestMismatch`] if
     /// the content changed; `Ok(None)` if there is no entry.
     pub fn verify(&self, key: &str) -> Result<Option<EntryMeta>, CacheError> {
+        self.verify_with(key, |_| {})
+    }
+
+    /// As [`Cache::verify`], telling `progress` the bytes hashed as they
+    /// are read (for a progress bar over a large entry).
+    ///
+    /// # Errors
+    /// As [`Cache::verify`].
+    pub fn verify_with(
+        &self,
+        key: &str,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Option<EntryMeta>, CacheError> {
         let Some(guard) = self.inspect(key)? else { return Ok(None) };
         // The reader lock keeps this name on the entry the guard read.
         let Some(dir) = self.entry_dir(key)? else { return Ok(None) };
-        let walked = entry::walk(&dir, &guard.path, false)?;
+        let walked = entry::walk(&dir, &guard.path, false, &mut progress)?;
         if walked.digest != guard.meta.digest || walked.size != guard.meta.size {
             return Err(CacheError::Corrupt { path: guard.path, reason: CorruptReason::DigestMismatch });
         }
@@ -798,7 +811,7 @@ impl Cache {
     pub fn clean(&self, policy: Clean) -> Result<CleanReport, CacheError> {
         let wipe = self.wipe_lock(policy)?;
         let plan = self.plan_clean(policy)?;
-        self.remove_planned(&plan, wipe.is_some())
+        self.remove_planned(&plan, wipe.is_some(), &mut |_| {})
     }
 
     /// What [`Cache::clean`] with `policy` would remove now, removing
@@ -858,8 +871,21 @@ impl Cache {
     /// # Errors
     /// As [`Cache::clean`].
     pub fn clean_planned(&self, plan: &CleanPlan) -> Result<CleanReport, CacheError> {
+        self.clean_planned_with(plan, |_| {})
+    }
+
+    /// As [`Cache::clean_planned`], telling `progress` each victim once it
+    /// has been dealt with (removed, or kept as busy or changed).
+    ///
+    /// # Errors
+    /// As [`Cache::clean`].
+    pub fn clean_planned_with(
+        &self,
+        plan: &CleanPlan,
+        mut progress: impl FnMut(&Victim),
+    ) -> Result<CleanReport, CacheError> {
         let wipe = self.wipe_lock(plan.policy)?;
-        self.remove_planned(plan, wipe.is_some())
+        self.remove_planned(plan, wipe.is_some(), &mut progress)
     }
 
     /// For a full clean, the cache-wide lock held exclusively, so nothing
@@ -873,23 +899,29 @@ impl Cache {
         }
     }
 
-    fn remove_planned(&self, plan: &CleanPlan, and_sweep: bool) -> Result<CleanReport, CacheError> {
+    fn remove_planned(
+        &self,
+        plan: &CleanPlan,
+        and_sweep: bool,
+        progress: &mut dyn FnMut(&Victim),
+    ) -> Result<CleanReport, CacheError> {
         let mut report = CleanReport::default();
         let mut busy = Vec::new();
         for victim in &plan.victims {
             let key = victim.key.as_str();
             let file = self.lock_file(&self.locks, &entry_lock_name(key), LockOptions::new().exclusive())?;
-            let Some(lock) = file.try_lock().map_err(CacheError::Lock)? else {
-                busy.push((key.to_owned(), self.lock_path(key)));
-                continue;
-            };
-            if plan.policy != Clean::All && !self.as_planned(victim, &lock) {
-                report.changed.push(key.to_owned());
-                continue;
+            match file.try_lock().map_err(CacheError::Lock)? {
+                None => busy.push((key.to_owned(), self.lock_path(key))),
+                Some(lock) if plan.policy != Clean::All && !self.as_planned(victim, &lock) => {
+                    report.changed.push(key.to_owned());
+                }
+                Some(lock) => {
+                    self.remove_entry(key, lock)?;
+                    report.removed.push(key.to_owned());
+                    report.freed += victim.size;
+                }
             }
-            self.remove_entry(key, lock)?;
-            report.removed.push(key.to_owned());
-            report.freed += victim.size;
+            progress(victim);
         }
         report.busy = name_holders(busy);
         if and_sweep {

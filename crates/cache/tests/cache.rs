@@ -316,3 +316,31 @@ fn an_unbounded_wait_is_accepted() {
     assert!(cache.lookup("k").expect("lookup").is_some());
     assert_eq!(cache.clean(Clean::All).expect("clean").removed, ["k"]);
 }
+
+#[test]
+fn progress_is_told_every_byte_verified_and_every_victim_cleaned() {
+    let dir = Scratch::new("progress");
+    let cache = open(&dir);
+    let big = vec![7u8; 600 * 1024];
+    drop(
+        cache
+            .store("big", move |d| {
+                std::fs::write(d.join("a"), &big)?;
+                std::fs::write(d.join("b"), b"tail")?;
+                Ok(serde_json::Value::Null)
+            })
+            .expect("store"),
+    );
+    drop(cache.store("small", writes("x")).expect("store"));
+    let mut chunks = Vec::new();
+    let meta = cache.verify_with("big", |n| chunks.push(n)).expect("verify").expect("present");
+    assert_eq!(chunks.iter().sum::<u64>(), meta.size);
+    assert!(chunks.len() >= 3, "told as it reads, not once at the end: {chunks:?}");
+
+    let plan = cache.plan_clean(Clean::All).expect("plan");
+    let mut told = Vec::new();
+    let report = cache.clean_planned_with(&plan, |victim| told.push(victim.key.clone())).expect("clean");
+    told.sort();
+    assert_eq!(told, ["big", "small"]);
+    assert_eq!(report.removed.len(), 2);
+}

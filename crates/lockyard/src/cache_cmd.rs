@@ -216,13 +216,26 @@ struct VerifyReport {
 }
 
 fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
-    let keys: Vec<String> = match key {
-        Some(key) => vec![key.to_owned()],
-        None => cache.list()?.iter().map(|l| l.key().to_owned()).collect(),
+    // Each key with the bytes it should hash, for the progress bar.
+    let keys: Vec<(String, u64)> = match key {
+        Some(key) => {
+            let size = cache.inspect(key).ok().flatten().map_or(0, |g| g.meta().size);
+            vec![(key.to_owned(), size)]
+        }
+        None => cache.list()?.into_iter().map(|l| (l.key().to_owned(), listed_size(&l))).collect(),
     };
+    let bar = progress(
+        keys.iter().map(|(_, size)| size).sum(),
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    );
     let mut entries = Vec::new();
-    for key in keys {
-        let checked = match cache.verify(&key) {
+    for (key, size) in keys {
+        bar.set_message(format!("verifying {key}"));
+        let start = bar.position();
+        let verified = cache.verify_with(&key, |n| bar.inc(n));
+        // Whatever was read, the entry's share of the bar is done.
+        bar.set_position(start + size);
+        let checked = match verified {
             Ok(Some(meta)) => Verified {
                 key,
                 state: "intact",
@@ -244,10 +257,11 @@ fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
                 ("corrupt", Some(reason)) => format!("{}: CORRUPT: {reason}\n", checked.key),
                 _ => format!("{}: no such entry\n", checked.key),
             };
-            emit(&line)?;
+            bar.suspend(|| emit(&line))?;
         }
         entries.push(checked);
     }
+    bar.finish_and_clear();
     let bad = entries.iter().any(|e| e.state != "intact");
     if json {
         print_json(&VerifyReport { schema: 1, root: cache.root().display().to_string(), entries })?;
@@ -368,7 +382,10 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
     } else if yes {
         emit(&text)?;
     }
-    let report = cache.clean_planned(&plan)?;
+    let bar = progress(u64::try_from(plan.victims.len())?, "{msg} [{bar:30}] {pos}/{len} entries, eta {eta}");
+    bar.set_message(format!("removing {summary}"));
+    let report = cache.clean_planned_with(&plan, |_| bar.inc(1))?;
+    bar.finish_and_clear();
     let n = report.removed.len();
     let entries = if n == 1 { "entry" } else { "entries" };
     let mut out = format!("removed {n} {entries}, freed {}\n", format_size(report.freed));
@@ -380,6 +397,26 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
     }
     emit(&out)?;
     Ok(0)
+}
+
+fn listed_size(listed: &Listed) -> u64 {
+    match listed {
+        Listed::Valid { size, .. } => *size,
+        _ => 0,
+    }
+}
+
+/// A progress bar on stderr for `len` units of work, drawn only when
+/// stderr is a terminal (a pipe or log file gets the results alone).
+fn progress(len: u64, template: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 fn summary(plan: &CleanPlan) -> String {

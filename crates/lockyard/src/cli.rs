@@ -229,8 +229,9 @@ pub enum CacheCommand {
         json: bool,
     },
     /// Recompute entries' digests and compare them with the recorded ones.
-    #[command(after_help = "Exit status: 0 if every entry checked is intact, 1 if one is corrupt \
-        (or KEY has no entry), 2 on error.")]
+    #[command(after_help = "On a terminal, progress is shown on stderr as the bytes are hashed.\n\n\
+        Exit status: 0 if every entry checked is intact, 1 if one is corrupt (or KEY has no entry), \
+        2 on error.")]
     Verify {
         /// The entry to verify (default: all).
         key: Option<String>,
@@ -281,7 +282,7 @@ pub enum CacheCommand {
         group(clap::ArgGroup::new("policy").required(true)),
         after_help = "Lists what it will remove first. On a terminal it then asks; without one it \
         refuses unless --yes is given. Only what was listed is removed: an entry replaced or used \
-        meanwhile is kept.\n\n\
+        meanwhile is kept. On a terminal, removal progress is shown on stderr.\n\n\
         DUR is a number with a unit: 90s, 45m, 12h, 30d, 2w (or combined: 1d12h). SIZE is a number \
         with an optional unit: K, M, G, T (or KiB, MiB, GiB, TiB) are powers of 1024; KB, MB, GB, TB \
         are powers of 1000.\n\n\

@@ -1,6 +1,8 @@
 //! `lockyard cache` as a shell or CI job uses it: real processes, real
 //! exit codes, the JSON documented in docs/cli.md.
 
+#![allow(clippy::print_stdout)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -197,4 +199,43 @@ fn no_usable_home_means_no_default_root() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--dir"), "{}", text(&out.stderr));
+}
+
+/// `COMMAND` run with its stdin, stdout and stderr on a pseudo-terminal,
+/// through util-linux `script`; everything it drew, or `None` without
+/// `script`.
+fn on_a_terminal(command: &str) -> Option<String> {
+    let output = Command::new("script")
+        .args(["--quiet", "--return", "--command", command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    assert!(output.status.success(), "{command}: {}", text(&output.stderr));
+    Some(text(&output.stdout))
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal_and_nowhere_else() {
+    let dir = Scratch::new("progress");
+    let root = dir.path("root");
+    let src = dir.path("src");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("blob"), vec![1u8; 8 << 20]).expect("blob");
+    assert!(cache(&root, &["put", "img", src.to_str().expect("utf-8")]).status.success());
+
+    let piped = cache(&root, &["verify"]);
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    assert_eq!(text(&piped.stdout), "img: intact (8.0 MiB)\n");
+    assert!(piped.stderr.is_empty(), "no bar into a pipe: {}", text(&piped.stderr));
+
+    let base = format!("{LOCKYARD} cache --dir {}", root.display());
+    let Some(drawn) = on_a_terminal(&format!("{base} verify")) else {
+        println!("skipped the terminal half: util-linux script(1) is not installed");
+        return;
+    };
+    assert!(drawn.contains("verifying img ["), "{drawn}");
+    assert!(drawn.contains("img: intact"), "{drawn}");
+    let drawn = on_a_terminal(&format!("{base} clean --all --yes")).expect("script");
+    assert!(drawn.contains("removing 1 entry"), "{drawn}");
+    assert!(drawn.contains("removed 1 entry"), "{drawn}");
 }
