@@ -111,6 +111,13 @@ fn publish(c: &mut Criterion, size: usize, label: &str) {
             BatchSize::PerIteration,
         );
     });
+    // The same bytes as one cacache blob (SHA-256 content address plus an
+    // index entry). cacache does not fsync, so this anchor is the cost of
+    // its hashing and layout, not of durability.
+    let cacache_dir = dir.join("cacache");
+    group.bench_function("cacache_write_sync", |b| {
+        b.iter(|| black_box(cacache::write_sync(&cacache_dir, "k", &payload).expect("cacache write")));
+    });
     let copy = dir.join("copy");
     group.bench_function("cp_r_and_sync", |b| {
         b.iter_batched(

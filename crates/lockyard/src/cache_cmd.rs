@@ -327,11 +327,13 @@ fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString]) -> Result
     });
     let guard = match result {
         Ok(guard) => guard,
-        Err(CacheError::Build { source, .. }) if source.downcast_ref::<BuildFailed>().is_some() => {
-            let code = source.downcast_ref::<BuildFailed>().map_or(1, |b| b.0);
-            eprintln!("lockyard: {key}: {source}");
-            return Ok(code);
-        }
+        Err(CacheError::Build { source, key }) => match source.downcast_ref::<BuildFailed>() {
+            Some(&BuildFailed(code)) => {
+                eprintln!("lockyard: {key}: {source}");
+                return Ok(code);
+            }
+            None => return Err(CacheError::Build { key, source }.into()),
+        },
         Err(e) => return Err(e.into()),
     };
     if command.is_empty() {
