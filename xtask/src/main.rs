@@ -32,6 +32,7 @@ fn ci_steps() -> Vec<Step> {
             "clippy",
             &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"],
         ),
+        cargo("kernel fixture", &["run", "--quiet", "--package", "xtask", "--", "kernel-fixture"]),
         cargo("test", &["test", "--workspace", "--all-features"]),
         Step {
             env: &[("RUSTDOCFLAGS", "-D warnings")],
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Some("man") => man(),
         Some("stress") => stress(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("kernel-fixture") => kernel_fixture(),
         Some("help" | "--help" | "-h") | None => {
             usage();
             Ok(())
@@ -77,7 +79,8 @@ fn usage() {
          stops at the first failure\n  \
          stress  [--long]  the stress and crash campaign (docs/reliability.md); --long is 32 processes, 10x rounds\n  \
          fuzz    [--seconds N] [TARGET...]  run the lockyard-procfs fuzz targets, N seconds each (default 60)\n  \
-         man     write the lockyard(1) man page to target/man/lockyard.1"
+         man     write the lockyard(1) man page to target/man/lockyard.1\n  \
+         kernel-fixture  download and unpack Debian's cloud kernel into target/kernel-fixture (for lockyard-kvm's tests)"
     );
 }
 
@@ -88,6 +91,78 @@ fn ci() -> Result<()> {
     }
     eprintln!("xtask ci: all steps passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// A real distribution kernel for lockyard-kvm's resolver test: Debian's
+/// `linux-image-cloud-*` metapackage names the versioned image package it
+/// depends on; that package is fetched with `apt-get download` and
+/// unpacked with `dpkg-deb -x` into `target/kernel-fixture/root`. Done
+/// once (kept across runs). Where apt cannot fetch it (not Debian, no
+/// mirror), it says so and the test skips with the same reason.
+fn kernel_fixture() -> Result<()> {
+    let dir = workspace_root()?.join("target/kernel-fixture");
+    let root = dir.join("root");
+    let boot = root.join("boot");
+    let have = |boot: &std::path::Path| {
+        std::fs::read_dir(boot).is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-")))
+        })
+    };
+    if have(&boot) {
+        eprintln!("xtask kernel-fixture: already in {}", root.display());
+        return Ok(());
+    }
+    let output = |program: &str, args: &[&str]| -> Option<String> {
+        let out = Command::new(program).args(args).current_dir(&dir).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let Some(arch) = output("dpkg", &["--print-architecture"]) else {
+        eprintln!("xtask kernel-fixture: skipped: no dpkg here (not Debian); the real-kernel test will skip");
+        return Ok(());
+    };
+    let meta = format!("linux-image-cloud-{}", arch.trim());
+    let depends = |meta: &str| {
+        output("apt-cache", &["depends", "--important", meta])?.lines().find_map(|line| {
+            let dep = line.trim().strip_prefix("Depends:")?.trim();
+            dep.starts_with("linux-image-").then(|| dep.to_owned())
+        })
+    };
+    let mut package = depends(&meta);
+    if package.is_none() && is_root() {
+        // A fresh machine may have no package lists yet.
+        let _ = output("apt-get", &["update", "-q"]);
+        package = depends(&meta);
+    }
+    let Some(package) = package else {
+        eprintln!("xtask kernel-fixture: skipped: apt does not know {meta}; the real-kernel test will skip");
+        return Ok(());
+    };
+    eprintln!("xtask kernel-fixture: downloading {package} (the image {meta} depends on)");
+    if output("apt-get", &["download", "-q", &package]).is_none() {
+        eprintln!(
+            "xtask kernel-fixture: skipped: `apt-get download {package}` failed; the real-kernel test will skip"
+        );
+        return Ok(());
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).status().context("run dpkg-deb")?;
+    if !status.success() || !have(&boot) {
+        bail!("dpkg-deb -x {} left no boot/vmlinuz-* in {}", deb.display(), root.display());
+    }
+    // Only the image is needed; the modules are most of the package.
+    let _ = std::fs::remove_dir_all(root.join("lib/modules"));
+    let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
+    std::fs::remove_file(&deb)?;
+    eprintln!("xtask kernel-fixture: unpacked into {}", root.display());
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// Write the man page generated from the command's clap definition.

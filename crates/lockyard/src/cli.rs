@@ -47,12 +47,78 @@ pub enum Command {
     Pidfile(PidfileCommand),
     /// Use a crash-safe shared cache of directories (build once, read by many).
     Cache(CacheArgs),
+    /// Check that KVM works for this user: one line per check with a remedy.
+    #[command(after_help = "Checks, in order (stopping at the first failure): the device is the KVM \
+        character device and opens read-write; KVM_GET_API_VERSION is 12; KVM_CREATE_VM succeeds; then \
+        each --cap is reported (WARN when absent). A failure caused by host pressure (ENOMEM, EBUSY, \
+        EMFILE, ENFILE, EAGAIN) is marked transient: retry later rather than fix the host.\n\n\
+        Exit status: 0 if nothing failed (warnings allowed), 1 if a check failed, 2 on error (such as an \
+        unknown capability name).")]
+    Preflight(PreflightArgs),
+    /// Find the kernel image a VM would boot, and why others were passed over.
+    #[command(after_help = "Sources, in order: --image (missing or unbootable is an error, never a \
+        fallback); --version as a key of the lockyard cache (the entry holds bzImage, Image or vmlinuz); \
+        each --search directory as a kernel build tree (arch/x86/boot/bzImage, arch/arm64/boot/Image); \
+        the installed kernel of --release (default: --version, else the running kernel) under --root: \
+        lib/modules/RELEASE/vmlinuz, boot/vmlinuz-RELEASE, boot/vmlinuz. Every candidate's header is \
+        checked (bzImage HdrS and boot protocol, arm64 Image magic); ELF vmlinux and compressed files \
+        are refused with a hint.\n\n\
+        The cache root is --cache-dir, else $LOCKYARD_CACHE_DIR, else $XDG_CACHE_HOME/lockyard, else \
+        $HOME/.cache/lockyard.\n\n\
+        Exit status: 0 if an image was found, 1 if none is bootable (or the cache entry stayed busy past \
+        -w), 2 on error (an --image that is missing or unbootable).")]
+    Kernel(KernelArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Options of `lockyard preflight`.
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// Also report this KVM capability (a KVM_CAP_* name, with or without
+    /// the prefix, or a number); repeatable.
+    #[arg(long = "cap", value_name = "NAME")]
+    pub caps: Vec<String>,
+    /// The KVM device to check.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    pub device: PathBuf,
+    /// Print one JSON document (schema 1, see docs/cli.md).
+    #[arg(short = 'J', long)]
+    pub json: bool,
+}
+
+/// Options of `lockyard kernel`.
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// Boot exactly this image.
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// Look this version (or key) up in the lockyard cache.
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// Kernel build trees to look in (repeatable, or several after one flag).
+    #[arg(long, value_name = "DIR", num_args = 1..)]
+    pub search: Vec<PathBuf>,
+    /// The installed kernel release to look for (default: --version, else
+    /// the running kernel's).
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// The root installed kernels are under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// The lockyard cache root for --version.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Give up waiting for a busy cache entry after SECS seconds (default 10).
+    #[arg(short = 'w', long = "wait", value_name = "SECS", default_value_t = 10.0)]
+    pub wait: f64,
+    /// Print one JSON document (schema 1, see docs/cli.md).
+    #[arg(short = 'J', long)]
+    pub json: bool,
 }
 
 /// Options of `lockyard locks`.

@@ -8,6 +8,7 @@
 //! - [`flock`] (`lockyard-flock`): hardened lock files, flock/OFD locks,
 //!   prompt cancellable waits, exact holders, pidfiles.
 //! - [`cache`] (`lockyard-cache`): crash-safe shared on-disk cache.
+//! - [`kvm`] (`lockyard-kvm`): KVM preflight and kernel-image resolution.
 //!
 //! and holds what the command adds on top: [`listing`] (every lock on the
 //! host with paths and holders) and [`cli`] (the command-line interface,
@@ -24,4 +25,5 @@ pub mod units;
 
 pub use lockyard_cache as cache;
 pub use lockyard_flock as flock;
+pub use lockyard_kvm as kvm;
 pub use lockyard_procfs as procfs;

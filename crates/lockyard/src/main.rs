@@ -16,6 +16,7 @@ use lockyard::table::{self, Column, Style};
 use serde::Serialize;
 
 mod cache_cmd;
+mod kvm_cmd;
 mod run;
 
 /// `sysexits.h` code for bad usage, as flock(1) uses it.
@@ -46,6 +47,8 @@ fn main() -> ExitCode {
         Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
         Command::Pidfile(PidfileCommand::Claim { path, command }) => run::pidfile_claim(&path, &command),
         Command::Cache(args) => cache_cmd::cache(&args),
+        Command::Preflight(args) => kvm_cmd::preflight(&args),
+        Command::Kernel(args) => kvm_cmd::kernel(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lockyard", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -1,0 +1,299 @@
+//! Which kernel image to boot: an ordered chain of sources, each
+//! candidate checked by its header, every one passed over named with why.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use lockyard_cache::{Cache, CacheError, EntryGuard};
+use serde::Serialize;
+
+use crate::image::{self, Arch, ImageInfo, Rejection};
+
+/// Names an image may have inside a cache entry, in the order tried.
+pub const ENTRY_IMAGES: [&str; 3] = ["bzImage", "Image", "vmlinuz"];
+
+/// Where to look, tried in the order given to [`Resolver::source`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Source {
+    /// This file. Missing or unbootable is the operator's mistake
+    /// ([`ResolveError::Image`]), never a reason to boot something else.
+    Image(PathBuf),
+    /// The entry `key` of a lockyard cache (a version, or any key the
+    /// images were stored under), holding one of [`ENTRY_IMAGES`]. The
+    /// entry's reader lock is held for as long as the [`Resolved`] lives.
+    Cache {
+        /// The cache.
+        cache: Cache,
+        /// The key.
+        key: String,
+    },
+    /// Kernel build trees: `arch/x86/boot/bzImage` or
+    /// `arch/arm64/boot/Image` under each directory.
+    BuildTrees(Vec<PathBuf>),
+    /// The installed kernel of `release`: `{root}/lib/modules/{release}/vmlinuz`,
+    /// `{root}/boot/vmlinuz-{release}`, then `{root}/boot/vmlinuz`.
+    Installed {
+        /// The filesystem root (`/`, or a fixture).
+        root: PathBuf,
+        /// The kernel release (see [`running_release`]).
+        release: String,
+    },
+}
+
+impl Source {
+    fn kind(&self) -> SourceKind {
+        match self {
+            Source::Image(_) => SourceKind::Image,
+            Source::Cache { .. } => SourceKind::Cache,
+            Source::BuildTrees(_) => SourceKind::BuildTree,
+            Source::Installed { .. } => SourceKind::Installed,
+        }
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn running_release() -> String {
+    rustix::system::uname().release().to_string_lossy().into_owned()
+}
+
+/// Which kind of [`Source`] a candidate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// An explicit image path.
+    Image,
+    /// A lockyard cache entry.
+    Cache,
+    /// A kernel build tree.
+    BuildTree,
+    /// An installed kernel.
+    Installed,
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Image => "explicit image",
+            SourceKind::Cache => "cache",
+            SourceKind::BuildTree => "build tree",
+            SourceKind::Installed => "installed kernel",
+        })
+    }
+}
+
+/// A file considered and passed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Candidate {
+    /// The file (or cache entry).
+    pub path: PathBuf,
+    /// Where it came from.
+    pub source: SourceKind,
+    /// Why it was passed over.
+    pub reason: Rejection,
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.path.display(), self.source, self.reason)
+    }
+}
+
+/// The image to boot.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Resolved {
+    /// Its path.
+    pub path: PathBuf,
+    /// What its header says.
+    pub image: ImageInfo,
+    /// Where it was found.
+    pub source: SourceKind,
+    /// What was tried before it, in order.
+    pub passed_over: Vec<Candidate>,
+    /// The cache entry's reader lock, when the image lives in one: no
+    /// writer replaces the entry while this is held.
+    pub guard: Option<EntryGuard>,
+}
+
+/// Why no image was resolved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The explicit image cannot be used: the operator's mistake.
+    #[error("{}: {reason}; fix the path given as the kernel image", path.display())]
+    Image {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: Rejection,
+    },
+    /// Every source was tried; nothing is bootable.
+    #[error("no bootable kernel image found; tried, in order:{}", list(tried))]
+    Unavailable {
+        /// Every candidate, in order, with why it was passed over.
+        tried: Vec<Candidate>,
+    },
+    /// The cache entry could not be read-locked in time.
+    #[error("kernel cache entry {key:?} is busy: {source}")]
+    Contended {
+        /// The key.
+        key: String,
+        /// The cache's error, naming the holders.
+        source: CacheError,
+    },
+    /// The cache failed otherwise.
+    #[error("kernel cache entry {key:?}: {source}")]
+    Cache {
+        /// The key.
+        key: String,
+        /// The cache's error.
+        source: CacheError,
+    },
+}
+
+impl ResolveError {
+    /// Whether this is contention (another process holds the entry):
+    /// worth a retry, not a misconfiguration.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ResolveError::Contended { .. })
+    }
+}
+
+fn list(tried: &[Candidate]) -> String {
+    if tried.is_empty() {
+        return " nothing (no source was configured)".to_owned();
+    }
+    tried.iter().map(|c| format!("\n  {c}")).collect()
+}
+
+/// An ordered chain of sources for the image to boot.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    sources: Vec<Source>,
+    arch: Option<Arch>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver { sources: Vec::new(), arch: Arch::host() }
+    }
+}
+
+impl Resolver {
+    /// No sources yet; images must match this host's architecture.
+    pub fn new() -> Self {
+        Resolver::default()
+    }
+
+    /// Try `source` after the ones already given.
+    #[must_use]
+    pub fn source(mut self, source: Source) -> Self {
+        self.sources.push(source);
+        self
+    }
+
+    /// Accept images for `arch` rather than this host's.
+    #[must_use]
+    pub fn arch(mut self, arch: Arch) -> Self {
+        self.arch = Some(arch);
+        self
+    }
+
+    /// The first bootable image of the chain.
+    ///
+    /// # Errors
+    /// [`ResolveError::Image`] if an explicit image is unusable,
+    /// [`ResolveError::Unavailable`] if nothing is bootable, and the
+    /// cache's errors.
+    pub fn resolve(&self) -> Result<Resolved, ResolveError> {
+        let mut tried = Vec::new();
+        for source in &self.sources {
+            let kind = source.kind();
+            match source {
+                Source::Image(path) => {
+                    return match self.check(path) {
+                        Ok(image) => Ok(found(path, image, kind, tried, None)),
+                        Err(reason) => Err(ResolveError::Image { path: path.clone(), reason }),
+                    };
+                }
+                Source::Cache { cache, key } => {
+                    let guard = match cache.lookup(key) {
+                        Ok(Some(guard)) => guard,
+                        Ok(None) => {
+                            let reason = Rejection::NotCached { key: key.clone() };
+                            tried.push(Candidate { path: cache.entry_path(key), source: kind, reason });
+                            continue;
+                        }
+                        Err(e) if e.is_busy() => {
+                            return Err(ResolveError::Contended { key: key.clone(), source: e });
+                        }
+                        Err(e) => return Err(ResolveError::Cache { key: key.clone(), source: e }),
+                    };
+                    let mut any = false;
+                    for name in ENTRY_IMAGES {
+                        let path = guard.path().join(name);
+                        match self.check(&path) {
+                            Ok(image) => return Ok(found(&path, image, kind, tried, Some(guard))),
+                            Err(Rejection::Missing) => {}
+                            Err(reason) => {
+                                any = true;
+                                tried.push(Candidate { path, source: kind, reason });
+                            }
+                        }
+                    }
+                    if !any {
+                        let reason = Rejection::NoImageInEntry;
+                        tried.push(Candidate { path: guard.path().to_owned(), source: kind, reason });
+                    }
+                }
+                Source::BuildTrees(dirs) => {
+                    for dir in dirs {
+                        for arch in [Arch::X86_64, Arch::Aarch64] {
+                            let path = dir.join(arch.build_tree_image());
+                            match self.check(&path) {
+                                Ok(image) => return Ok(found(&path, image, kind, tried, None)),
+                                // The other architecture's path is noise unless it exists.
+                                Err(Rejection::Missing) if Some(arch) != self.arch => {}
+                                Err(reason) => tried.push(Candidate { path, source: kind, reason }),
+                            }
+                        }
+                    }
+                }
+                Source::Installed { root, release } => {
+                    let candidates = [
+                        root.join("lib/modules").join(release).join("vmlinuz"),
+                        root.join("boot").join(format!("vmlinuz-{release}")),
+                        root.join("boot/vmlinuz"),
+                    ];
+                    for path in candidates {
+                        match self.check(&path) {
+                            Ok(image) => return Ok(found(&path, image, kind, tried, None)),
+                            Err(reason) => tried.push(Candidate { path, source: kind, reason }),
+                        }
+                    }
+                }
+            }
+        }
+        Err(ResolveError::Unavailable { tried })
+    }
+
+    fn check(&self, path: &Path) -> Result<ImageInfo, Rejection> {
+        let image = image::inspect(path)?;
+        match self.arch {
+            Some(host) if host != image.arch => Err(Rejection::WrongArch { found: image.arch, host }),
+            _ => Ok(image),
+        }
+    }
+}
+
+fn found(
+    path: &Path,
+    image: ImageInfo,
+    source: SourceKind,
+    passed_over: Vec<Candidate>,
+    guard: Option<EntryGuard>,
+) -> Resolved {
+    Resolved { path: path.to_owned(), image, source, passed_over, guard }
+}

@@ -1,0 +1,227 @@
+//! Kernel images by header, and the resolution chain: synthetic images of
+//! every shape, the cache source's reader lock, and (when `cargo xtask ci`
+//! has fetched it) a real Debian kernel.
+
+#![allow(clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockyard_cache::{Cache, CacheError, CacheOptions};
+use lockyard_kvm::image::inspect;
+use lockyard_kvm::{Arch, Rejection, ResolveError, Resolver, Source, SourceKind};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lockyard-kvm-img-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        Scratch(dir)
+    }
+    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A bzImage as the x86 boot protocol lays it out: `setup_sects` at
+/// 0x1F1, `syssize` at 0x1F4, 0xAA55 at 0x1FE, `HdrS` at 0x202, the
+/// protocol at 0x206, `kernel_version` at 0x20E pointing (minus 0x200) at
+/// the version string, then a payload of `syssize` paragraphs.
+fn bzimage(protocol: u16, version: &str) -> Vec<u8> {
+    let setup_sects = 4u8;
+    let syssize = 64u32; // 1 KiB of "kernel"
+    let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512 + syssize as usize * 16];
+    image[0x1F1] = setup_sects;
+    image[0x1F4..0x1F8].copy_from_slice(&syssize.to_le_bytes());
+    image[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&protocol.to_le_bytes());
+    let at = 0x400usize;
+    image[0x20E..0x210].copy_from_slice(&u16::try_from(at - 0x200).expect("fits").to_le_bytes());
+    image[at..at + version.len()].copy_from_slice(version.as_bytes());
+    image
+}
+
+fn arm64_image() -> Vec<u8> {
+    let mut image = vec![0u8; 4096];
+    image[0x38..0x3C].copy_from_slice(b"ARM\x64");
+    image
+}
+
+#[test]
+fn bzimages_of_several_protocols_report_their_version() {
+    let dir = Scratch::new("bz");
+    for (protocol, text) in [(0x020F, "2.15"), (0x020C, "2.12"), (0x0206, "2.06"), (0x0200, "2.00")] {
+        let path = dir.write(&format!("bz-{text}"), &bzimage(protocol, "6.6.7-test (me@host) #1 SMP"));
+        let info = inspect(&path).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(info.format, "bzImage");
+        assert_eq!(info.arch, Arch::X86_64);
+        assert_eq!(info.boot_protocol.as_deref(), Some(text));
+        assert_eq!(info.version.as_deref(), Some("6.6.7-test"));
+        assert_eq!(info.version_string.as_deref(), Some("6.6.7-test (me@host) #1 SMP"));
+    }
+    let old = dir.write("bz-1.x", &bzimage(0x0104, "ancient"));
+    assert_eq!(inspect(&old), Err(Rejection::OldBootProtocol { protocol: "1.04".to_owned() }));
+}
+
+#[test]
+fn every_other_shape_is_rejected_with_its_reason() {
+    let dir = Scratch::new("shapes");
+    let arm = dir.write("Image", &arm64_image());
+    let info = inspect(&arm).expect("arm64 Image");
+    assert_eq!((info.format, info.arch, info.version), ("Image", Arch::Aarch64, None));
+
+    let elf = dir.write("vmlinux", b"\x7fELF\x02\x01\x01\0rest of an ELF header");
+    let err = inspect(&elf).expect_err("ELF");
+    assert_eq!(err, Rejection::Elf);
+    assert!(err.to_string().contains("bzImage"), "the hint names what to pass: {err}");
+
+    let gz = dir.write("vmlinuz.gz", b"\x1f\x8b\x08\0compressed");
+    assert!(matches!(inspect(&gz), Err(Rejection::Compressed { compression: "gzip", .. })));
+
+    let full = bzimage(0x020F, "6.6.7");
+    let cut = dir.write("cut-payload", &full[..full.len() - 100]);
+    assert!(matches!(inspect(&cut), Err(Rejection::Truncated { .. })), "{:?}", inspect(&cut));
+    let cut = dir.write("cut-header", &full[..0x100]);
+    assert!(matches!(inspect(&cut), Err(Rejection::Truncated { .. })), "{:?}", inspect(&cut));
+
+    let garbage = dir.write("garbage", &[0x42; 8192]);
+    assert_eq!(inspect(&garbage), Err(Rejection::UnknownFormat));
+    assert_eq!(inspect(&dir.0.join("nothing")), Err(Rejection::Missing));
+    assert!(matches!(inspect(&dir.0), Err(Rejection::NotAFile { .. })));
+}
+
+#[test]
+fn the_chain_is_tried_in_order_and_names_everything_passed_over() {
+    let dir = Scratch::new("chain");
+    let host = Arch::host().expect("x86_64 or aarch64");
+    let good = match host {
+        Arch::X86_64 => bzimage(0x020F, "6.9.0-tree"),
+        Arch::Aarch64 => arm64_image(),
+    };
+    // A build tree with only a vmlinux, then one with the image.
+    dir.write("tree-a/vmlinux", b"\x7fELF....");
+    let tree = dir.0.join("tree-b");
+    let built = dir.write(&format!("tree-b/{}", host.build_tree_image()), &good);
+    // An installed root whose vmlinuz is an ELF.
+    dir.write("root/boot/vmlinuz-6.9.0", b"\x7fELF....");
+
+    let installed = Source::Installed { root: dir.0.join("root"), release: "6.9.0".to_owned() };
+    let resolved = Resolver::new()
+        .source(installed.clone())
+        .source(Source::BuildTrees(vec![dir.0.join("tree-a"), tree]))
+        .resolve()
+        .expect("found in the second tree");
+    assert_eq!(resolved.path, built);
+    assert_eq!(resolved.source, SourceKind::BuildTree);
+    let passed: Vec<(PathBuf, Rejection)> =
+        resolved.passed_over.iter().map(|c| (c.path.clone(), c.reason.clone())).collect();
+    assert_eq!(
+        passed,
+        [
+            (dir.0.join("root/lib/modules/6.9.0/vmlinuz"), Rejection::Missing),
+            (dir.0.join("root/boot/vmlinuz-6.9.0"), Rejection::Elf),
+            (dir.0.join("root/boot/vmlinuz"), Rejection::Missing),
+            (dir.0.join("tree-a").join(host.build_tree_image()), Rejection::Missing),
+        ]
+    );
+
+    let err = Resolver::new().source(installed).resolve().expect_err("nothing bootable");
+    let ResolveError::Unavailable { tried } = &err else { panic!("{err}") };
+    assert_eq!(tried.len(), 3);
+    let text = err.to_string();
+    assert!(text.contains("boot/vmlinuz-6.9.0 (installed kernel): an ELF vmlinux"), "{text}");
+
+    // An explicit image that is missing is the operator's mistake, even
+    // when a later source would have found something.
+    let err = Resolver::new()
+        .source(Source::Image(dir.0.join("typo")))
+        .source(Source::BuildTrees(vec![dir.0.join("tree-b")]))
+        .resolve()
+        .expect_err("explicit missing");
+    assert!(matches!(err, ResolveError::Image { reason: Rejection::Missing, .. }), "{err}");
+}
+
+#[test]
+fn a_cached_image_is_found_by_version_and_its_guard_blocks_a_replace() {
+    let dir = Scratch::new("cache");
+    let host = Arch::host().expect("x86_64 or aarch64");
+    let (name, good) = match host {
+        Arch::X86_64 => ("bzImage", bzimage(0x020F, "6.10.0-cached")),
+        Arch::Aarch64 => ("Image", arm64_image()),
+    };
+    let cache = Cache::open(dir.0.join("cache"), CacheOptions::new().wait(Duration::from_millis(200)))
+        .expect("cache");
+    drop(
+        cache
+            .store("6.10.0-cached", |d| {
+                std::fs::write(d.join(name), &good)?;
+                Ok(serde_json::Value::Null)
+            })
+            .expect("store"),
+    );
+    let resolver = Resolver::new()
+        .source(Source::Cache { cache: cache.clone(), key: "6.10.0-missing".to_owned() })
+        .source(Source::Cache { cache: cache.clone(), key: "6.10.0-cached".to_owned() });
+    let resolved = resolver.resolve().expect("cached");
+    assert_eq!(resolved.source, SourceKind::Cache);
+    assert_eq!(resolved.path, cache.entry_path("6.10.0-cached").join(name));
+    assert!(
+        matches!(&resolved.passed_over[0].reason, Rejection::NotCached { key } if key == "6.10.0-missing")
+    );
+    if host == Arch::X86_64 {
+        assert_eq!(resolved.image.version.as_deref(), Some("6.10.0-cached"));
+    }
+    assert!(resolved.guard.is_some());
+
+    // While the VM would boot from it, a writer cannot replace it.
+    let writer =
+        Cache::open(cache.root(), CacheOptions::new().wait(Duration::from_millis(100))).expect("open");
+    let err = writer.store("6.10.0-cached", |_| Ok(serde_json::Value::Null)).expect_err("held by the guard");
+    assert!(matches!(err, CacheError::Timeout { .. }), "{err}");
+    drop(resolved);
+    drop(writer.store("6.10.0-cached", |_| Ok(serde_json::Value::Null)).expect("free once dropped"));
+}
+
+/// The Debian kernel `cargo xtask ci` downloads and unpacks (see
+/// `xtask kernel-fixture`): `target/kernel-fixture/root/boot/vmlinuz-*`.
+fn debian_kernel() -> Option<(PathBuf, String)> {
+    let boot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kernel-fixture/root/boot");
+    std::fs::read_dir(&boot).ok()?.find_map(|e| {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        let release = name.strip_prefix("vmlinuz-")?.to_owned();
+        Some((boot.join(name), release))
+    })
+}
+
+#[test]
+fn a_real_debian_kernel_is_found_with_its_version() {
+    let Some((path, release)) = debian_kernel() else {
+        eprintln!(
+            "skipped: no Debian kernel fixture (run `cargo xtask kernel-fixture`, as `cargo xtask ci` does)"
+        );
+        return;
+    };
+    let info = inspect(&path).expect("a real bzImage");
+    assert_eq!(info.format, "bzImage");
+    assert_eq!(info.version.as_deref(), Some(release.as_str()), "{info:?}");
+    let root = path.parent().and_then(Path::parent).expect("root");
+    let resolved = Resolver::new()
+        .arch(Arch::X86_64)
+        .source(Source::Installed { root: root.to_owned(), release: release.clone() })
+        .resolve()
+        .expect("resolved");
+    assert_eq!(resolved.path, path);
+    assert_eq!(resolved.passed_over.len(), 1, "lib/modules/{release}/vmlinuz is absent in the package");
+}

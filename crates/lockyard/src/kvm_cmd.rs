@@ -1,0 +1,158 @@
+//! `lockyard preflight` and `lockyard kernel`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use lockyard::cache::{Cache, CacheOptions};
+use lockyard::cli::{KernelArgs, PreflightArgs};
+use lockyard::kvm::{
+    Candidate, Capability, ImageInfo, Preflight, ResolveError, Resolver, Source, SourceKind, Status,
+};
+use lockyard::units::format_size;
+use serde::Serialize;
+
+use crate::{emit, print_json, sentence};
+
+fn exit(result: Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("lockyard: {}", sentence(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub(crate) fn preflight(args: &PreflightArgs) -> ExitCode {
+    exit(run_preflight(args))
+}
+
+#[derive(Serialize)]
+struct PreflightReport<'a> {
+    schema: u32,
+    passed: bool,
+    #[serde(flatten)]
+    report: &'a lockyard::kvm::Report,
+}
+
+fn run_preflight(args: &PreflightArgs) -> Result<u8> {
+    let mut preflight = Preflight::new().device(&args.device);
+    for name in &args.caps {
+        preflight = preflight.capability(Capability::parse(name)?);
+    }
+    let report = preflight.run();
+    if args.json {
+        print_json(&PreflightReport { schema: 1, passed: report.passed(), report: &report })?;
+    } else {
+        let mut text = String::new();
+        for check in &report.checks {
+            text.push_str(&format!("{:<5} {}: {}\n", check.status, check.name, check.detail));
+            if let Some(remedy) = &check.remedy {
+                text.push_str(&format!("      remedy: {remedy}\n"));
+            }
+        }
+        if report.transient {
+            text.push_str("      (host pressure: this may pass if retried later)\n");
+        }
+        emit(&text)?;
+    }
+    Ok(u8::from(report.checks.iter().any(|c| c.status == Status::Fail)))
+}
+
+pub(crate) fn kernel(args: &KernelArgs) -> ExitCode {
+    exit(run_kernel(args))
+}
+
+#[derive(Serialize)]
+struct KernelReport<'a> {
+    schema: u32,
+    found: bool,
+    path: Option<String>,
+    source: Option<SourceKind>,
+    image: Option<&'a ImageInfo>,
+    /// Candidates passed over (all of them when nothing was found).
+    passed_over: &'a [Candidate],
+}
+
+fn run_kernel(args: &KernelArgs) -> Result<u8> {
+    let mut resolver = Resolver::new();
+    if let Some(image) = &args.image {
+        resolver = resolver.source(Source::Image(image.clone()));
+    }
+    if let Some(version) = &args.version {
+        if !(args.wait.is_finite() && args.wait >= 0.0) {
+            bail!("invalid --wait {}: give a number of seconds, 0 or more", args.wait);
+        }
+        let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
+        let options = CacheOptions::new().wait(Duration::from_secs_f64(args.wait.min(1e9)));
+        let cache = Cache::open(&root, options).map_err(|e| {
+            anyhow::anyhow!(e).context(format!("cannot open the cache at {}", root.display()))
+        })?;
+        resolver = resolver.source(Source::Cache { cache, key: version.clone() });
+    }
+    if !args.search.is_empty() {
+        resolver = resolver.source(Source::BuildTrees(args.search.clone()));
+    }
+    let release =
+        args.release.clone().or_else(|| args.version.clone()).unwrap_or_else(lockyard::kvm::running_release);
+    resolver = resolver.source(Source::Installed { root: args.root.clone(), release });
+
+    let resolved = match resolver.resolve() {
+        Ok(resolved) => resolved,
+        Err(ResolveError::Unavailable { tried }) => {
+            if args.json {
+                print_json(&KernelReport {
+                    schema: 1,
+                    found: false,
+                    path: None,
+                    source: None,
+                    image: None,
+                    passed_over: &tried,
+                })?;
+            }
+            let mut text = "lockyard: no bootable kernel image found; tried, in order:\n".to_owned();
+            for candidate in &tried {
+                text.push_str(&format!("  {candidate}\n"));
+            }
+            eprint!("{text}");
+            return Ok(1);
+        }
+        Err(e @ ResolveError::Contended { .. }) => {
+            eprintln!("lockyard: {e}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        print_json(&KernelReport {
+            schema: 1,
+            found: true,
+            path: Some(resolved.path.display().to_string()),
+            source: Some(resolved.source),
+            image: Some(&resolved.image),
+            passed_over: &resolved.passed_over,
+        })?;
+        return Ok(0);
+    }
+    let image = &resolved.image;
+    let mut format = image.format.to_owned();
+    if let Some(protocol) = &image.boot_protocol {
+        format.push_str(&format!(", boot protocol {protocol}"));
+    }
+    let mut text = format!(
+        "image:    {}\nversion:  {}\nformat:   {format}, {}\nsource:   {}\n",
+        resolved.path.display(),
+        image.version.as_deref().unwrap_or("unknown (the header does not say)"),
+        format_size(image.size),
+        resolved.source,
+    );
+    if !resolved.passed_over.is_empty() {
+        text.push_str("passed over:\n");
+        for candidate in &resolved.passed_over {
+            text.push_str(&format!("  {candidate}\n"));
+        }
+    }
+    emit(&text)?;
+    Ok(0)
+}

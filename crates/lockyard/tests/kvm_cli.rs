@@ -1,0 +1,211 @@
+//! `lockyard preflight` and `lockyard kernel` as a harness or an operator
+//! runs them: real /dev/kvm, an unprivileged user, a starved fd table,
+//! images on disk and in the cache.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const LOCKYARD: &str = env!("CARGO_BIN_EXE_lockyard");
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lockyard-kvm-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(prefix: &[&str], args: &[&str]) -> Output {
+    let (program, rest) = match prefix.split_first() {
+        Some((program, rest)) => (*program, rest.iter().copied().chain([LOCKYARD]).collect::<Vec<_>>()),
+        None => (LOCKYARD, Vec::new()),
+    };
+    Command::new(program).args(rest).args(args).stdin(Stdio::null()).output().expect("run")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&output.stdout)))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn preflight_passes_on_this_host_and_fails_on_the_wrong_device() {
+    if !Path::new("/dev/kvm").exists() {
+        println!("skipped: this machine has no /dev/kvm");
+        return;
+    }
+    let out = run(&[], &["preflight", "--cap", "IRQCHIP"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let lines = text(&out.stdout);
+    assert!(lines.starts_with("PASS  device: /dev/kvm"), "{lines}");
+    assert!(lines.contains("PASS  api version: 12\n"), "{lines}");
+    assert!(lines.contains("PASS  create vm"), "{lines}");
+    assert!(lines.contains("PASS  capability IRQCHIP: supported"), "{lines}");
+
+    let report = json(&run(&[], &["preflight", "--json"]));
+    assert_eq!(report["schema"], 1);
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["checks"][1]["value"], 12);
+    assert_eq!(report["failure"], Value::Null);
+
+    let out = run(&[], &["preflight", "--device", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).starts_with("FAIL  device: /dev/null: character device 1:3"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(&[], &["preflight", "--cap", "NOT_A_CAPABILITY"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown KVM capability"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_unprivileged_user_is_told_about_the_group() {
+    if !Path::new("/dev/kvm").exists() || !rustix::process::geteuid().is_root() || !have("setpriv") {
+        println!("skipped: needs /dev/kvm, root (to mknod and drop privileges) and setpriv");
+        return;
+    }
+    let dir = Scratch::new("unpriv");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let node = dir.0.join("kvm");
+    let dev = rustix::fs::makedev(10, 232);
+    rustix::fs::mknodat(rustix::fs::CWD, &node, rustix::fs::FileType::CharacterDevice, 0o660.into(), dev)
+        .expect("mknod");
+    std::os::unix::fs::chown(&node, Some(0), Some(65533)).expect("chown");
+    // mknod's mode went through the umask.
+    std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o660)).expect("chmod");
+    let device = node.to_str().expect("utf-8");
+    let drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    let out = run(&drop, &["preflight", "--device", device, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = json(&out);
+    assert_eq!(report["failure"], "permission_denied");
+    assert_eq!(report["transient"], false);
+    let detail = report["checks"][0]["detail"].as_str().expect("detail").to_owned();
+    assert!(detail.contains("mode 0660"), "{detail}");
+    assert!(detail.contains("is not in group"), "{detail}");
+    assert!(detail.contains("usermod -aG"), "{detail}");
+}
+
+#[test]
+fn a_starved_fd_table_is_transient_not_a_misconfiguration() {
+    if !Path::new("/dev/kvm").exists() || !have("prlimit") {
+        println!("skipped: needs /dev/kvm and prlimit");
+        return;
+    }
+    // Four descriptors: stdio and /dev/kvm; KVM_CREATE_VM then has none.
+    let out = run(&["prlimit", "--nofile=4"], &["preflight", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = json(&out);
+    assert_eq!(report["failure"], "transient", "{report}");
+    assert_eq!(report["transient"], true);
+    assert!(
+        report["checks"].as_array().expect("checks").last().expect("last")["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("EMFILE")
+    );
+}
+
+/// A minimal bzImage (see crates/kvm/tests/images.rs for the layout).
+fn bzimage(version: &str) -> Vec<u8> {
+    let mut image = vec![0u8; 5 * 512 + 1024];
+    image[0x1F1] = 4;
+    image[0x1F4..0x1F8].copy_from_slice(&64u32.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
+    image[0x20E..0x210].copy_from_slice(&0x200u16.to_le_bytes());
+    image[0x400..0x400 + version.len()].copy_from_slice(version.as_bytes());
+    image
+}
+
+#[test]
+fn kernel_resolves_in_order_and_says_what_it_passed_over() {
+    if !cfg!(target_arch = "x86_64") {
+        println!("skipped: the synthetic images here are x86 bzImages");
+        return;
+    }
+    let dir = Scratch::new("kernel");
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(root.join("boot")).expect("root");
+    std::fs::write(root.join("boot/vmlinuz-6.7.0-x"), b"\x7fELF.....").expect("elf");
+    let tree = dir.0.join("linux");
+    std::fs::create_dir_all(tree.join("arch/x86/boot")).expect("tree");
+    std::fs::write(tree.join("arch/x86/boot/bzImage"), bzimage("6.8.0-tree #1")).expect("image");
+    let root_arg = root.to_str().expect("utf-8");
+    let tree_arg = tree.to_str().expect("utf-8");
+
+    let out =
+        run(&[], &["kernel", "--root", root_arg, "--release", "6.7.0-x", "--search", tree_arg, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let found = json(&out);
+    assert_eq!(found["found"], true);
+    assert_eq!(found["source"], "build_tree");
+    assert_eq!(found["image"]["version"], "6.8.0-tree");
+    assert_eq!(found["passed_over"].as_array().expect("list").len(), 0, "build trees come before installed");
+
+    let out = run(&[], &["kernel", "--root", root_arg, "--release", "6.7.0-x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("vmlinuz-6.7.0-x (installed kernel): an ELF vmlinux"), "{err}");
+    assert!(err.contains("boot/vmlinuz (installed kernel): missing"), "{err}");
+
+    let missing = dir.0.join("typo");
+    let out = run(&[], &["kernel", "--image", missing.to_str().expect("utf-8"), "--search", tree_arg]);
+    assert_eq!(out.status.code(), Some(2), "an explicit image that is missing is an error");
+    assert!(text(&out.stderr).contains("missing"), "{}", text(&out.stderr));
+
+    // Cached under its version: found there, with the entry's path.
+    let cache = dir.0.join("cache");
+    let src = dir.0.join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("bzImage"), bzimage("6.9.1-cached")).expect("image");
+    let put = Command::new(LOCKYARD)
+        .args(["cache", "--dir", cache.to_str().expect("utf-8"), "put", "6.9.1-cached"])
+        .arg(&src)
+        .output()
+        .expect("put");
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    let out = run(
+        &[],
+        &[
+            "kernel",
+            "--version",
+            "6.9.1-cached",
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+            "--root",
+            root_arg,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!("image:    {}", cache.join("6.9.1-cached/bzImage").display())),
+        "{shown}"
+    );
+    assert!(shown.contains("version:  6.9.1-cached\n"), "{shown}");
+    assert!(shown.contains("source:   cache\n"), "{shown}");
+}
