@@ -109,6 +109,30 @@ impl PreflightError {
         matches!(self, PreflightError::Transient { .. })
     }
 
+    /// What to do about it, in one line (the message says it too).
+    pub fn remedy(&self) -> String {
+        match self {
+            PreflightError::Absent { diagnosis, .. } => diagnosis.to_string(),
+            PreflightError::NotKvm { .. } => format!(
+                "pass the path of the KVM device (normally {DEFAULT_DEVICE}, character device {}:{})",
+                KVM_DEVICE.0, KVM_DEVICE.1
+            ),
+            PreflightError::PermissionDenied { access, .. } => access.to_string(),
+            PreflightError::Transient { .. } => {
+                "host pressure: retry later, or free memory and file descriptors".to_owned()
+            }
+            PreflightError::ApiVersion { .. } => {
+                format!("use a kernel whose KVM has the stable API (version {API_VERSION})")
+            }
+            PreflightError::Other { hint, .. } => {
+                hint.unwrap_or("look up the errno for this device and operation").to_owned()
+            }
+            PreflightError::UnknownCapability { .. } => {
+                "give a KVM_CAP_* name from <linux/kvm.h> or a number".to_owned()
+            }
+        }
+    }
+
     /// The variant as a stable snake_case word, for JSON and scripts.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -390,7 +414,7 @@ impl Preflight {
                 name: name.to_owned(),
                 status: Status::Fail,
                 detail: error.to_string(),
-                remedy: None,
+                remedy: Some(error.remedy()),
                 value: None,
             });
             report.transient = error.is_transient();

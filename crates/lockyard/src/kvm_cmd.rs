@@ -48,7 +48,8 @@ fn run_preflight(args: &PreflightArgs) -> Result<u8> {
         let mut text = String::new();
         for check in &report.checks {
             text.push_str(&format!("{:<5} {}: {}\n", check.status, check.name, check.detail));
-            if let Some(remedy) = &check.remedy {
+            // A failure's message already ends with its remedy.
+            if let (Some(remedy), Status::Warn) = (&check.remedy, check.status) {
                 text.push_str(&format!("      remedy: {remedy}\n"));
             }
         }

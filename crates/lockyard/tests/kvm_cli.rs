@@ -107,6 +107,9 @@ fn an_unprivileged_user_is_told_about_the_group() {
     assert!(detail.contains("mode 0660"), "{detail}");
     assert!(detail.contains("is not in group"), "{detail}");
     assert!(detail.contains("usermod -aG"), "{detail}");
+    let remedy = report["checks"][0]["remedy"].as_str().expect("a failure has a remedy");
+    // The group has no name here, so its number is what usermod gets.
+    assert!(remedy.contains("usermod -aG 65533 "), "{remedy}");
 }
 
 #[test]
