@@ -29,7 +29,10 @@ pub enum Source {
         key: String,
     },
     /// Kernel build trees: `arch/x86/boot/bzImage` or
-    /// `arch/arm64/boot/Image` under each directory.
+    /// `arch/arm64/boot/Image` under each directory; failing that, image
+    /// files directly in it or in its `boot/` (`bzImage`, `Image`,
+    /// `vmlinuz*`, as an unpacked kernel package lays them out), names in
+    /// descending byte order.
     BuildTrees(Vec<PathBuf>),
     /// The installed kernel of `release`: `{root}/lib/modules/{release}/vmlinuz`,
     /// `{root}/boot/vmlinuz-{release}`, then `{root}/boot/vmlinuz`.
@@ -259,6 +262,12 @@ impl Resolver {
                                 Err(reason) => tried.push(Candidate { path, source: kind, reason }),
                             }
                         }
+                        for path in loose_images(dir) {
+                            match self.check(&path) {
+                                Ok(image) => return Ok(found(&path, image, kind, tried, None)),
+                                Err(reason) => tried.push(Candidate { path, source: kind, reason }),
+                            }
+                        }
                     }
                 }
                 Source::Installed { root, release } => {
@@ -286,6 +295,22 @@ impl Resolver {
             _ => Ok(image),
         }
     }
+}
+
+/// Image files lying in `dir` or `dir/boot`, names in descending byte
+/// order (plain `vmlinuz` after `vmlinuz-*`; not a version order).
+fn loose_images(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in [dir.to_owned(), dir.join("boot")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n == "bzImage" || n == "Image" || n.starts_with("vmlinuz"))
+            .collect();
+        names.sort_by(|a, b| b.cmp(a));
+        found.extend(names.into_iter().map(|n| dir.join(n)));
+    }
+    found
 }
 
 fn found(

@@ -224,4 +224,12 @@ fn a_real_debian_kernel_is_found_with_its_version() {
         .expect("resolved");
     assert_eq!(resolved.path, path);
     assert_eq!(resolved.passed_over.len(), 1, "lib/modules/{release}/vmlinuz is absent in the package");
+    // The unpacked package as a search directory: found in its boot/.
+    let searched = Resolver::new()
+        .arch(Arch::X86_64)
+        .source(Source::BuildTrees(vec![root.to_owned()]))
+        .resolve()
+        .expect("found by searching");
+    assert_eq!(searched.path, path);
+    assert_eq!(searched.image.version.as_deref(), Some(release.as_str()));
 }

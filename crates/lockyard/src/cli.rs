@@ -58,7 +58,8 @@ pub enum Command {
     /// Find the kernel image a VM would boot, and why others were passed over.
     #[command(after_help = "Sources, in order: --image (missing or unbootable is an error, never a \
         fallback); --version as a key of the lockyard cache (the entry holds bzImage, Image or vmlinuz); \
-        each --search directory as a kernel build tree (arch/x86/boot/bzImage, arch/arm64/boot/Image); \
+        each --search directory as a kernel build tree (arch/x86/boot/bzImage, arch/arm64/boot/Image), \
+        then for image files in it or its boot/ (bzImage, Image, vmlinuz*); \
         the installed kernel of --release (default: --version, else the running kernel) under --root: \
         lib/modules/RELEASE/vmlinuz, boot/vmlinuz-RELEASE, boot/vmlinuz. Every candidate's header is \
         checked (bzImage HdrS and boot protocol, arm64 Image magic); ELF vmlinux and compressed files \

@@ -175,6 +175,15 @@ fn kernel_resolves_in_order_and_says_what_it_passed_over() {
     assert!(err.contains("vmlinuz-6.7.0-x (installed kernel): an ELF vmlinux"), "{err}");
     assert!(err.contains("boot/vmlinuz (installed kernel): missing"), "{err}");
 
+    // An unpacked kernel package as a search directory.
+    let out = run(&[], &["kernel", "--root", root_arg, "--release", "none", "--search", root_arg, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "only an ELF there: {}", text(&out.stderr));
+    std::fs::write(root.join("boot/vmlinuz-6.7.1-y"), bzimage("6.7.1-y")).expect("image");
+    let found =
+        json(&run(&[], &["kernel", "--root", root_arg, "--release", "none", "--search", root_arg, "--json"]));
+    assert_eq!(found["path"], root.join("boot/vmlinuz-6.7.1-y").to_str().expect("utf-8"));
+    assert_eq!(found["image"]["version"], "6.7.1-y");
+
     let missing = dir.0.join("typo");
     let out = run(&[], &["kernel", "--image", missing.to_str().expect("utf-8"), "--search", tree_arg]);
     assert_eq!(out.status.code(), Some(2), "an explicit image that is missing is an error");
