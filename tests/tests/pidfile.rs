@@ -27,6 +27,24 @@ fn claim_writes_our_pid_and_excludes_a_second_claimant() {
 }
 
 #[test]
+fn a_claim_outlasts_a_readers_probe_of_the_lock() {
+    let dir = Scratch::new("pidfile-probe");
+    let path = dir.path("daemon.pid");
+    drop(Pidfile::new(&path).claim().expect("create it"));
+    // A status reader holds the lock for the moment of its probe.
+    let PidfileState::Unclaimed(probe) = Pidfile::new(&path).read().expect("read") else {
+        panic!("unclaimed")
+    };
+    let claimer = {
+        let path = path.clone();
+        std::thread::spawn(move || Pidfile::new(&path).claim().map(drop))
+    };
+    std::thread::sleep(lockyard_flock::PROBE_GRACE / 4);
+    drop(probe);
+    claimer.join().expect("thread").expect("the claim waits out a probe instead of failing");
+}
+
+#[test]
 fn read_reports_the_claimant_then_unclaimed_after_it_dies() {
     let dir = Scratch::new("pidfile-read");
     let path = dir.path("svc.pid");

@@ -64,7 +64,7 @@ pub use holders::{
     in_initial_pid_namespace,
 };
 pub use lock::{ByteRange, LockDir, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait};
-pub use pidfile::{Claimant, Pidfile, PidfileGuard, PidfileState};
+pub use pidfile::{Claimant, PROBE_GRACE, Pidfile, PidfileGuard, PidfileState};
 pub use wait::CancelToken;
 
 /// Signals for [`Claimant::signal`].

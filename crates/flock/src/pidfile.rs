@@ -13,6 +13,13 @@
 //! lock file's inode check in [`crate::LockFile`] catches this for
 //! lockyard's own claimants, but not for other tools sharing the file.)
 //!
+//! **Reading a pidfile takes its lock for an instant.** [`Pidfile::read`]
+//! learns whether the file is claimed by trying the lock; a claim racing
+//! with that probe would find the lock busy and fail although nobody holds
+//! the claim. So a claim that finds the lock taken waits up to
+//! [`PROBE_GRACE`] for it before reporting the holder: a probe lets go
+//! within that, a claimant does not.
+//!
 //! # Signalling the claimant safely
 //!
 //! A pid read from a file may belong to a different process by the time a
@@ -33,6 +40,10 @@ use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::error::LockError;
 use crate::lock::{LockFile, LockGuard, LockOptions};
+
+/// How long a claim waits for a lock that may only be held by a
+/// [`Pidfile::read`] probing it, before calling it claimed.
+pub const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A pidfile at a path.
 #[derive(Debug)]
@@ -92,8 +103,8 @@ impl Pidfile {
         &self.path
     }
 
-    /// Claim the pidfile for the calling process: take the lock without
-    /// waiting and write our pid.
+    /// Claim the pidfile for the calling process: take the lock (waiting at
+    /// most [`PROBE_GRACE`], for a reader's probe) and write our pid.
     ///
     /// # Errors
     /// [`LockError::Contended`] naming the claimant if it is claimed, or an
@@ -110,7 +121,16 @@ impl Pidfile {
     /// As [`Pidfile::claim`].
     pub fn claim_for(&self, pid: u32) -> Result<PidfileGuard, LockError> {
         let file = LockFile::with_options(&self.path, self.options.clone())?;
-        let guard = PidfileGuard { lock: file.try_lock_or_holders()? };
+        let lock = match file.try_lock()? {
+            Some(lock) => lock,
+            // Perhaps only a reader probing it (see the module docs).
+            None => match file.lock_timeout(PROBE_GRACE) {
+                Ok(lock) => lock,
+                Err(e) if e.is_busy() => file.try_lock_or_holders()?,
+                Err(e) => return Err(e),
+            },
+        };
+        let guard = PidfileGuard { lock };
         guard.write_pid(pid)?;
         Ok(guard)
     }
