@@ -47,6 +47,13 @@ pub enum Command {
     Pidfile(PidfileCommand),
     /// Use a crash-safe shared cache of directories (build once, read by many).
     Cache(CacheArgs),
+    /// Show the host's CPUs, last-level caches and NUMA nodes, with who
+    /// holds each one's reservation lock.
+    #[command(after_help = "Lock files are cpu-N.lock and llc-K.lock (K: the lowest CPU sharing the \
+        cache) in the lock directory: --lock-dir, else $LOCKYARD_LOCK_DIR, else /run/lock/lockyard, \
+        else /tmp/lockyard. Holders come from one read of /proc/locks. See docs/topology.md.\n\n\
+        Exit status: 0 on success, 2 on error.")]
+    Topo(TopoArgs),
     /// Check that KVM works for this user: one line per check with a remedy.
     #[command(after_help = "Checks, in order (stopping at the first failure): the device is the KVM \
         character device and opens read-write; KVM_GET_API_VERSION is 12; KVM_CREATE_VM succeeds; then \
@@ -75,6 +82,17 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Options of `lockyard topo`.
+#[derive(Debug, Args)]
+pub struct TopoArgs {
+    /// The reservation lock directory to show holders from.
+    #[arg(long, value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+    /// Print one JSON document (schema 1, see docs/cli.md).
+    #[arg(short = 'J', long)]
+    pub json: bool,
 }
 
 /// Options of `lockyard preflight`.

@@ -9,6 +9,7 @@
 //!   prompt cancellable waits, exact holders, pidfiles.
 //! - [`cache`] (`lockyard-cache`): crash-safe shared on-disk cache.
 //! - [`kvm`] (`lockyard-kvm`): KVM preflight and kernel-image resolution.
+//! - [`topo`] (`lockyard-topo`): host CPU topology and reservation lock names.
 //!
 //! and holds what the command adds on top: [`listing`] (every lock on the
 //! host with paths and holders) and [`cli`] (the command-line interface,
@@ -27,3 +28,4 @@ pub use lockyard_cache as cache;
 pub use lockyard_flock as flock;
 pub use lockyard_kvm as kvm;
 pub use lockyard_procfs as procfs;
+pub use lockyard_topo as topo;

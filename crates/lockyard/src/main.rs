@@ -18,6 +18,7 @@ use serde::Serialize;
 mod cache_cmd;
 mod kvm_cmd;
 mod run;
+mod topo_cmd;
 
 /// `sysexits.h` code for bad usage, as flock(1) uses it.
 const EX_USAGE: u8 = 64;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
         Command::Pidfile(PidfileCommand::Claim { path, command }) => run::pidfile_claim(&path, &command),
         Command::Cache(args) => cache_cmd::cache(&args),
+        Command::Topo(args) => report(topo_cmd::topo(&args), 0),
         Command::Preflight(args) => kvm_cmd::preflight(&args),
         Command::Kernel(args) => kvm_cmd::kernel(&args),
         Command::Completions { shell } => {

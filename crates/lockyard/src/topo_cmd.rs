@@ -1,0 +1,137 @@
+//! `lockyard topo`: the host's CPUs, LLCs and nodes, with the holders of
+//! their reservation locks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use lockyard::flock::Holders;
+use lockyard::topo::{Cpu, Llc, Topology, cpu_lock_name};
+use lockyard::units::format_size;
+use serde::Serialize;
+
+use crate::{emit, print_json};
+
+/// The reservation lock directory: the flag, `LOCKYARD_LOCK_DIR`, the FHS
+/// lock directory where the host has one, else `/tmp/lockyard`.
+pub(crate) fn lock_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_owned();
+    }
+    if let Some(dir) = std::env::var_os("LOCKYARD_LOCK_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if Path::new("/run/lock").is_dir() {
+        return PathBuf::from("/run/lock/lockyard");
+    }
+    PathBuf::from("/tmp/lockyard")
+}
+
+#[derive(Serialize)]
+struct TopoReport<'a> {
+    schema: u32,
+    lock_dir: String,
+    allowed: String,
+    topology: &'a Topology,
+    /// Lock name to its holders, for the held ones only.
+    held: BTreeMap<String, Holders>,
+}
+
+pub(crate) fn topo(args: &lockyard::cli::TopoArgs) -> Result<()> {
+    let topology = Topology::read(Path::new("/"));
+    let dir = lock_dir(args.lock_dir.as_deref());
+    let names: Vec<String> = topology
+        .cpus
+        .iter()
+        .map(|c| cpu_lock_name(c.id))
+        .chain(topology.llcs.iter().map(Llc::lock_name))
+        .collect();
+    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(format!("{n}.lock"))).collect();
+    // One read of /proc for the whole view; a lock file that does not
+    // exist has never been used, so nobody holds it.
+    let found = lockyard::flock::holders_of_many(&paths, false)?;
+    let held: BTreeMap<String, Holders> = names
+        .into_iter()
+        .zip(found)
+        .filter_map(|(name, (_, holders))| {
+            holders.ok().filter(|h| h.holding().next().is_some()).map(|h| (name, h))
+        })
+        .collect();
+    let allowed = topology.allowed();
+    if args.json {
+        return print_json(&TopoReport {
+            schema: 1,
+            lock_dir: dir.display().to_string(),
+            allowed: allowed.to_string(),
+            topology: &topology,
+            held,
+        });
+    }
+    let none = |s: String| if s.is_empty() { "none".to_owned() } else { s };
+    let mut out = format!(
+        "{} CPUs online ({}), {} allowed here ({}), isolated: {}\nreservation locks in {}\n",
+        topology.online.len(),
+        topology.online,
+        allowed.len(),
+        allowed,
+        none(topology.isolated.to_string()),
+        dir.display()
+    );
+    let state = |name: &str| match held.get(name) {
+        Some(holders) => format!("held by {holders}"),
+        None => "free".to_owned(),
+    };
+    let node_of_llc = |llc: &Llc| topology.cpu(llc.key).and_then(|c| c.node);
+    for node in &topology.nodes {
+        let distances: Vec<String> = node.distances.iter().map(|(n, d)| format!("{n}:{d}")).collect();
+        let kind = if node.memory_only { "memory only" } else { "cpus" };
+        out.push_str(&format!(
+            "node {}: {kind} {}, distances {}\n",
+            node.id,
+            if node.memory_only { String::new() } else { node.cpus.to_string() },
+            none(distances.join(" "))
+        ));
+        if !node.memory_only {
+            for llc in topology.llcs.iter().filter(|l| node_of_llc(l) == Some(node.id)) {
+                out.push_str(&llc_lines(&topology, llc, &state));
+            }
+        }
+    }
+    let unplaced: Vec<&Llc> = topology.llcs.iter().filter(|l| node_of_llc(l).is_none()).collect();
+    if !unplaced.is_empty() {
+        out.push_str("no NUMA node:\n");
+        for llc in unplaced {
+            out.push_str(&llc_lines(&topology, llc, &state));
+        }
+    }
+    let loose: Vec<&Cpu> = topology.cpus.iter().filter(|c| c.llc.is_none()).collect();
+    if !loose.is_empty() {
+        out.push_str("CPUs whose LLC sysfs does not describe:\n");
+        for cpu in loose {
+            out.push_str(&cpu_line(cpu, &state));
+        }
+    }
+    emit(&out)
+}
+
+fn llc_lines(topology: &Topology, llc: &Llc, state: &dyn Fn(&str) -> String) -> String {
+    let name = llc.lock_name();
+    let size = llc.size_bytes.map_or_else(|| "size unknown".to_owned(), format_size);
+    let mut out = format!("  {name:<8} L{} {size}, cpus {}: {}\n", llc.level, llc.cpus, state(&name));
+    for cpu in topology.cpus.iter().filter(|c| c.llc == Some(llc.key)) {
+        out.push_str(&cpu_line(cpu, state));
+    }
+    out
+}
+
+fn cpu_line(cpu: &Cpu, state: &dyn Fn(&str) -> String) -> String {
+    let name = cpu_lock_name(cpu.id);
+    let field = |v: Option<u32>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+    format!(
+        "    {name:<8} core {}, package {}, smt {}: {}\n",
+        field(cpu.core),
+        field(cpu.package),
+        cpu.smt_siblings,
+        state(&name)
+    )
+}
