@@ -456,6 +456,11 @@ fn parse_any(line: &[u8], line_no: usize, format: &'static str) -> Result<LockRe
         cur.pos += 2;
         cur.spaces();
     }
+    // A second arrow where the kind belongs: no kernel writes that, and a
+    // kind spelled `->` would print back as a waiter's arrow.
+    if cur.rest().starts_with(b"->") {
+        return Err(cur.invalid_at(cur.pos, "kind", "a lock kind such as FLOCK after at most one `->`"));
+    }
 
     let words = [cur.word("kind")?, cur.word("qualifier")?, cur.word("mode")?];
     let (kind, qualifier, mode) =
