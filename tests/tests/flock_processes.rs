@@ -324,6 +324,15 @@ fn foreign_file_in_a_sticky_directory_is_refused() {
     let err = exclusive(&path).try_lock().expect_err("foreign file refused");
     assert!(matches!(err, LockError::Refused { found: Found::ForeignFile { uid: 65534 }, .. }), "{err:?}");
     assert_eq!(std::fs::read(&path).expect("read"), b"theirs");
+    // Unless the directory is meant to be shared by every user.
+    let shared = LockFile::with_options(&path, LockOptions::new().allow_foreign_owner()).expect("file");
+    drop(shared.try_lock().expect("accepted when allowed").expect("free"));
+    assert_eq!(std::fs::read(&path).expect("read"), b"theirs", "still never truncated");
+    // A symlink stays refused even then.
+    std::os::unix::fs::symlink("/etc/passwd", dir.path("planted.lock")).expect("symlink");
+    let planted = LockFile::with_options(dir.path("planted.lock"), LockOptions::new().allow_foreign_owner());
+    let err = planted.expect("file").try_lock().expect_err("symlink refused");
+    assert!(matches!(err, LockError::Refused { found: Found::Symlink, .. }), "{err:?}");
 
     // A foreign symlink to a directory in the sticky directory is not
     // followed to find the lock directory either.

@@ -112,6 +112,7 @@ pub struct LockOptions {
     permissions: Option<u32>,
     fs_policy: FsPolicy,
     must_exist: bool,
+    foreign_ok: bool,
 }
 
 impl LockOptions {
@@ -177,6 +178,18 @@ impl LockOptions {
     #[must_use]
     pub fn must_exist(mut self) -> Self {
         self.must_exist = true;
+        self
+    }
+
+    /// In a world-writable sticky directory, accept a lock file owned by
+    /// another (non-root) user, which is refused by default. For a
+    /// directory made so that every user of the host coordinates through
+    /// it, such as CPU reservation locks: there, another user's file is
+    /// the point, and holding it is no more than any user may do anyway.
+    /// Symlinks, FIFOs and other non-files are still refused.
+    #[must_use]
+    pub fn allow_foreign_owner(mut self) -> Self {
+        self.foreign_ok = true;
         self
     }
 }
@@ -409,6 +422,7 @@ impl LockFile {
             permissions: opts.permissions,
             read_only_ok: opts.mode == LockMode::Shared,
             create: !opts.must_exist,
+            foreign_ok: opts.foreign_ok,
         };
         for _ in 0..MAX_REOPENS {
             let opened = open_lock_file(&self.dir, &self.name, &self.path, open_options)?;

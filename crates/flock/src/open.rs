@@ -183,6 +183,9 @@ pub(crate) struct OpenOptions {
     pub(crate) read_only_ok: bool,
     /// Whether to create a missing file (else `ENOENT`).
     pub(crate) create: bool,
+    /// Whether a file of another user in a sticky, world-writable
+    /// directory is acceptable (a directory made for all users to share).
+    pub(crate) foreign_ok: bool,
 }
 
 /// An open lock file and the identity it had when opened.
@@ -219,7 +222,7 @@ pub(crate) fn open_lock_file(
             Err(e) => {
                 // A socket (ENXIO), a directory (EISDIR), ...: say what it is.
                 return match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => match check_existing(dir, &st) {
+                    Ok(st) => match check_existing(dir, &st, options.foreign_ok) {
                         Err(found) => Err(refuse(found)),
                         Ok(()) => Err(io("open", e)),
                     },
@@ -228,7 +231,7 @@ pub(crate) fn open_lock_file(
             }
         };
         let stat = rustix::fs::fstat(&fd).map_err(|e| io("stat", e))?;
-        check_existing(dir, &stat).map_err(refuse)?;
+        check_existing(dir, &stat, options.foreign_ok).map_err(refuse)?;
         if created && let Some(mode) = options.permissions {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| io("chmod", e))?;
         }
@@ -247,11 +250,11 @@ fn open_existing(dir: &Dir, name: &OsStr, base: OFlags, options: OpenOptions) ->
 }
 
 /// Whether an existing file (by its `lstat` or `fstat`) may be used.
-fn check_existing(dir: &Dir, st: &Stat) -> Result<(), Found> {
+fn check_existing(dir: &Dir, st: &Stat, foreign_ok: bool) -> Result<(), Found> {
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(Found::from_mode(st.st_mode));
     }
-    if dir.shared && st.st_uid != 0 && st.st_uid != rustix::process::geteuid().as_raw() {
+    if dir.shared && !foreign_ok && st.st_uid != 0 && st.st_uid != rustix::process::geteuid().as_raw() {
         return Err(Found::ForeignFile { uid: st.st_uid });
     }
     Ok(())

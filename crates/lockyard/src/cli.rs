@@ -54,6 +54,19 @@ pub enum Command {
         else /tmp/lockyard. Holders come from one read of /proc/locks. See docs/topology.md.\n\n\
         Exit status: 0 on success, 2 on error.")]
     Topo(TopoArgs),
+    /// Reserve CPUs or whole LLCs and run a command pinned to them.
+    #[command(after_help = "Modes: exclusive-cpu (default: CPUs nobody else uses, LLCs shared with \
+        other jobs), exclusive-llc (whole LLCs nobody else uses: benchmarks), shared (a CPU budget in \
+        whole LLCs, shared with other jobs, never with a benchmark). The command runs pinned to the \
+        reserved CPUs with LOCKYARD_CPUS (the CPU list) and LOCKYARD_JOBS (their number) set; the \
+        reservation is held until it exits. SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to it.\n\n\
+        Without -n or -w, waits as long as it takes; a waiting request holds back newer ones, so a \
+        large request is not starved (docs/topology.md). Lock directory: --lock-dir, else \
+        $LOCKYARD_LOCK_DIR, else /run/lock/lockyard, else /tmp/lockyard.\n\n\
+        Exit status: the command's (128+N if killed by signal N); 1 if the resources are busy (with \
+        -n) or the wait timed out, naming who holds what; 2 on error, including a request that can \
+        never fit; 126/127 if the command cannot be run.")]
+    Reserve(ReserveArgs),
     /// Check that KVM works for this user: one line per check with a remedy.
     #[command(after_help = "Checks, in order (stopping at the first failure): the device is the KVM \
         character device and opens read-write; KVM_GET_API_VERSION is 12; KVM_CREATE_VM succeeds; then \
@@ -93,6 +106,53 @@ pub struct TopoArgs {
     /// Print one JSON document (schema 1, see docs/cli.md).
     #[arg(short = 'J', long)]
     pub json: bool,
+}
+
+/// Options of `lockyard reserve`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("amount").required(true).args(["cpus", "llcs"])))]
+pub struct ReserveArgs {
+    /// Reserve this many CPUs.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<usize>,
+    /// Reserve this many whole LLCs.
+    #[arg(long, value_name = "N")]
+    pub llcs: Option<usize>,
+    /// How the resources are shared.
+    #[arg(long, value_enum, default_value = "exclusive-cpu")]
+    pub mode: ReserveMode,
+    /// Fail at once (exit 1) if the resources are busy.
+    #[arg(short = 'n', long, conflicts_with = "wait")]
+    pub nonblock: bool,
+    /// Give up after SECS seconds (exit 1).
+    #[arg(short = 'w', long, value_name = "SECS")]
+    pub wait: Option<f64>,
+    /// Only CPUs of this NUMA node.
+    #[arg(long, value_name = "N")]
+    pub node: Option<u32>,
+    /// Prefer idle LLCs over ones other jobs already share.
+    #[arg(long)]
+    pub spread: bool,
+    /// One CPU per core before any SMT sibling.
+    #[arg(long)]
+    pub smt_apart: bool,
+    /// The reservation lock directory.
+    #[arg(long, value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(value_name = "COMMAND", required = true, last = true)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `--mode` of `lockyard reserve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReserveMode {
+    /// Whole LLCs nobody else uses.
+    ExclusiveLlc,
+    /// CPUs nobody else uses, in shared LLCs.
+    ExclusiveCpu,
+    /// A CPU budget in whole LLCs, shared.
+    Shared,
 }
 
 /// Options of `lockyard preflight`.

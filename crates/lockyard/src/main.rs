@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         Command::Pidfile(PidfileCommand::Claim { path, command }) => run::pidfile_claim(&path, &command),
         Command::Cache(args) => cache_cmd::cache(&args),
         Command::Topo(args) => report(topo_cmd::topo(&args), 0),
+        Command::Reserve(args) => topo_cmd::reserve(&args),
         Command::Preflight(args) => kvm_cmd::preflight(&args),
         Command::Kernel(args) => kvm_cmd::kernel(&args),
         Command::Completions { shell } => {

@@ -77,7 +77,17 @@ pub(crate) fn spawn_and_wait(command: Command, started: impl FnOnce(u32)) -> Exi
 }
 
 /// As [`spawn_and_wait`], with the status as a number.
-pub(crate) fn spawn_and_wait_code(mut command: Command, started: impl FnOnce(u32)) -> u8 {
+pub(crate) fn spawn_and_wait_code(command: Command, started: impl FnOnce(u32)) -> u8 {
+    spawn_with_and_wait(command, Command::spawn, started)
+}
+
+/// As [`spawn_and_wait_code`], spawning with `spawn` (to pin the child to
+/// reserved CPUs, say).
+pub(crate) fn spawn_with_and_wait(
+    mut command: Command,
+    spawn: impl FnOnce(&mut Command) -> std::io::Result<std::process::Child>,
+    started: impl FnOnce(u32),
+) -> u8 {
     // Registered before the child exists, so no signal is lost in between;
     // the child starts with default dispositions (exec resets handlers).
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]) {
@@ -87,7 +97,7 @@ pub(crate) fn spawn_and_wait_code(mut command: Command, started: impl FnOnce(u32
             return 71;
         }
     };
-    let mut child = match command.spawn() {
+    let mut child = match spawn(&mut command) {
         Ok(child) => child,
         Err(e) => {
             let program = command.get_program().to_string_lossy().into_owned();

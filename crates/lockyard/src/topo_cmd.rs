@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
 use anyhow::Result;
+use lockyard::cli::{ReserveArgs, ReserveMode};
 use lockyard::flock::Holders;
-use lockyard::topo::{Cpu, Llc, Topology, cpu_lock_name};
+use lockyard::topo::{Amount, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, cpu_lock_name};
 use lockyard::units::format_size;
 use serde::Serialize;
 
@@ -134,4 +138,61 @@ fn cpu_line(cpu: &Cpu, state: &dyn Fn(&str) -> String) -> String {
         cpu.smt_siblings,
         state(&name)
     )
+}
+
+pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
+    let amount = match (args.cpus, args.llcs) {
+        (Some(n), None) => Amount::Cpus(n),
+        (None, Some(n)) => Amount::Llcs(n),
+        _ => unreachable!("clap requires exactly one of --cpus and --llcs"),
+    };
+    let mode = match args.mode {
+        ReserveMode::ExclusiveLlc => Mode::ExclusiveLlc,
+        ReserveMode::ExclusiveCpu => Mode::ExclusiveCpu,
+        ReserveMode::Shared => Mode::Shared,
+    };
+    let mut request = Request::new(amount).mode(mode);
+    if let Some(node) = args.node {
+        request = request.node(node);
+    }
+    if args.spread {
+        request = request.placement(Placement::Spread);
+    }
+    if args.smt_apart {
+        request = request.smt(Smt::Apart);
+    }
+    let timeout = match args.wait {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e9))),
+        Some(secs) => {
+            eprintln!("lockyard: invalid -w {secs}: give a number of seconds, 0 or more");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    let topology = Topology::read(Path::new("/"));
+    let allowed = topology.allowed();
+    let dir = lock_dir(args.lock_dir.as_deref());
+    let reserved = Reserver::new(&dir, topology, &allowed).and_then(|reserver| {
+        if args.nonblock {
+            reserver.reserve(&request)
+        } else {
+            reserver.reserve_wait(&request, timeout, None)
+        }
+    });
+    let reservation = match reserved {
+        Ok(reservation) => reservation,
+        Err(e) => {
+            eprintln!("lockyard: {e}");
+            return ExitCode::from(if e.is_busy() { 1 } else { 2 });
+        }
+    };
+    tracing::info!(%reservation, "reserved");
+    let mut command = Command::new(&args.command[0]);
+    command
+        .args(&args.command[1..])
+        .env("LOCKYARD_CPUS", reservation.cpus().to_string())
+        .env("LOCKYARD_JOBS", reservation.jobs().to_string());
+    let code = crate::run::spawn_with_and_wait(command, |c| reservation.spawn(c), |_| {});
+    drop(reservation);
+    ExitCode::from(code)
 }

@@ -1,6 +1,8 @@
 //! `lockyard topo` against this host, with a reservation lock held by
 //! util-linux flock(1).
 
+#![allow(clippy::print_stdout)]
+
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -59,4 +61,111 @@ fn topo_maps_this_host_and_names_who_holds_a_cpu() {
             text.lines().find(|l| l.trim_start().starts_with(&format!("llc-{llc} "))).expect("llc line");
         assert!(line.ends_with(": free"), "only the CPU is held: {text}");
     }
+}
+
+#[test]
+fn reserve_pins_the_command_holds_for_its_life_and_passes_its_status() {
+    let dir = std::env::temp_dir().join(format!("lockyard-reserve-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let reserve = |args: &[&str]| {
+        let mut command = Command::new(LOCKYARD);
+        command.args(["reserve", "--lock-dir"]).arg(&dir).args(args);
+        command
+    };
+    let out = reserve(&[
+        "--cpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo $LOCKYARD_CPUS $LOCKYARD_JOBS; grep Cpus_allowed_list /proc/self/status; exit 3",
+    ])
+    .output()
+    .expect("run");
+    assert_eq!(out.status.code(), Some(3), "the command's status: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut lines = text.lines();
+    let (cpus, jobs) = lines.next().expect("env line").split_once(' ').expect("two words");
+    assert_eq!(jobs, "1");
+    let allowed = lines.next().expect("status line").split_whitespace().last().expect("list");
+    assert_eq!(allowed, cpus, "the command runs on exactly the reserved CPUs");
+
+    // Hold one CPU's worth in the background; a second -n reservation of
+    // everything conflicts and names the holder.
+    let mut holder = reserve(&["--cpus", "1", "--", "sleep", "30"]).spawn().expect("holder");
+    let online: usize = {
+        let view: Value = serde_json::from_slice(
+            &Command::new(LOCKYARD).args(["topo", "--json"]).output().expect("topo").stdout,
+        )
+        .expect("json");
+        view["topology"]["cpus"].as_array().expect("cpus").len()
+    };
+    let all = online.to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let out = reserve(&["-n", "--cpus", &all, "--", "true"]).output().expect("run");
+        if out.status.code() == Some(1) || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains(&format!("pid={}", holder.id())), "{err}");
+
+    // A waiter gets everything once the holder is gone.
+    let waiter = reserve(&["--cpus", &all, "--", "true"]).spawn().expect("waiter");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // SIGTERM is forwarded to the command; its death ends the reservation.
+    let pid = rustix::process::Pid::from_raw(i32::try_from(holder.id()).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert_eq!(holder.wait().expect("reap").code(), Some(128 + 15), "killed by the forwarded SIGTERM");
+    let status = waiter.wait_with_output().expect("waiter").status;
+    assert!(status.success());
+
+    let out = reserve(&["--cpus", "100000", "--", "true"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "can never fit");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed to this process"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn users_share_one_sticky_lock_directory() {
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !rustix::process::geteuid().is_root() || !setpriv {
+        println!("skipped: needs root and setpriv to act as two users");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("lockyard-reserve-users-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", LOCKYARD];
+    // Nobody makes the directory (1777) and the lock files in it.
+    let first = Command::new("setpriv")
+        .args(as_nobody)
+        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .arg(&dir)
+        .args(["--", "true"])
+        .output()
+        .expect("reserve as nobody");
+    assert!(first.status.success(), "nobody could not reserve: {}", String::from_utf8_lossy(&first.stderr));
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&dir).expect("dir");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o1777, "sticky and world-writable whatever the umask");
+    assert_eq!(meta.uid(), 65534);
+    let lock = std::fs::read_dir(&dir)
+        .expect("dir")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("cpu-"));
+    let lock = lock.expect("a cpu lock file").path();
+    assert_eq!(std::fs::metadata(&lock).expect("lock").uid(), 65534);
+    assert_eq!(std::fs::metadata(&lock).expect("lock").permissions().mode() & 0o777, 0o666);
+    // Another user's lock file is used, not refused.
+    let second = Command::new(LOCKYARD)
+        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .arg(&dir)
+        .args(["--", "true"])
+        .output()
+        .expect("reserve as root");
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,8 +5,10 @@
 //! last-level caches (LLCs) unless they mean to. This crate answers what
 //! there is: online CPUs with their core, package, SMT siblings, LLC and
 //! NUMA node; each LLC's level, size and CPUs; each node's CPUs and
-//! distances; isolated CPUs; and which CPUs this process may use.
-//! (Reservations, built on these names, are not in this release.)
+//! distances; isolated CPUs; and which CPUs this process may use. A
+//! [`Reserver`] then reserves CPUs or whole LLCs with kernel locks named
+//! below (modes, placement, acquisition order and fairness: see
+//! [`Reserver`]'s module docs in `docs/topology.md`).
 //!
 //! # Discovery
 //!
@@ -35,11 +37,15 @@
 //! Both are properties of the host, read the same way by every process.
 //! The one event that renames an LLC is its lowest CPU going offline.
 
+mod reserve;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lockyard_procfs::CpuList;
 use serde::{Deserialize, Serialize};
+
+pub use reserve::{Amount, Mode, Placement, Request, Reservation, ReserveError, Reserver, Smt};
 
 /// One online CPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +161,50 @@ impl Topology {
             });
         }
         Topology { online, isolated, cpus, llcs: llcs.into_values().collect(), nodes }
+    }
+
+    /// A made-up host: `nodes` NUMA nodes (distance 10 local, 21 remote),
+    /// each of `llcs_per_node` LLCs of `cpus_per_llc` CPUs numbered in
+    /// order, SMT pairs (CPUs 2k and 2k+1 one core) when `smt`. For tests
+    /// and benchmarks of reservation logic at sizes this host lacks.
+    pub fn synthetic(nodes: u32, llcs_per_node: u32, cpus_per_llc: u32, smt: bool) -> Topology {
+        let total = nodes * llcs_per_node * cpus_per_llc;
+        let per_node = llcs_per_node * cpus_per_llc;
+        let mut topology = Topology { online: (0..total).collect(), ..Topology::default() };
+        for id in 0..total {
+            let llc = id / cpus_per_llc * cpus_per_llc;
+            let node = id / per_node;
+            let core = if smt { id / 2 } else { id };
+            let smt_siblings =
+                if smt { [core * 2, core * 2 + 1].into_iter().collect() } else { [id].into_iter().collect() };
+            topology.cpus.push(Cpu {
+                id,
+                core: Some(core),
+                package: Some(node),
+                smt_siblings,
+                llc: Some(llc),
+                node: Some(node),
+            });
+            if id == llc {
+                topology.llcs.push(Llc {
+                    key: llc,
+                    id: Some(llc / cpus_per_llc),
+                    level: 3,
+                    kind: "Unified".to_owned(),
+                    size_bytes: Some(32 << 20),
+                    cpus: (llc..llc + cpus_per_llc).collect(),
+                });
+            }
+        }
+        for id in 0..nodes {
+            topology.nodes.push(Node {
+                id,
+                cpus: (id * per_node..(id + 1) * per_node).collect(),
+                distances: (0..nodes).map(|n| (n, if n == id { 10 } else { 21 })).collect(),
+                memory_only: false,
+            });
+        }
+        topology
     }
 
     /// The CPU `id`, if online.

@@ -1,0 +1,691 @@
+//! Reserving CPUs and whole LLCs with kernel locks.
+//!
+//! # Locks per mode
+//!
+//! | mode | each chosen LLC's `llc-K` | each chosen CPU's `cpu-C` |
+//! |---|---|---|
+//! | [`Mode::ExclusiveLlc`] (benchmarks) | exclusive | — (the LLC lock keeps everyone out) |
+//! | [`Mode::ExclusiveCpu`] (default) | shared | exclusive |
+//! | [`Mode::Shared`] (a CPU budget) | shared | — |
+//!
+//! So a benchmark's LLC excludes every other reservation touching it;
+//! jobs share an LLC but never a CPU; budget jobs share CPUs and LLCs
+//! with each other and with exclusive-CPU jobs, never with a benchmark.
+//!
+//! # Acquisition
+//!
+//! A plan is made from one snapshot of `/proc/locks` (one read, plus a
+//! `statx` of each lock file to learn its identity), then every lock of the
+//! plan is tried without blocking in one canonical order: LLC locks by
+//! ascending key, then CPU locks by ascending number. A busy lock releases
+//! everything taken so far and the plan is remade from a fresh snapshot,
+//! a bounded number of times. No reserver ever blocks while holding a
+//! resource lock, so no set of reservers can deadlock.
+//!
+//! # Waiting and fairness
+//!
+//! [`Reserver::reserve_wait`] adds a gate, `gate.lock`. Every attempt
+//! first takes the gate shared for the moment of its tries. A waiter whose
+//! attempt fails takes the gate exclusively, which holds back every new
+//! attempt, picks the set of resources with the fewest busy ones, and
+//! blocks on their locks one at a time in the canonical order (the
+//! lockyard-flock wait: woken by the release, no polling). Holders release
+//! without needing the gate, so this cannot deadlock either, and a large
+//! request cannot be starved by a stream of small ones: once it waits at
+//! the gate, no new reservation is granted until it has what it needs.
+//! Waiters queue on the gate among themselves in the kernel's order, which
+//! is not strictly FIFO.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lockyard_flock::{
+    CancelToken, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot, Wait,
+};
+use lockyard_procfs::CpuList;
+
+use crate::{Llc, Topology, cpu_lock_name};
+
+/// How reserved resources are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Whole LLCs nobody else uses (benchmarks).
+    ExclusiveLlc,
+    /// CPUs nobody else uses, in LLCs other jobs may share.
+    #[default]
+    ExclusiveCpu,
+    /// A budget of CPUs in whole LLCs, shared with other budget and
+    /// exclusive-CPU jobs, never with a benchmark.
+    Shared,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::ExclusiveLlc => "exclusive-llc",
+            Mode::ExclusiveCpu => "exclusive-cpu",
+            Mode::Shared => "shared",
+        })
+    }
+}
+
+/// How many of what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    /// This many CPUs.
+    Cpus(usize),
+    /// This many whole LLCs (every allowed CPU in them).
+    Llcs(usize),
+}
+
+/// Where to put a reservation among LLCs already in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// Prefer LLCs other jobs already share, keeping idle LLCs whole for
+    /// benchmarks.
+    #[default]
+    Consolidate,
+    /// Prefer idle LLCs, for the least interference.
+    Spread,
+}
+
+/// How to treat SMT siblings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Smt {
+    /// Siblings of one core next to each other (fewest cores).
+    #[default]
+    Together,
+    /// One CPU per core before any second sibling (most cores).
+    Apart,
+}
+
+/// What to reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// How many of what.
+    pub amount: Amount,
+    /// How they are shared.
+    pub mode: Mode,
+    /// Only on this NUMA node.
+    pub node: Option<u32>,
+    /// Among LLCs in use.
+    pub placement: Placement,
+    /// SMT siblings.
+    pub smt: Smt,
+}
+
+impl Request {
+    /// `amount` in the default mode (exclusive CPUs), anywhere allowed.
+    pub fn new(amount: Amount) -> Self {
+        Request {
+            amount,
+            mode: Mode::default(),
+            node: None,
+            placement: Placement::default(),
+            smt: Smt::default(),
+        }
+    }
+
+    /// In this mode.
+    #[must_use]
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Only on this node.
+    #[must_use]
+    pub fn node(mut self, node: u32) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// With this placement policy.
+    #[must_use]
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// With this SMT policy.
+    #[must_use]
+    pub fn smt(mut self, smt: Smt) -> Self {
+        self.smt = smt;
+        self
+    }
+}
+
+/// Why a reservation was not made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReserveError {
+    /// The request can never be met on this host with these CPUs.
+    #[error("cannot reserve {wanted}: {why}")]
+    Impossible {
+        /// The request, in words.
+        wanted: String,
+        /// Why not.
+        why: String,
+    },
+    /// Everything that would do is in use now.
+    #[error("cannot reserve {wanted} now: {}", busy_list(busy))]
+    Busy {
+        /// The request, in words.
+        wanted: String,
+        /// Each busy resource's lock name with its holders.
+        busy: Vec<(String, Holders)>,
+    },
+    /// A wait ran out.
+    #[error("cannot reserve {wanted} within {waited:.1?}: {}", busy_list(busy))]
+    Timeout {
+        /// The request, in words.
+        wanted: String,
+        /// How long was waited.
+        waited: Duration,
+        /// What was still busy.
+        busy: Vec<(String, Holders)>,
+    },
+    /// The wait was cancelled.
+    #[error("reserving {wanted}: cancelled")]
+    Cancelled {
+        /// The request, in words.
+        wanted: String,
+    },
+    /// A lock file could not be opened or locked.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The lock directory could not be prepared.
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReserveError {
+    /// Whether waiting could help (busy, timed out, cancelled), as opposed
+    /// to a request that can never fit or a broken lock directory.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            ReserveError::Busy { .. } | ReserveError::Timeout { .. } | ReserveError::Cancelled { .. }
+        )
+    }
+}
+
+fn busy_list(busy: &[(String, Holders)]) -> String {
+    if busy.is_empty() {
+        return "contended while trying".to_owned();
+    }
+    busy.iter().map(|(name, holders)| format!("{name} held by {holders}")).collect::<Vec<_>>().join("; ")
+}
+
+/// Attempts at a plan before giving up as busy: each failed one re-reads
+/// /proc/locks, so a later plan sees who took what meanwhile.
+const ATTEMPTS: usize = 4;
+
+/// Reserves resources of one topology in one lock directory.
+#[derive(Debug, Clone)]
+pub struct Reserver {
+    dir: LockDir,
+    topology: Topology,
+    allowed: CpuList,
+}
+
+/// How each resource is held now, from one snapshot.
+struct Use {
+    /// Per LLC (by index into `topology.llcs`): held exclusively, shared
+    /// holders.
+    llc: Vec<(bool, usize)>,
+    /// Per CPU id: held.
+    cpu: std::collections::HashMap<u32, bool>,
+}
+
+/// A chosen set of resources and the locks they need.
+struct Plan {
+    llcs: Vec<usize>,
+    cpus: Vec<u32>,
+    /// Lock names in the canonical order, with modes.
+    locks: Vec<(String, LockMode)>,
+}
+
+impl Reserver {
+    /// Reserve from `topology`, within `allowed` (usually
+    /// [`Topology::allowed`]), with lock files in `dir`. The directory is
+    /// created world-writable and sticky (mode 1777, like `/tmp`) if
+    /// missing, so every user of the host coordinates through it; lock
+    /// files are made 0666 whatever the umask.
+    ///
+    /// # Errors
+    /// The directory cannot be created or is refused by lockyard-flock's
+    /// hardening.
+    pub fn new(dir: &Path, topology: Topology, allowed: &CpuList) -> Result<Self, ReserveError> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|source| ReserveError::Io {
+                path: dir.to_owned(),
+                op: "create",
+                source,
+            })?;
+            // Set explicitly: the umask filtered mkdir's mode.
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+                .map_err(|source| ReserveError::Io { path: dir.to_owned(), op: "chmod", source })?;
+        }
+        let allowed = allowed.intersection(&topology.online);
+        Ok(Reserver { dir: LockDir::open(dir)?, topology, allowed })
+    }
+
+    /// The topology reserved from.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Reserve now, without waiting: all or nothing.
+    ///
+    /// # Errors
+    /// [`ReserveError::Impossible`] at once if the request can never fit;
+    /// [`ReserveError::Busy`] naming the holders if it does not fit now.
+    pub fn reserve(&self, request: &Request) -> Result<Reservation, ReserveError> {
+        self.check_possible(request)?;
+        let gate = self.file("gate", LockMode::Shared)?;
+        // A waiter holding the gate goes first.
+        let Some(_gate) = gate.try_lock()? else {
+            return Err(ReserveError::Busy {
+                wanted: describe(request),
+                busy: self.holders_of(&["gate".to_owned()]),
+            });
+        };
+        self.attempt(request)
+    }
+
+    /// Reserve, waiting until it can be had (see the module docs for the
+    /// fairness policy), at most `timeout` (`None`: no limit), or until
+    /// `cancel` is cancelled.
+    ///
+    /// # Errors
+    /// [`ReserveError::Impossible`] at once; [`ReserveError::Timeout`] or
+    /// [`ReserveError::Cancelled`].
+    pub fn reserve_wait(
+        &self,
+        request: &Request,
+        timeout: Option<Duration>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<Reservation, ReserveError> {
+        self.check_possible(request)?;
+        let started = Instant::now();
+        let deadline = timeout.and_then(|t| started.checked_add(t));
+        let wait = || Wait {
+            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            cancel: cancel.cloned(),
+        };
+        let stopped = |e: LockError, busy: Vec<String>| match e {
+            LockError::Timeout { .. } => ReserveError::Timeout {
+                wanted: describe(request),
+                waited: started.elapsed(),
+                busy: self.holders_of(&busy),
+            },
+            LockError::Cancelled { .. } => ReserveError::Cancelled { wanted: describe(request) },
+            e => ReserveError::Lock(e),
+        };
+        // The quick way, behind any waiter.
+        {
+            let _gate =
+                self.file("gate", LockMode::Shared)?.lock_with(&wait()).map_err(|e| stopped(e, vec![]))?;
+            match self.attempt(request) {
+                Err(ReserveError::Busy { .. }) => {}
+                other => return other,
+            }
+        }
+        // Our turn at the gate: nobody new gets anything until we do.
+        let _gate =
+            self.file("gate", LockMode::Exclusive)?.lock_with(&wait()).map_err(|e| stopped(e, vec![]))?;
+        let plan = self.plan(request, &self.usage()?, true)?;
+        let mut guards = Vec::with_capacity(plan.locks.len());
+        for (name, mode) in &plan.locks {
+            let guard =
+                self.file(name, *mode)?.lock_with(&wait()).map_err(|e| stopped(e, vec![name.clone()]))?;
+            guards.push(guard);
+        }
+        Ok(self.reservation(request, &plan, guards))
+    }
+
+    fn check_possible(&self, request: &Request) -> Result<(), ReserveError> {
+        let impossible = |why: String| Err(ReserveError::Impossible { wanted: describe(request), why });
+        let pool: Vec<u32> = match request.node {
+            Some(node) => {
+                let Some(node) = self.topology.nodes.iter().find(|n| n.id == node) else {
+                    return impossible(format!("there is no NUMA node {node}"));
+                };
+                self.allowed.iter().filter(|&c| node.cpus.contains(c)).collect()
+            }
+            None => self.allowed.iter().collect(),
+        };
+        let llcs = self.topology.llcs.iter().filter(|l| l.cpus.iter().any(|c| pool.contains(&c))).count();
+        let place = request.node.map_or_else(String::new, |n| format!(" on node {n}"));
+        match request.amount {
+            Amount::Cpus(0) | Amount::Llcs(0) => impossible("nothing was asked for".to_owned()),
+            Amount::Cpus(n) if n > pool.len() => impossible(format!(
+                "only {} CPUs{place} are allowed to this process ({})",
+                pool.len(),
+                self.allowed
+            )),
+            Amount::Llcs(n) if n > llcs => {
+                impossible(format!("only {llcs} LLCs{place} have CPUs allowed to this process"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Plan and try, a bounded number of times.
+    fn attempt(&self, request: &Request) -> Result<Reservation, ReserveError> {
+        let mut last_busy = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let usage = self.usage()?;
+            let plan = match self.plan(request, &usage, false) {
+                Ok(plan) => plan,
+                Err(ReserveError::Busy { busy, .. }) => {
+                    last_busy = busy;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut guards = Vec::with_capacity(plan.locks.len());
+            let mut conflict = None;
+            for (name, mode) in &plan.locks {
+                match self.file(name, *mode)?.try_lock()? {
+                    Some(guard) => guards.push(guard),
+                    None => {
+                        conflict = Some(name.clone());
+                        break;
+                    }
+                }
+            }
+            match conflict {
+                None => return Ok(self.reservation(request, &plan, guards)),
+                // Someone took it since the snapshot: let go, look again.
+                Some(name) => {
+                    drop(guards);
+                    last_busy = self.holders_of(&[name]);
+                }
+            }
+        }
+        Err(ReserveError::Busy { wanted: describe(request), busy: last_busy })
+    }
+
+    fn file(&self, name: &str, mode: LockMode) -> Result<LockFile, ReserveError> {
+        // Every user's reservations live side by side in this directory.
+        let options = LockOptions::new().mode(mode).permissions(0o666).allow_foreign_owner();
+        Ok(self.dir.file(format!("{name}.lock"), options)?)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.lock"))
+    }
+
+    /// Who holds each named lock (one read of /proc for all).
+    fn holders_of(&self, names: &[String]) -> Vec<(String, Holders)> {
+        let paths: Vec<PathBuf> = names.iter().map(|n| self.path(n)).collect();
+        let found = lockyard_flock::holders_of_many(&paths, false).unwrap_or_default();
+        names
+            .iter()
+            .cloned()
+            .zip(
+                found
+                    .into_iter()
+                    .map(|(_, h)| h.unwrap_or_default())
+                    .chain(std::iter::repeat_with(Holders::default)),
+            )
+            .collect()
+    }
+
+    /// How every LLC and CPU is held, from one snapshot of /proc/locks.
+    fn usage(&self) -> Result<Use, ReserveError> {
+        let snapshot = Snapshot::read()?;
+        let held = |name: &str| -> (bool, usize) {
+            let Ok(id) = snapshot.file_id(&self.path(name)) else { return (false, 0) };
+            let holders = snapshot.holders(id.key);
+            let exclusive = holders.holding().any(|h| h.mode == lockyard_procfs::LockMode::Write);
+            (exclusive, holders.holding().count())
+        };
+        let llc = self.topology.llcs.iter().map(|l| held(&l.lock_name())).collect();
+        let cpu = self.allowed.iter().map(|c| (c, held(&cpu_lock_name(c)).1 > 0)).collect();
+        Ok(Use { llc, cpu })
+    }
+
+    /// Choose resources. With `ignore_busy`, busy ones are allowed (the
+    /// waiter's plan, which then waits for them), fewest busy first.
+    fn plan(&self, request: &Request, usage: &Use, ignore_busy: bool) -> Result<Plan, ReserveError> {
+        let llcs = &self.topology.llcs;
+        // Candidate LLCs in preference order: by node (the requested one,
+        // or the one with most free CPUs, then the others by distance),
+        // then by placement policy.
+        let node_of = |l: &Llc| self.topology.cpu(l.key).and_then(|c| c.node);
+        let free_cpus = |i: usize| -> Vec<u32> {
+            let mut cpus: Vec<u32> = llcs[i]
+                .cpus
+                .iter()
+                .filter(|&c| self.allowed.contains(c))
+                .filter(|c| {
+                    request.node.is_none_or(|n| self.topology.cpu(*c).and_then(|cpu| cpu.node) == Some(n))
+                })
+                .filter(|c| {
+                    ignore_busy
+                        || request.mode != Mode::ExclusiveCpu
+                        || !usage.cpu.get(c).copied().unwrap_or(false)
+                })
+                .collect();
+            self.order_smt(&mut cpus, request.smt);
+            cpus
+        };
+        let usable = |i: usize| -> bool {
+            let (exclusive, holders) = usage.llc[i];
+            if ignore_busy {
+                return true;
+            }
+            match request.mode {
+                Mode::ExclusiveLlc => {
+                    holders == 0 && llcs[i].cpus.iter().all(|c| !usage.cpu.get(&c).copied().unwrap_or(false))
+                }
+                Mode::ExclusiveCpu | Mode::Shared => !exclusive,
+            }
+        };
+        let busy_count = |i: usize| -> usize {
+            let (_, holders) = usage.llc[i];
+            holders + llcs[i].cpus.iter().filter(|c| usage.cpu.get(c).copied().unwrap_or(false)).count()
+        };
+        let mut order: Vec<usize> =
+            (0..llcs.len()).filter(|&i| !free_cpus(i).is_empty() && usable(i)).collect();
+        let home = request.node.or_else(|| {
+            let mut per_node: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+            for &i in &order {
+                if let Some(n) = node_of(&llcs[i]) {
+                    *per_node.entry(n).or_default() += free_cpus(i).len();
+                }
+            }
+            per_node.into_iter().max_by_key(|&(n, free)| (free, std::cmp::Reverse(n))).map(|(n, _)| n)
+        });
+        let distance = |l: &Llc| -> u32 {
+            match (home, node_of(l)) {
+                (Some(home), Some(node)) => self
+                    .topology
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == home)
+                    .and_then(|n| n.distances.get(&node).copied())
+                    .unwrap_or(if node == home { 0 } else { u32::MAX }),
+                _ => 0,
+            }
+        };
+        order.sort_by_key(|&i| {
+            let (_, holders) = usage.llc[i];
+            let in_use = holders > 0;
+            let policy = match request.placement {
+                Placement::Consolidate => !in_use,
+                Placement::Spread => in_use,
+            };
+            (distance(&llcs[i]), if ignore_busy { busy_count(i) } else { 0 }, policy, llcs[i].key)
+        });
+        let mut chosen_llcs = Vec::new();
+        let mut chosen_cpus = Vec::new();
+        match request.amount {
+            Amount::Llcs(n) => {
+                for &i in order.iter().take(n) {
+                    chosen_llcs.push(i);
+                    chosen_cpus.extend(free_cpus(i));
+                }
+                if chosen_llcs.len() < n {
+                    return Err(self.busy(request, usage));
+                }
+            }
+            Amount::Cpus(n) => {
+                for &i in &order {
+                    if chosen_cpus.len() >= n {
+                        break;
+                    }
+                    let take: Vec<u32> = free_cpus(i).into_iter().take(n - chosen_cpus.len()).collect();
+                    chosen_llcs.push(i);
+                    chosen_cpus.extend(take);
+                }
+                if chosen_cpus.len() < n {
+                    return Err(self.busy(request, usage));
+                }
+            }
+        }
+        chosen_llcs.sort_by_key(|&i| llcs[i].key);
+        chosen_cpus.sort_unstable();
+        let llc_mode =
+            if request.mode == Mode::ExclusiveLlc { LockMode::Exclusive } else { LockMode::Shared };
+        let mut locks: Vec<(String, LockMode)> =
+            chosen_llcs.iter().map(|&i| (llcs[i].lock_name(), llc_mode)).collect();
+        if request.mode == Mode::ExclusiveCpu {
+            locks.extend(chosen_cpus.iter().map(|&c| (cpu_lock_name(c), LockMode::Exclusive)));
+        }
+        Ok(Plan { llcs: chosen_llcs, cpus: chosen_cpus, locks })
+    }
+
+    fn busy(&self, request: &Request, usage: &Use) -> ReserveError {
+        let mut names: Vec<String> = Vec::new();
+        for (i, llc) in self.topology.llcs.iter().enumerate() {
+            if usage.llc[i].1 > 0 {
+                names.push(llc.lock_name());
+            }
+        }
+        names.extend(usage.cpu.iter().filter(|(_, held)| **held).map(|(c, _)| cpu_lock_name(*c)));
+        names.sort();
+        ReserveError::Busy { wanted: describe(request), busy: self.holders_of(&names) }
+    }
+
+    fn order_smt(&self, cpus: &mut [u32], smt: Smt) {
+        let core = |c: u32| self.topology.cpu(c).and_then(|cpu| cpu.core).unwrap_or(c);
+        let package = |c: u32| self.topology.cpu(c).and_then(|cpu| cpu.package).unwrap_or(0);
+        // A CPU's rank among its core's siblings: 0 for the first thread.
+        let thread = |c: u32| {
+            self.topology.cpu(c).map_or(0, |cpu| cpu.smt_siblings.iter().position(|s| s == c).unwrap_or(0))
+        };
+        match smt {
+            Smt::Together => cpus.sort_by_key(|&c| (package(c), core(c), c)),
+            Smt::Apart => cpus.sort_by_key(|&c| (thread(c), package(c), core(c), c)),
+        }
+    }
+
+    fn reservation(&self, request: &Request, plan: &Plan, guards: Vec<LockGuard>) -> Reservation {
+        let llcs: Vec<u32> = plan.llcs.iter().map(|&i| self.topology.llcs[i].key).collect();
+        let cpus: CpuList = plan.cpus.iter().copied().collect();
+        let mut nodes: Vec<u32> =
+            plan.cpus.iter().filter_map(|&c| self.topology.cpu(c).and_then(|cpu| cpu.node)).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        Reservation { mode: request.mode, cpus, llcs, nodes, _guards: guards }
+    }
+}
+
+fn describe(request: &Request) -> String {
+    let what = match request.amount {
+        Amount::Cpus(n) => format!("{n} CPU{}", if n == 1 { "" } else { "s" }),
+        Amount::Llcs(n) => format!("{n} LLC{}", if n == 1 { "" } else { "s" }),
+    };
+    let node = request.node.map_or_else(String::new, |n| format!(" on node {n}"));
+    format!("{what}{node} ({})", request.mode)
+}
+
+/// Reserved resources, released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct Reservation {
+    mode: Mode,
+    cpus: CpuList,
+    llcs: Vec<u32>,
+    nodes: Vec<u32>,
+    _guards: Vec<LockGuard>,
+}
+
+impl Reservation {
+    /// The CPUs to run on.
+    pub fn cpus(&self) -> &CpuList {
+        &self.cpus
+    }
+
+    /// The keys of the LLCs involved (held exclusively in
+    /// [`Mode::ExclusiveLlc`], shared otherwise).
+    pub fn llcs(&self) -> &[u32] {
+        &self.llcs
+    }
+
+    /// The NUMA nodes of the CPUs.
+    pub fn nodes(&self) -> &[u32] {
+        &self.nodes
+    }
+
+    /// The mode it was made in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A job count for `make -jN`: one per CPU.
+    pub fn jobs(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// Spawn `command` pinned to the reserved CPUs. The child inherits the
+    /// spawning thread's affinity, so that thread is pinned for the spawn
+    /// and restored after it: no code runs between fork and exec.
+    ///
+    /// # Errors
+    /// Setting the affinity or spawning failed.
+    pub fn spawn(&self, command: &mut Command) -> std::io::Result<std::process::Child> {
+        let before = rustix::thread::sched_getaffinity(None)?;
+        let mut pinned = rustix::thread::CpuSet::new();
+        for cpu in self.cpus.iter() {
+            pinned.set(cpu as usize);
+        }
+        rustix::thread::sched_setaffinity(None, &pinned)?;
+        let spawned = command.spawn();
+        let restored = rustix::thread::sched_setaffinity(None, &before);
+        let child = spawned?;
+        restored?;
+        Ok(child)
+    }
+}
+
+impl fmt::Display for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let llcs: Vec<String> = self.llcs.iter().map(|k| format!("llc-{k}")).collect();
+        let nodes: Vec<String> = self.nodes.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "cpus {} ({} jobs), {} {}, node {}",
+            self.cpus,
+            self.jobs(),
+            llcs.join(","),
+            if self.mode == Mode::ExclusiveLlc { "exclusive" } else { "shared" },
+            if nodes.is_empty() { "?".to_owned() } else { nodes.join(",") },
+        )?;
+        write!(f, " [{}]", self.mode)
+    }
+}
