@@ -36,6 +36,7 @@
 //! Waiters queue on the gate among themselves in the kernel's order, which
 //! is not strictly FIFO.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +45,7 @@ use std::time::{Duration, Instant};
 use lockyard_flock::{
     CancelToken, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot, Wait,
 };
-use lockyard_procfs::CpuList;
+use lockyard_procfs::{CpuList, LockKey};
 
 use crate::{Llc, Topology, cpu_lock_name};
 
@@ -246,7 +247,7 @@ struct Use {
     /// holders.
     llc: Vec<(bool, usize)>,
     /// Per CPU id: held.
-    cpu: std::collections::HashMap<u32, bool>,
+    cpu: HashMap<u32, bool>,
 }
 
 /// A chosen set of resources and the locks they need.
@@ -358,16 +359,16 @@ impl Reserver {
 
     fn check_possible(&self, request: &Request) -> Result<(), ReserveError> {
         let impossible = |why: String| Err(ReserveError::Impossible { wanted: describe(request), why });
-        let pool: Vec<u32> = match request.node {
+        let pool: CpuList = match request.node {
             Some(node) => {
                 let Some(node) = self.topology.nodes.iter().find(|n| n.id == node) else {
                     return impossible(format!("there is no NUMA node {node}"));
                 };
-                self.allowed.iter().filter(|&c| node.cpus.contains(c)).collect()
+                self.allowed.intersection(&node.cpus)
             }
-            None => self.allowed.iter().collect(),
+            None => self.allowed.clone(),
         };
-        let llcs = self.topology.llcs.iter().filter(|l| l.cpus.iter().any(|c| pool.contains(&c))).count();
+        let llcs = self.topology.llcs.iter().filter(|l| !l.cpus.intersection(&pool).is_empty()).count();
         let place = request.node.map_or_else(String::new, |n| format!(" on node {n}"));
         match request.amount {
             Amount::Cpus(0) | Amount::Llcs(0) => impossible("nothing was asked for".to_owned()),
@@ -445,14 +446,22 @@ impl Reserver {
             .collect()
     }
 
-    /// How every LLC and CPU is held, from one snapshot of /proc/locks.
+    /// How every LLC and CPU is held now, from one snapshot of /proc/locks:
+    /// one pass over its records, then one `statx` per lock file (a scan
+    /// of the records per file would make planning quadratic).
     fn usage(&self) -> Result<Use, ReserveError> {
         let snapshot = Snapshot::read()?;
+        let mut by_key: HashMap<LockKey, (bool, usize)> = HashMap::new();
+        for record in snapshot.locks().records() {
+            if let (false, Some(key)) = (record.is_waiter(), record.key()) {
+                let entry = by_key.entry(key).or_default();
+                entry.0 |= record.mode() == lockyard_procfs::LockMode::Write;
+                entry.1 += 1;
+            }
+        }
         let held = |name: &str| -> (bool, usize) {
             let Ok(id) = snapshot.file_id(&self.path(name)) else { return (false, 0) };
-            let holders = snapshot.holders(id.key);
-            let exclusive = holders.holding().any(|h| h.mode == lockyard_procfs::LockMode::Write);
-            (exclusive, holders.holding().count())
+            by_key.get(&id.key).copied().unwrap_or_default()
         };
         let llc = self.topology.llcs.iter().map(|l| held(&l.lock_name())).collect();
         let cpu = self.allowed.iter().map(|c| (c, held(&cpu_lock_name(c)).1 > 0)).collect();
