@@ -491,6 +491,9 @@ impl Reserver {
                 })
                 .collect();
             self.order_smt(&mut cpus, request.smt);
+            // A waiter's plan may include busy CPUs: free ones first, so
+            // it waits for as few holders as it can.
+            cpus.sort_by_key(|c| usage.cpu.get(c).copied().unwrap_or(false));
             cpus
         };
         let usable = |i: usize| -> bool {

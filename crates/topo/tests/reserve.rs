@@ -145,6 +145,25 @@ fn a_waiter_gets_what_a_release_frees() {
     let (got, at) = waiter.join().expect("thread");
     assert_eq!(got.expect("reserved after the release"), list("0-1"));
     assert!(at >= released);
+
+    // A waiter plans around what is free: with CPUs 0 and 2 busy and 3
+    // wanted of 0-3, it waits for one busy CPU, not both.
+    let one = Request::new(Amount::Cpus(1));
+    let (cpu0, cpu1, cpu2) =
+        (r.reserve(&one).expect("0"), r.reserve(&one).expect("1"), r.reserve(&one).expect("2"));
+    assert_eq!((cpu0.cpus(), cpu2.cpus()), (&list("0"), &list("2")));
+    drop(cpu1);
+    let waiter = {
+        let r = r.clone();
+        std::thread::spawn(move || {
+            r.reserve_wait(&Request::new(Amount::Cpus(3)), Some(Duration::from_secs(20)), None)
+                .map(|g| g.cpus().clone())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    drop(cpu0);
+    assert_eq!(waiter.join().expect("thread").expect("reserved while CPU 2 is still held"), list("0-1,3"));
+    drop(cpu2);
 }
 
 #[test]
