@@ -308,7 +308,8 @@ impl Reserver {
 
     /// Reserve, waiting until it can be had (see the module docs for the
     /// fairness policy), at most `timeout` (`None`: no limit), or until
-    /// `cancel` is cancelled.
+    /// `cancel` is cancelled. Do not call it while holding a reservation:
+    /// a waiter at the gate may be waiting for that one.
     ///
     /// # Errors
     /// [`ReserveError::Impossible`] at once; [`ReserveError::Timeout`] or
