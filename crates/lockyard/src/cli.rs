@@ -16,7 +16,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         holder dies. `lockyard locks` lists every lock on the host with paths and holders \
         (a better lslocks); `lockyard who` answers who holds given files; `lockyard run` \
         runs a command under a lock, compatible with flock(1); `lockyard cache` builds and \
-        shares directories that a crash never leaves half-written.",
+        shares directories that a crash never leaves half-written; `lockyard topo` and `lockyard \
+        reserve` map and reserve CPUs and last-level caches; `lockyard preflight` and `lockyard \
+        kernel` check KVM and find the kernel image a VM would boot.",
     after_help = "Environment: LOCKYARD_LOG sets the log filter (RUST_LOG syntax, e.g. LOCKYARD_LOG=debug).\n\
         Exit codes are documented per command and in docs/cli.md."
 )]
