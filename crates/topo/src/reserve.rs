@@ -280,7 +280,7 @@ impl Reserver {
                 .map_err(|source| ReserveError::Io { path: dir.to_owned(), op: "chmod", source })?;
         }
         let allowed = allowed.intersection(&topology.online);
-        Ok(Reserver { dir: LockDir::open(dir)?, topology, allowed })
+        Ok(Reserver { dir: LockDir::open(dir)?, topology: with_every_cpu_in_an_llc(topology), allowed })
     }
 
     /// The topology reserved from.
@@ -617,6 +617,32 @@ impl Reserver {
         nodes.dedup();
         Reservation { mode: request.mode, cpus, llcs, nodes, _guards: guards }
     }
+}
+
+/// A CPU whose LLC sysfs does not describe would never be reservable, as
+/// plans are made of LLCs: give each such CPU an LLC of its own, named by
+/// its number like any LLC (no real LLC has it as its lowest CPU, since it
+/// is in none).
+fn with_every_cpu_in_an_llc(mut topology: Topology) -> Topology {
+    let mut added = false;
+    for cpu in &mut topology.cpus {
+        if cpu.llc.is_none() {
+            cpu.llc = Some(cpu.id);
+            topology.llcs.push(Llc {
+                key: cpu.id,
+                id: None,
+                level: 0,
+                kind: "unknown".to_owned(),
+                size_bytes: None,
+                cpus: std::iter::once(cpu.id).collect(),
+            });
+            added = true;
+        }
+    }
+    if added {
+        topology.llcs.sort_by_key(|l| l.key);
+    }
+    topology
 }
 
 fn describe(request: &Request) -> String {

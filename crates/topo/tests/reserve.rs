@@ -192,3 +192,16 @@ fn a_waiting_large_request_is_not_starved_by_small_ones() {
     drop(small);
     big.join().expect("thread").expect("the big request got everything");
 }
+
+#[test]
+fn cpus_without_a_known_llc_are_still_reservable() {
+    let dir = Dir::new("nollc");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs/odd");
+    let topology = Topology::read(&root);
+    assert_eq!(topology.cpus.iter().filter(|c| c.llc.is_none()).count(), 2, "the fixture lacks two LLCs");
+    let r = reserver(&dir, topology);
+    let all = r.reserve(&Request::new(Amount::Cpus(3))).expect("every CPU, LLC known or not");
+    assert_eq!(all.cpus(), &list("0-2"));
+    let err = r.reserve(&Request::new(Amount::Cpus(1))).expect_err("all taken");
+    assert!(err.is_busy(), "{err}");
+}
