@@ -477,6 +477,7 @@ impl Reserver {
         // or the one with most free CPUs, then the others by distance),
         // then by placement policy.
         let node_of = |l: &Llc| self.topology.cpu(l.key).and_then(|c| c.node);
+        let cpu_held = |c: &u32| usage.cpu.get(c).copied().unwrap_or(false);
         let free_cpus = |i: usize| -> Vec<u32> {
             let mut cpus: Vec<u32> = llcs[i]
                 .cpus
@@ -485,41 +486,36 @@ impl Reserver {
                 .filter(|c| {
                     request.node.is_none_or(|n| self.topology.cpu(*c).and_then(|cpu| cpu.node) == Some(n))
                 })
-                .filter(|c| {
-                    ignore_busy
-                        || request.mode != Mode::ExclusiveCpu
-                        || !usage.cpu.get(c).copied().unwrap_or(false)
-                })
+                .filter(|c| ignore_busy || request.mode != Mode::ExclusiveCpu || !cpu_held(c))
                 .collect();
             self.order_smt(&mut cpus, request.smt);
             // A waiter's plan may include busy CPUs: free ones first, so
             // it waits for as few holders as it can.
-            cpus.sort_by_key(|c| usage.cpu.get(c).copied().unwrap_or(false));
+            cpus.sort_by_key(cpu_held);
             cpus
         };
+        // Each LLC's candidate CPUs, in the order they would be taken.
+        let free: Vec<Vec<u32>> = (0..llcs.len()).map(free_cpus).collect();
         let usable = |i: usize| -> bool {
             let (exclusive, holders) = usage.llc[i];
             if ignore_busy {
                 return true;
             }
             match request.mode {
-                Mode::ExclusiveLlc => {
-                    holders == 0 && llcs[i].cpus.iter().all(|c| !usage.cpu.get(&c).copied().unwrap_or(false))
-                }
+                Mode::ExclusiveLlc => holders == 0 && !llcs[i].cpus.iter().any(|c| cpu_held(&c)),
                 Mode::ExclusiveCpu | Mode::Shared => !exclusive,
             }
         };
         let busy_count = |i: usize| -> usize {
             let (_, holders) = usage.llc[i];
-            holders + llcs[i].cpus.iter().filter(|c| usage.cpu.get(c).copied().unwrap_or(false)).count()
+            holders + llcs[i].cpus.iter().filter(cpu_held).count()
         };
-        let mut order: Vec<usize> =
-            (0..llcs.len()).filter(|&i| !free_cpus(i).is_empty() && usable(i)).collect();
+        let mut order: Vec<usize> = (0..llcs.len()).filter(|&i| !free[i].is_empty() && usable(i)).collect();
         let home = request.node.or_else(|| {
             let mut per_node: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
             for &i in &order {
                 if let Some(n) = node_of(&llcs[i]) {
-                    *per_node.entry(n).or_default() += free_cpus(i).len();
+                    *per_node.entry(n).or_default() += free[i].len();
                 }
             }
             per_node.into_iter().max_by_key(|&(n, free)| (free, std::cmp::Reverse(n))).map(|(n, _)| n)
@@ -536,7 +532,7 @@ impl Reserver {
                 _ => 0,
             }
         };
-        order.sort_by_key(|&i| {
+        order.sort_by_cached_key(|&i| {
             let (_, holders) = usage.llc[i];
             let in_use = holders > 0;
             let policy = match request.placement {
@@ -551,7 +547,7 @@ impl Reserver {
             Amount::Llcs(n) => {
                 for &i in order.iter().take(n) {
                     chosen_llcs.push(i);
-                    chosen_cpus.extend(free_cpus(i));
+                    chosen_cpus.extend(&free[i]);
                 }
                 if chosen_llcs.len() < n {
                     return Err(self.busy(request, usage));
@@ -562,9 +558,9 @@ impl Reserver {
                     if chosen_cpus.len() >= n {
                         break;
                     }
-                    let take: Vec<u32> = free_cpus(i).into_iter().take(n - chosen_cpus.len()).collect();
+                    let take = n - chosen_cpus.len();
                     chosen_llcs.push(i);
-                    chosen_cpus.extend(take);
+                    chosen_cpus.extend(free[i].iter().take(take));
                 }
                 if chosen_cpus.len() < n {
                     return Err(self.busy(request, usage));
