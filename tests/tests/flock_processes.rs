@@ -582,3 +582,77 @@ fn batch_holders_answer_each_path_with_one_read() {
         assert!(answers[3].1.is_err(), "a missing file is an error for that path only");
     }
 }
+
+#[test]
+fn directories_of_other_users_or_writable_by_all_are_not_trusted() {
+    use lockyard_flock::{DirTrust, LockDir, Untrusted};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("flock-trust");
+    let open = dir.path("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let err = LockDir::open(&open).expect_err("0777 without the sticky bit");
+    assert!(
+        matches!(err, LockError::Untrusted { why: Untrusted::WritableByOthers, mode: 0o777, .. }),
+        "{err}"
+    );
+    // Through a path, for a lock file in it, too; and a deeper directory
+    // is refused for the sake of the one on the way.
+    std::fs::create_dir(open.join("inner")).expect("inner");
+    let err = LockFile::new(open.join("inner/x.lock")).expect_err("an ancestor writable by all");
+    assert!(matches!(&err, LockError::Untrusted { dir, .. } if dir.ends_with("open")), "{err}");
+    // flock(1)'s stance, opted into, accepts it ...
+    assert!(LockDir::open_with(&open, &DirTrust::any_owner()).is_ok());
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    assert!(LockDir::open(&open).is_ok(), "sticky, like /tmp");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o775)).expect("chmod");
+    let err = LockDir::open(&open).expect_err("group-writable");
+    assert!(matches!(err, LockError::Untrusted { why: Untrusted::WritableByGroup, .. }), "{err}");
+    let gid = std::fs::metadata(&open).map(|m| std::os::unix::fs::MetadataExt::gid(&m)).expect("gid");
+    assert!(LockDir::open_with(&open, &DirTrust::group(gid)).is_ok(), "a group trusted on purpose");
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: directories and links of another user need root to make");
+        return;
+    }
+    let theirs = dir.path("theirs");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+    let err = LockDir::open(&theirs).expect_err("another user's");
+    assert!(matches!(err, LockError::Untrusted { why: Untrusted::ForeignOwner, uid: 65534, .. }), "{err}");
+    assert!(err.to_string().contains("install -d -o root -m 1777"), "{err}");
+    // In a world-writable directory that is not sticky, another user's
+    // symlink is not followed, whatever the trust.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let link = open.join("link");
+    std::os::unix::fs::symlink("/etc", &link).expect("link");
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        &link,
+        Some(rustix::process::Uid::from_raw(65534)),
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .expect("lchown");
+    let err = LockFile::with_options(link.join("x.lock"), LockOptions::new().trust(DirTrust::any_owner()))
+        .expect_err("foreign link");
+    assert!(matches!(err, LockError::Refused { found: Found::ForeignSymlink { uid: 65534 }, .. }), "{err}");
+}
+
+#[test]
+fn create_makes_missing_directories_with_the_mode_asked_for() {
+    use lockyard_flock::{DirTrust, LockDir};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("flock-create");
+    let deep = dir.path("a/b/locks");
+    let made = LockDir::create(&deep, 0o1777, &DirTrust::private()).expect("create");
+    assert_eq!(std::fs::metadata(&deep).expect("made").permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(made.path(), deep);
+    // Existing: kept as it is.
+    std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    LockDir::create(&deep, 0o1777, &DirTrust::private()).expect("open existing");
+    assert_eq!(std::fs::metadata(&deep).expect("kept").permissions().mode() & 0o7777, 0o755);
+    // Where a file sits, nothing is created.
+    std::fs::write(dir.path("file"), "").expect("file");
+    assert!(LockDir::create(dir.path("file/locks"), 0o755, &DirTrust::private()).is_err());
+}

@@ -1,5 +1,7 @@
 //! Pidfiles across processes.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use common::{Scratch, eventually, helper, spawn};
@@ -97,19 +99,61 @@ fn signal_reaches_a_live_claimant() {
 fn signal_after_the_claimant_exited_sends_nothing() {
     let dir = Scratch::new("pidfile-stale");
     let path = dir.path("stale.pid");
-    // We hold the claim on behalf of a child, as `lockyard pidfile claim`
-    // does; then the child exits while the claim is still held.
-    let mut child = spawn("sleep", &["60"]);
+    let mut claimant = pidfile_holder(&path);
+    let PidfileState::ClaimedBy(who) = Pidfile::new(&path).read().expect("read") else {
+        panic!("not claimed")
+    };
+    assert_eq!(who.pid, claimant.pid());
+    claimant.kill();
+    eventually("the claimant to be reaped", || std::fs::metadata(format!("/proc/{}", who.pid)).is_err());
+    let err = who.signal(Signal::TERM).expect_err("nobody to signal");
+    assert!(!err.is_busy(), "{err}");
+}
+
+#[test]
+fn the_claimant_is_the_lock_holder_whatever_pid_the_file_names() {
+    let dir = Scratch::new("pidfile-liar");
+    let path = dir.path("liar.pid");
+    // A supervisor (us) holds the claim on behalf of a child: the holder
+    // is us, the file names the child.
+    let child = spawn("sleep", &["60"]);
     let guard = Pidfile::new(&path).claim_for(child.pid()).expect("claim");
     let PidfileState::ClaimedBy(who) = Pidfile::new(&path).read().expect("read") else {
         panic!("not claimed")
     };
-    assert_eq!(who.pid, child.pid());
-    child.kill();
-    eventually("the child to be reaped", || std::fs::metadata(format!("/proc/{}", who.pid)).is_err());
-    let err = who.signal(Signal::TERM).expect_err("nobody to signal");
-    assert!(!err.is_busy(), "{err}");
+    assert_eq!(who.pid, std::process::id(), "the process holding the lock");
+    assert_eq!(who.recorded, Some(child.pid()));
+    // An impossible pid, and an unrelated live process (pid 1), in the
+    // file: still the real holder is named.
+    for lie in ["4294967295\n", "1\n", "garbage"] {
+        std::fs::write(&path, lie).expect("overwrite");
+        let PidfileState::ClaimedBy(who) = Pidfile::new(&path).read().expect("read") else {
+            panic!("not claimed")
+        };
+        assert_eq!(who.pid, std::process::id(), "{lie:?}");
+    }
     drop(guard);
+}
+
+#[test]
+fn a_claim_never_writes_through_a_hard_link() {
+    if !common::is_root() {
+        eprintln!("skipped: linking another file into a sticky directory as an attacker needs root here");
+        return;
+    }
+    // /tmp-like: world-writable and sticky. With fs.protected_hardlinks=0
+    // (the kernel default) any user may link a file of root's there.
+    let dir = Scratch::new("pidfile-hardlink");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
+    let victim = dir.path("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    std::fs::hard_link(&victim, dir.path("daemon.pid")).expect("link");
+    let err = Pidfile::new(dir.path("daemon.pid")).claim().expect_err("refused");
+    assert!(
+        matches!(err, LockError::Refused { found: lockyard_flock::Found::HardLinked { links: 2 }, .. }),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "precious\n", "not truncated");
 }
 
 /// A helper process that has claimed the pidfile at `path`.

@@ -41,6 +41,24 @@ pub enum LockError {
         /// How long was waited.
         waited: Duration,
     },
+    /// A directory on the way to the lock file belongs to, or may be
+    /// written by, someone the [`crate::DirTrust`] does not trust.
+    #[error(
+        "{}: refusing to use {} because it is {why} (owner uid {uid}, mode {mode:04o}); {}",
+        path.display(), dir.display(), why.remedy()
+    )]
+    Untrusted {
+        /// The path asked for.
+        path: PathBuf,
+        /// The directory refused.
+        dir: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// What is wrong with it.
+        why: Untrusted,
+    },
     /// The lock file is on a filesystem the [`crate::FsPolicy`] refuses.
     #[error(
         "{}: the file is on {fs}, where advisory locks are not reliable; \
@@ -111,13 +129,54 @@ impl LockError {
     }
 }
 
+/// Why a directory is not trusted (see [`crate::DirTrust`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Untrusted {
+    /// Owned by a user other than the caller and root.
+    ForeignOwner,
+    /// Writable by every user, and not sticky.
+    WritableByOthers,
+    /// Writable by its group, not sticky, and the group not trusted.
+    WritableByGroup,
+}
+
+impl Untrusted {
+    fn remedy(self) -> &'static str {
+        match self {
+            Untrusted::ForeignOwner => {
+                "its owner could remove or swap what lockyard keeps there; use a directory you or root own, \
+                 or have root create a shared one (install -d -o root -m 1777 DIR)"
+            }
+            Untrusted::WritableByOthers => {
+                "any user could remove or swap what lockyard keeps there; make it sticky (chmod +t) \
+                 or not world-writable (chmod o-w)"
+            }
+            Untrusted::WritableByGroup => {
+                "its group could remove or swap what lockyard keeps there; chmod g-w it, \
+                 or trust that group explicitly (a group-shared directory)"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Untrusted::ForeignOwner => "owned by another user",
+            Untrusted::WritableByOthers => "writable by every user and not sticky",
+            Untrusted::WritableByGroup => "writable by its group",
+        })
+    }
+}
+
 /// What was found at a path that cannot be a lock file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Found {
     /// A symbolic link (possibly planted to redirect the open).
     Symlink,
-    /// A symbolic link in a world-writable sticky directory, owned by
+    /// A symbolic link in a directory other users may write to, owned by
     /// someone who is neither us nor the directory's owner.
     ForeignSymlink {
         /// Owner of the link.
@@ -133,11 +192,18 @@ pub enum Found {
     CharDevice,
     /// A block device.
     BlockDevice,
-    /// A regular file in a world-writable sticky directory owned by someone
+    /// A regular file in a world-writable directory owned by someone
     /// other than us or root, who could swap its content or hold it forever.
     ForeignFile {
         /// Owner of the file.
         uid: u32,
+    },
+    /// A regular file with more than one name: any user who can see it
+    /// may have linked someone else's file here (`protected_hardlinks` is
+    /// off by default), so it is never written through.
+    HardLinked {
+        /// Its link count.
+        links: u64,
     },
     /// Something else.
     Other,
@@ -166,6 +232,10 @@ impl Found {
                  remove it (as its owner) or use a private directory such as $XDG_RUNTIME_DIR"
             }
             Found::Directory => "a lock file must be a regular file; choose a file name inside the directory",
+            Found::HardLinked { .. } => {
+                "it may be another file linked here to be overwritten; remove the extra link (as its owner) \
+                 or use a private directory such as $XDG_RUNTIME_DIR"
+            }
             _ => "a lock file must be a regular file; remove it or use another path",
         }
     }
@@ -176,7 +246,7 @@ impl fmt::Display for Found {
         match self {
             Found::Symlink => f.write_str("a symbolic link"),
             Found::ForeignSymlink { uid } => {
-                write!(f, "a symbolic link owned by uid {uid} in a world-writable sticky directory")
+                write!(f, "a symbolic link owned by uid {uid} in a directory other users may write to")
             }
             Found::Fifo => f.write_str("a FIFO"),
             Found::Socket => f.write_str("a socket"),
@@ -184,8 +254,9 @@ impl fmt::Display for Found {
             Found::CharDevice => f.write_str("a character device"),
             Found::BlockDevice => f.write_str("a block device"),
             Found::ForeignFile { uid } => {
-                write!(f, "a file owned by uid {uid} in a world-writable sticky directory")
+                write!(f, "a file owned by uid {uid} in a world-writable directory")
             }
+            Found::HardLinked { links } => write!(f, "a file with {links} hard links"),
             Found::Other => f.write_str("a file of unknown type"),
         }
     }

@@ -57,13 +57,14 @@ mod pidfile;
 mod sys;
 mod wait;
 
-pub use error::{Found, LockError};
+pub use error::{Found, LockError, Untrusted};
 pub use fs_policy::{FsPolicy, FsType};
 pub use holders::{
     Attribution, FileId, Holder, Holders, KeySource, PathHolders, Snapshot, holders_of, holders_of_many,
     in_initial_pid_namespace,
 };
 pub use lock::{ByteRange, LockDir, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait};
+pub use open::DirTrust;
 pub use pidfile::{Claimant, PROBE_GRACE, Pidfile, PidfileGuard, PidfileState};
 pub use wait::CancelToken;
 

@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use crate::error::LockError;
 use crate::fs_policy::{FsPolicy, FsType};
 use crate::holders::Holders;
-use crate::open::{Dir, OpenOptions, Opened, open_lock_file};
+use crate::open::{Dir, DirTrust, OpenOptions, Opened, open_lock_file};
 use crate::sys;
 use crate::wait::{CancelToken, Waiter, Wake};
 
@@ -113,6 +113,7 @@ pub struct LockOptions {
     fs_policy: FsPolicy,
     must_exist: bool,
     foreign_ok: bool,
+    trust: DirTrust,
 }
 
 impl LockOptions {
@@ -192,6 +193,14 @@ impl LockOptions {
         self.foreign_ok = true;
         self
     }
+
+    /// Which directories the lock file may be in and be reached through
+    /// ([`DirTrust::private`] unless set).
+    #[must_use]
+    pub fn trust(mut self, trust: DirTrust) -> Self {
+        self.trust = trust;
+        self
+    }
 }
 
 /// How long to wait for a lock.
@@ -228,12 +237,36 @@ pub struct LockDir {
 }
 
 impl LockDir {
-    /// Open the directory at `path`.
+    /// Open the directory at `path`, trusted as [`DirTrust::private`].
     ///
     /// # Errors
     /// As [`LockFile::new`] for a lock file's directory.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LockError> {
-        Ok(LockDir { dir: Arc::new(Dir::open(path.as_ref())?) })
+        Self::open_with(path, &DirTrust::private())
+    }
+
+    /// Open the directory at `path`, refusing it (and every directory on
+    /// the way) unless `trust` accepts it.
+    ///
+    /// # Errors
+    /// [`LockError::Untrusted`] naming the directory refused, its owner and
+    /// mode; otherwise as [`LockFile::new`] for a lock file's directory.
+    pub fn open_with(path: impl AsRef<Path>, trust: &DirTrust) -> Result<Self, LockError> {
+        Ok(LockDir { dir: Arc::new(Dir::open(path.as_ref(), trust, None)?) })
+    }
+
+    /// Open the directory at `path` as [`LockDir::open_with`] does,
+    /// creating what is missing on the way: each directory with `mkdirat`
+    /// relative to its already vetted parent, so a symlink planted while
+    /// it is made is refused rather than followed. The last directory, if
+    /// this call made it, gets exactly `mode` (the umask does not apply);
+    /// any others 0755 minus the umask. An existing directory keeps its
+    /// mode.
+    ///
+    /// # Errors
+    /// As [`LockDir::open_with`], or the directory cannot be created.
+    pub fn create(path: impl AsRef<Path>, mode: u32, trust: &DirTrust) -> Result<Self, LockError> {
+        Ok(LockDir { dir: Arc::new(Dir::open(path.as_ref(), trust, Some(mode & 0o7777))?) })
     }
 
     /// The directory's path as given.
@@ -325,7 +358,7 @@ impl LockFile {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let dir = Arc::new(Dir::open(parent)?);
+        let dir = Arc::new(Dir::open(parent, &options.trust, None)?);
         Ok(LockFile { dir, name, path: path.to_owned(), options })
     }
 
@@ -481,6 +514,23 @@ impl LockFile {
             .fs_policy
             .check(magic)
             .map_err(|fs: FsType| LockError::UnsupportedFilesystem { path: self.path.clone(), fs })
+    }
+
+    /// Up to `max` bytes from the start of the file, opened as for locking
+    /// but not created and not locked (a pidfile's pid).
+    pub(crate) fn read_small(&self, max: usize) -> Result<Vec<u8>, LockError> {
+        let options = OpenOptions {
+            permissions: None,
+            read_only_ok: true,
+            create: false,
+            foreign_ok: self.options.foreign_ok,
+        };
+        let opened = open_lock_file(&self.dir, &self.name, &self.path, options)?;
+        let mut buf = vec![0; max];
+        let n =
+            rustix::io::pread(&opened.fd, &mut buf, 0).map_err(|e| LockError::io(&self.path, "read", e))?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     /// Whether the path still names the inode that was opened (a tmp

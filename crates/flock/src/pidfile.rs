@@ -69,9 +69,15 @@ pub enum PidfileState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Claimant {
-    /// The pid written in the file (or, if the claimant has not written it
-    /// yet, the pid `/proc/locks` records for the lock).
+    /// A process that holds the lock: the one the file names if it is
+    /// among the holders, else the first holder found. Found through the
+    /// descriptors that carry the lock (`/proc/PID/fdinfo`), or, where
+    /// those cannot be read (another user's processes, unprivileged), the
+    /// pid `/proc/locks` records. Never taken from the file alone: a pid
+    /// written there may be stale, impossible or forged.
     pub pid: u32,
+    /// The pid written in the file, if it holds a number.
+    pub recorded: Option<u32>,
     /// Start time of `pid` (clock ticks after boot) when the file was read.
     pub start_time: Option<u64>,
     /// Command line of `pid`, for display.
@@ -131,6 +137,7 @@ impl Pidfile {
             },
         };
         let guard = PidfileGuard { lock };
+        guard.check_ours()?;
         guard.write_pid(pid)?;
         Ok(guard)
     }
@@ -149,7 +156,7 @@ impl Pidfile {
         };
         match file.try_lock() {
             Ok(Some(lock)) => Ok(PidfileState::Unclaimed(PidfileGuard { lock })),
-            Ok(None) => self.claimant().map(PidfileState::ClaimedBy),
+            Ok(None) => self.claimant(&file).map(PidfileState::ClaimedBy),
             Err(LockError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 Ok(PidfileState::NotExist)
             }
@@ -157,32 +164,72 @@ impl Pidfile {
         }
     }
 
-    /// Who holds the claim, from the file's content and `/proc/locks`.
-    fn claimant(&self) -> Result<Claimant, LockError> {
-        let written = std::fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .filter(|&pid| pid > 0);
-        let pid = match written {
-            Some(pid) => pid,
-            // Claimed but not yet written: the lock's recorded pid.
-            None => crate::holders::holders_of(&self.path)?.holding().find_map(|h| h.pid).ok_or(
-                LockError::InvalidPath {
-                    path: self.path.clone(),
-                    reason: "claimed, but the claimant is not visible",
-                },
-            )?,
+    /// Who holds the claim: the processes holding the lock, preferring the
+    /// one the file names.
+    fn claimant(&self, file: &LockFile) -> Result<Claimant, LockError> {
+        let recorded = file.read_small(32).ok().and_then(|text| {
+            std::str::from_utf8(&text).ok()?.trim().parse::<u32>().ok().filter(|&pid| pid > 0)
+        });
+        // /proc/locks is generated a page at a time, so a lock held
+        // throughout can be missed by one read: look twice before saying
+        // nobody visible holds it.
+        let mut holding = Vec::new();
+        for _ in 0..2 {
+            let snapshot = crate::holders::Snapshot::read()?;
+            let id = snapshot.file_id(&self.path)?;
+            let exact = snapshot.exact_holders(&[id]).pop().unwrap_or_default();
+            holding = exact.holding().filter_map(|h| h.pid).collect();
+            if holding.is_empty() {
+                // Another user's descriptors cannot be read without
+                // privilege: fall back to the pid the kernel recorded.
+                holding = snapshot.holders(id.key).holding().filter_map(|h| h.pid).collect();
+            }
+            if !holding.is_empty() {
+                break;
+            }
+        }
+        let pid = match recorded {
+            Some(pid) if holding.contains(&pid) => pid,
+            _ => *holding.first().ok_or(LockError::InvalidPath {
+                path: self.path.clone(),
+                reason: "claimed, but no process visible from here holds the lock \
+                         (it may be in another pid namespace)",
+            })?,
         };
         let stat = lockyard_procfs::ProcessStat::read(pid).ok();
         let cmdline = lockyard_procfs::Cmdline::read(pid)
             .ok()
             .flatten()
             .map(|c| c.display(crate::holders::CMDLINE_WIDTH));
-        Ok(Claimant { pid, start_time: stat.map(|s| s.start_time), cmdline, path: self.path.clone() })
+        Ok(Claimant {
+            pid,
+            recorded,
+            start_time: stat.map(|s| s.start_time),
+            cmdline,
+            path: self.path.clone(),
+        })
     }
 }
 
 impl PidfileGuard {
+    /// Refuse to write through a file that may not be ours: one with
+    /// another name somewhere (a hard link to a file the attacker could not
+    /// write, planted where we would write) or another owner. Checked on
+    /// the locked descriptor, so it is the file about to be truncated.
+    fn check_ours(&self) -> Result<(), LockError> {
+        let st = rustix::fs::fstat(&self.lock).map_err(|e| LockError::io(self.lock.path(), "stat", e))?;
+        let refuse = |found| LockError::Refused { path: self.lock.path().to_owned(), found };
+        #[allow(clippy::useless_conversion)] // nlink's type differs between architectures.
+        let links = u64::from(st.st_nlink);
+        if links != 1 {
+            return Err(refuse(crate::Found::HardLinked { links }));
+        }
+        if st.st_uid != rustix::process::geteuid().as_raw() {
+            return Err(refuse(crate::Found::ForeignFile { uid: st.st_uid }));
+        }
+        Ok(())
+    }
+
     /// Replace the file's content with `pid`; the claim is unaffected.
     fn write_pid(&self, pid: u32) -> Result<(), LockError> {
         let io = |op, e: rustix::io::Errno| LockError::io(self.lock.path(), op, e);
@@ -210,6 +257,20 @@ impl PidfileGuard {
     /// The pidfile's path.
     pub fn path(&self) -> &Path {
         self.lock.path()
+    }
+
+    /// The claim's descriptor, closed without unlocking: for a supervisor
+    /// whose child inherited the descriptor and keeps the claim after the
+    /// supervisor is gone (see [`LockGuard::into_fd`]).
+    pub fn into_fd(self) -> std::os::fd::OwnedFd {
+        self.lock.into_fd()
+    }
+}
+
+/// The claim's lock descriptor, for a child to inherit.
+impl std::os::fd::AsFd for PidfileGuard {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.lock.as_fd()
     }
 }
 

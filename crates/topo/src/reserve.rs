@@ -38,12 +38,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockyard_flock::{
-    CancelToken, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot, Wait,
+    CancelToken, DirTrust, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot,
+    Wait,
 };
 use lockyard_procfs::{CpuList, LockKey};
 
@@ -265,22 +267,21 @@ impl Reserver {
     /// missing, so every user of the host coordinates through it; lock
     /// files are made 0666 whatever the umask.
     ///
+    /// The directory, and every one on the way to it, must belong to the
+    /// caller or root ([`DirTrust::private`]): the owner of a lock
+    /// directory can unlink the lock files in it and so hand the same CPUs
+    /// to two reservations. For several users to share reservations, root
+    /// creates the directory (`install -d -o root -m 1777 DIR`, or a
+    /// tmpfiles.d line); one that another user created is refused.
+    ///
     /// # Errors
     /// The directory cannot be created or is refused by lockyard-flock's
-    /// hardening.
+    /// hardening ([`lockyard_flock::LockError::Untrusted`] for a directory
+    /// of another user).
     pub fn new(dir: &Path, topology: Topology, allowed: &CpuList) -> Result<Self, ReserveError> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|source| ReserveError::Io {
-                path: dir.to_owned(),
-                op: "create",
-                source,
-            })?;
-            // Set explicitly: the umask filtered mkdir's mode.
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-                .map_err(|source| ReserveError::Io { path: dir.to_owned(), op: "chmod", source })?;
-        }
+        let dir = LockDir::create(dir, 0o1777, &DirTrust::private())?;
         let allowed = allowed.intersection(&topology.online);
-        Ok(Reserver { dir: LockDir::open(dir)?, topology: with_every_cpu_in_an_llc(topology), allowed })
+        Ok(Reserver { dir, topology: with_every_cpu_in_an_llc(topology), allowed })
     }
 
     /// The topology reserved from.
@@ -611,7 +612,7 @@ impl Reserver {
             plan.cpus.iter().filter_map(|&c| self.topology.cpu(c).and_then(|cpu| cpu.node)).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        Reservation { mode: request.mode, cpus, llcs, nodes, _guards: guards }
+        Reservation { mode: request.mode, cpus, llcs, nodes, guards }
     }
 }
 
@@ -657,7 +658,7 @@ pub struct Reservation {
     cpus: CpuList,
     llcs: Vec<u32>,
     nodes: Vec<u32>,
-    _guards: Vec<LockGuard>,
+    guards: Vec<LockGuard>,
 }
 
 impl Reservation {
@@ -685,6 +686,22 @@ impl Reservation {
     /// A job count for `make -jN`: one per CPU.
     pub fn jobs(&self) -> usize {
         self.cpus.len()
+    }
+
+    /// The descriptors of the reservation's locks. A child that inherits
+    /// them (see [`Reservation::into_fds`]) keeps the reservation held
+    /// until it and everything it started have exited, even if this
+    /// process dies first.
+    pub fn lock_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.guards.iter().map(AsFd::as_fd)
+    }
+
+    /// The locks' descriptors, closed without unlocking, for a program
+    /// that handed them to a child: dropping the [`Reservation`] instead
+    /// would release the CPUs for every copy at once, under a child that
+    /// may still run. The kernel drops each lock with its last copy.
+    pub fn into_fds(self) -> Vec<OwnedFd> {
+        self.guards.into_iter().map(LockGuard::into_fd).collect()
     }
 
     /// Spawn `command` pinned to the reserved CPUs. The child inherits the
