@@ -72,6 +72,10 @@ pub(crate) fn is_dir(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }
 
+pub(crate) fn is_regular(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+}
+
 /// The names in a directory, `.` and `..` left out, in no order.
 pub(crate) fn names(dir: impl AsFd, path: &Path) -> Result<Vec<OsString>, CacheError> {
     let io = |e| CacheError::io(path, "list", e);
@@ -97,24 +101,87 @@ pub(crate) fn sync_dir(dir: impl AsFd, path: &Path) -> Result<(), CacheError> {
     rustix::fs::fsync(&fd).map_err(|e| CacheError::io(path, "fsync", e))
 }
 
+/// A directory's identity, to check that `..` leads back where we came
+/// from.
+pub(crate) fn identity(fd: impl AsFd, path: &Path) -> Result<(u64, u64), CacheError> {
+    let st = rustix::fs::fstat(fd).map_err(|e| CacheError::io(path, "stat", e))?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Climb from `dir` to its parent, which must be the directory `expected`
+/// (by identity): a tree is walked holding one descriptor at a time, so a
+/// directory deep inside it is left by `..`, and a directory moved
+/// meanwhile must not lead the walk elsewhere.
+pub(crate) fn parent(dir: impl AsFd, expected: (u64, u64), path: &Path) -> Result<OwnedFd, CacheError> {
+    let up = open_dir(dir, "..").map_err(|e| CacheError::io(path, "open ..", e))?;
+    if identity(&up, path)? != expected {
+        return Err(CacheError::io(
+            path,
+            "walk",
+            std::io::Error::other("a directory was moved during the walk"),
+        ));
+    }
+    Ok(up)
+}
+
 /// Remove `name` from `dir`, a whole tree if it is a directory, without
 /// following any symlink in it; gone already is fine.
+///
+/// Iterative, holding one directory descriptor at a time (plus the names
+/// still to visit on the current branch), so a tree of any depth is
+/// removed with neither recursion nor one descriptor per level: a build
+/// that left a directory chain 100,000 deep cannot overflow the stack or
+/// run out of descriptors.
 pub(crate) fn remove_tree(dir: impl AsFd, name: &OsStr, path: &Path) -> Result<(), CacheError> {
+    struct Level {
+        name: OsString,
+        id: (u64, u64),
+        todo: Vec<OsString>,
+    }
     let dir = dir.as_fd();
-    let gone = |r: Result<(), Errno>| match r {
+    let gone = |r: Result<(), Errno>, path: &Path| match r {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
         Err(e) => Err(CacheError::io(path, "remove", e)),
     };
-    let child = match open_dir(dir, name) {
+    let mut cur = match open_dir(dir, name) {
         Ok(fd) => fd,
         // Not a directory (a file, a symlink): unlink the name itself.
-        Err(Errno::NOTDIR | Errno::LOOP) => return gone(rustix::fs::unlinkat(dir, name, AtFlags::empty())),
-        Err(e) => return gone(Err(e)),
+        Err(Errno::NOTDIR | Errno::LOOP) => {
+            return gone(rustix::fs::unlinkat(dir, name, AtFlags::empty()), path);
+        }
+        Err(e) => return gone(Err(e), path),
     };
-    for inner in names(&child, path)? {
-        remove_tree(&child, &inner, &path.join(&inner))?;
+    let mut path = path.to_owned();
+    let mut levels =
+        vec![Level { name: name.to_owned(), id: identity(&cur, &path)?, todo: names(&cur, &path)? }];
+    while let Some(level) = levels.last_mut() {
+        if let Some(child) = level.todo.pop() {
+            match open_dir(&cur, child.as_os_str()) {
+                Ok(fd) => {
+                    path.push(&child);
+                    let id = identity(&fd, &path)?;
+                    let todo = names(&fd, &path)?;
+                    cur = fd;
+                    levels.push(Level { name: child, id, todo });
+                }
+                Err(Errno::NOTDIR | Errno::LOOP) => {
+                    gone(
+                        rustix::fs::unlinkat(&cur, child.as_os_str(), AtFlags::empty()),
+                        &path.join(&child),
+                    )?;
+                }
+                Err(e) => gone(Err(e), &path.join(&child))?,
+            }
+            continue;
+        }
+        let done = levels.pop().expect("the loop runs only while a level is left");
+        let Some(up) = levels.last() else { break };
+        cur = parent(&cur, up.id, &path)?;
+        gone(rustix::fs::unlinkat(&cur, done.name.as_os_str(), AtFlags::REMOVEDIR), &path)?;
+        path.pop();
     }
-    gone(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR))
+    drop(cur);
+    gone(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR), &path)
 }
 
 /// A `stat`'s mtime, ns since the Unix epoch.

@@ -61,6 +61,10 @@ pub(crate) struct Walked {
 /// descriptor and symlinks are never followed; other file types (FIFOs,
 /// devices, sockets) are refused, as no reader could copy them.
 ///
+/// The walk is iterative and holds one directory descriptor at a time
+/// (leaving a directory by `..`, checked to be the one it came from), so
+/// no depth of tree overflows the stack or the descriptor table.
+///
 /// `progress` is told the bytes of every chunk read, as it is read.
 pub(crate) fn walk(
     dir: impl AsFd,
@@ -72,7 +76,7 @@ pub(crate) fn walk(
     let mut walked = Walked { size: 0, files: 0, digest: String::new() };
     let mut buf = vec![0u8; 256 * 1024];
     let mut walker = Walker { sync, hasher: &mut hasher, walked: &mut walked, buf: &mut buf, progress };
-    walker.walk_into(dir.as_fd(), path, Path::new(""))?;
+    walker.walk_tree(dir.as_fd(), path)?;
     walked.digest = hasher.finalize().to_hex().to_string();
     Ok(walked)
 }
@@ -85,39 +89,68 @@ struct Walker<'a> {
     progress: &'a mut dyn FnMut(u64),
 }
 
+/// A directory being walked: its identity and the names still to visit,
+/// sorted so the smallest is last.
+struct Level {
+    id: (u64, u64),
+    todo: Vec<std::ffi::OsString>,
+}
+
+fn sorted_names(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<std::ffi::OsString>, CacheError> {
+    let mut names = at::names(dir, path)?;
+    names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+    Ok(names)
+}
+
 impl Walker<'_> {
-    fn walk_into(&mut self, dir: BorrowedFd<'_>, path: &Path, rel: &Path) -> Result<(), CacheError> {
-        let mut names = at::names(dir, path)?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            if rel.as_os_str().is_empty() && name == METADATA {
+    fn walk_tree(&mut self, top: BorrowedFd<'_>, top_path: &Path) -> Result<(), CacheError> {
+        let mut todo = sorted_names(top, top_path)?;
+        todo.retain(|name| name != METADATA);
+        let mut levels = vec![Level { id: at::identity(top, top_path)?, todo }];
+        // `None` while at the top, which the caller owns.
+        let mut cur: Option<std::os::fd::OwnedFd> = None;
+        let mut path = top_path.to_owned();
+        let mut rel = PathBuf::new();
+        while let Some(level) = levels.last_mut() {
+            let dir = cur.as_ref().map_or(top, AsFd::as_fd);
+            if let Some(name) = level.todo.pop() {
+                let child_path = path.join(&name);
+                let child_rel = rel.join(&name);
+                let st = rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| CacheError::io(&child_path, "stat", e))?;
+                match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => {
+                        item(self.hasher, b'd', &child_rel);
+                        let child = at::open_dir(dir, name.as_os_str())
+                            .map_err(|e| CacheError::io(&child_path, "open", e))?;
+                        let id = at::identity(&child, &child_path)?;
+                        let todo = sorted_names(child.as_fd(), &child_path)?;
+                        levels.push(Level { id, todo });
+                        cur = Some(child);
+                        path = child_path;
+                        rel = child_rel;
+                    }
+                    FileType::Symlink => {
+                        item(self.hasher, b'l', &child_rel);
+                        let target = rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())
+                            .map_err(|e| CacheError::io(&child_path, "readlink", e))?;
+                        self.hasher.update(target.as_bytes());
+                        self.hasher.update(b"\0");
+                        self.walked.files += 1;
+                    }
+                    FileType::RegularFile => self.file(dir, &name, &child_path, &child_rel)?,
+                    _ => return Err(refused(child_path)),
+                }
                 continue;
             }
-            let rel_path = rel.join(&name);
-            let path = path.join(&name);
-            let st = rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| CacheError::io(&path, "stat", e))?;
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    item(self.hasher, b'd', &rel_path);
-                    let child =
-                        at::open_dir(dir, name.as_os_str()).map_err(|e| CacheError::io(&path, "open", e))?;
-                    self.walk_into(child.as_fd(), &path, &rel_path)?;
-                }
-                FileType::Symlink => {
-                    item(self.hasher, b'l', &rel_path);
-                    let target = rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())
-                        .map_err(|e| CacheError::io(&path, "readlink", e))?;
-                    self.hasher.update(target.as_bytes());
-                    self.hasher.update(b"\0");
-                    self.walked.files += 1;
-                }
-                FileType::RegularFile => self.file(dir, &name, &path, &rel_path)?,
-                _ => return Err(refused(path)),
+            if self.sync {
+                rustix::fs::fsync(dir).map_err(|e| CacheError::io(&path, "fsync", e))?;
             }
-        }
-        if self.sync {
-            rustix::fs::fsync(dir).map_err(|e| CacheError::io(path, "fsync", e))?;
+            levels.pop();
+            let Some(up) = levels.last() else { break };
+            cur = if levels.len() == 1 { None } else { Some(at::parent(dir, up.id, &path)?) };
+            path.pop();
+            rel.pop();
         }
         Ok(())
     }
@@ -199,6 +232,10 @@ pub(crate) fn read_meta(entry: impl AsFd, key: &str) -> Result<EntryMeta, Corrup
     }
 }
 
+/// The largest `entry.json` read: this crate writes a few hundred bytes
+/// plus the build's own metadata.
+const MAX_METADATA: usize = 4 << 20;
+
 /// Read and check an opened `entry.json`.
 pub(crate) fn read_meta_from(file: impl AsFd, key: &str) -> Result<EntryMeta, CorruptReason> {
     // Plain reads into spare capacity: the file is small, and
@@ -206,6 +243,11 @@ pub(crate) fn read_meta_from(file: impl AsFd, key: &str) -> Result<EntryMeta, Co
     // syscalls on every lookup).
     let mut bytes = Vec::with_capacity(1024);
     loop {
+        if bytes.len() > MAX_METADATA {
+            // Not what this crate writes; and a huge file must not be read
+            // into memory to find that out.
+            return Err(CorruptReason::Malformed);
+        }
         if bytes.len() == bytes.capacity() {
             bytes.reserve(bytes.capacity());
         }

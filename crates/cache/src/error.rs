@@ -41,13 +41,78 @@ impl std::fmt::Display for CorruptReason {
     }
 }
 
+/// Why a directory is not a cache lockyard may use (see
+/// [`crate::Cache::open`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotACache {
+    /// It does not exist (only when opened read-only).
+    Missing,
+    /// It is empty, or was adopted but not yet set up (only when opened
+    /// read-only).
+    Empty,
+    /// It holds files but no [`crate::MARKER`]: not a lockyard cache.
+    Foreign {
+        /// A few of its names, sorted.
+        shown: Vec<String>,
+        /// How many names it holds.
+        count: usize,
+    },
+}
+
+impl std::fmt::Display for NotACache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotACache::Missing => f.write_str("no cache here: the directory does not exist"),
+            NotACache::Empty => f.write_str("no cache here yet: nothing has been stored"),
+            NotACache::Foreign { shown, count } => {
+                write!(f, "not a lockyard cache: it has no {} marker and holds ", crate::MARKER)?;
+                let quoted: Vec<String> = shown.iter().map(|n| format!("{n:?}")).collect();
+                f.write_str(&quoted.join(", "))?;
+                if *count > shown.len() {
+                    write!(f, " and {} more", count - shown.len())?;
+                }
+                f.write_str(
+                    "; refusing to adopt it, since a cache removes what it does not recognise. \
+                     Use a new or empty directory for the cache",
+                )
+            }
+        }
+    }
+}
+
+/// Why something in a cache root is not an entry lockyard made. Such
+/// items are reported and never removed unless named explicitly
+/// ([`crate::Cache::remove`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ForeignReason {
+    /// A file, symlink or other non-directory.
+    NotADirectory,
+    /// A directory without `entry.json`, which every publish writes.
+    NoMetadata,
+    /// A name no key can have.
+    NotAKey,
+}
+
+impl std::fmt::Display for ForeignReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForeignReason::NotADirectory => "not a directory",
+            ForeignReason::NoMetadata => "a directory without entry.json",
+            ForeignReason::NotAKey => "a name that is not a valid key",
+        })
+    }
+}
+
 /// Everything that can go wrong in the cache.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {
     /// The key cannot name an entry.
     #[error(
-        "invalid cache key {key:?}: {reason}; keys are 1-200 bytes of printable text without `/` and not starting with `.`"
+        "invalid cache key {key:?}: {reason}; keys are 1-200 bytes of printable text without `/`, not starting with `.`"
     )]
     InvalidKey {
         /// The key given.
@@ -107,6 +172,20 @@ pub enum CacheError {
         path: PathBuf,
         /// What was found there.
         what: String,
+    },
+    /// The root is not a cache lockyard may use; nothing was written.
+    #[error("{}: {reason}", path.display())]
+    NotACache {
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        reason: NotACache,
+    },
+    /// The cache was opened read-only ([`crate::CacheOptions::read_only`]).
+    #[error("{}: opened read-only; nothing can be stored or removed", path.display())]
+    ReadOnly {
+        /// The root.
+        path: PathBuf,
     },
     /// The caller's build function failed; nothing was published.
     #[error("{key}: build failed: {source}")]

@@ -22,6 +22,14 @@ pub enum KeyError {
     LeadingDot,
     /// Contains a control character (newline, tab, escape, ...).
     Control,
+    /// Only white space: it would print as nothing.
+    Blank,
+    /// Contains a bidirectional-text control (U+202A..U+202E,
+    /// U+2066..U+2069, U+200E, U+200F, U+061C), which makes a key print as
+    /// another.
+    Bidi,
+    /// A name the cache root keeps for itself (`CACHEDIR.TAG`).
+    Reserved,
 }
 
 impl std::fmt::Display for KeyError {
@@ -34,14 +42,21 @@ impl std::fmt::Display for KeyError {
             KeyError::DotName => "`.` and `..` name directories, not entries",
             KeyError::LeadingDot => "a leading `.` is reserved for the cache's own files",
             KeyError::Control => "it contains a control character",
+            KeyError::Blank => "it is only white space",
+            KeyError::Bidi => {
+                "it contains a bidirectional-text control character, which disguises what it prints as"
+            }
+            KeyError::Reserved => "CACHEDIR.TAG is a name the cache root keeps for itself",
         })
     }
 }
 
 /// Check that `key` can name an entry: 1 to [`MAX_KEY_LEN`] bytes of
 /// UTF-8 with no `/`, NUL or other control character, not `.` or `..`,
-/// and not starting with `.` (the cache's own `.locks`, `.staging`).
-/// Everything else is accepted, spaces and non-ASCII letters included.
+/// not starting with `.` (the cache's own `.locks`, `.staging`), not only
+/// white space, without bidirectional-text controls, and not
+/// `CACHEDIR.TAG`. Everything else is accepted, inner spaces and
+/// non-ASCII letters included.
 ///
 /// # Errors
 /// The first rule the key breaks.
@@ -67,6 +82,15 @@ pub fn validate(key: &str) -> Result<(), KeyError> {
     if key.chars().any(char::is_control) {
         return Err(KeyError::Control);
     }
+    if key.chars().all(char::is_whitespace) {
+        return Err(KeyError::Blank);
+    }
+    if key.chars().any(|c| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')) {
+        return Err(KeyError::Bidi);
+    }
+    if key == crate::TAG {
+        return Err(KeyError::Reserved);
+    }
     Ok(())
 }
 
@@ -79,7 +103,7 @@ mod tests {
         for good in ["linux-6.18", "disk template v2", "ünïcode", "a.b.c", "x..y", &"k".repeat(200)] {
             assert_eq!(validate(good), Ok(()), "{good:?}");
         }
-        let cases: [(&str, KeyError); 9] = [
+        let cases: [(&str, KeyError); 13] = [
             ("", KeyError::Empty),
             (&"k".repeat(201), KeyError::TooLong),
             ("a/b", KeyError::Slash),
@@ -89,6 +113,10 @@ mod tests {
             (".locks", KeyError::LeadingDot),
             ("a\nb", KeyError::Control),
             ("a\u{1b}[31m", KeyError::Control),
+            ("   ", KeyError::Blank),
+            ("\u{3000}", KeyError::Blank),
+            ("evil\u{202e}txt.exe", KeyError::Bidi),
+            ("CACHEDIR.TAG", KeyError::Reserved),
         ];
         for (bad, why) in cases {
             assert_eq!(validate(bad), Err(why), "{bad:?}");

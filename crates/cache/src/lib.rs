@@ -89,13 +89,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockyard_flock::{
-    CancelToken, FsPolicy, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Wait,
+    CancelToken, DirTrust, FsPolicy, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions,
+    Wait,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 pub use entry::{EntryMeta, METADATA, SCHEMA};
-pub use error::{CacheError, CorruptReason};
+pub use error::{CacheError, CorruptReason, ForeignReason, NotACache};
 pub use key::{KeyError, MAX_KEY_LEN, validate as validate_key};
 
 /// Directory of the lock files, under the root.
@@ -103,7 +104,13 @@ pub const LOCKS_DIR: &str = ".locks";
 /// Directory of the staging directories, under the root.
 pub const STAGING_DIR: &str = ".staging";
 const CACHE_LOCK: &str = ".cache.lock";
-const TAG: &str = "CACHEDIR.TAG";
+/// The file that makes a directory a lockyard cache: written first when
+/// an empty or new root is adopted, and required before anything in an
+/// existing root is touched.
+pub const MARKER: &str = ".lockyard-cache";
+const MARKER_CONTENT: &str = "lockyard-cache 1\n\
+# This directory is a lockyard cache: lockyard may remove what its protocol made here.\n";
+pub(crate) const TAG: &str = "CACHEDIR.TAG";
 const TAG_CONTENT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by lockyard-cache.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
@@ -135,6 +142,8 @@ pub struct CacheOptions {
     wait: Duration,
     cancel: Option<CancelToken>,
     fs_policy: FsPolicy,
+    trust: DirTrust,
+    read_only: bool,
     #[cfg(feature = "test-hooks")]
     hook: Option<std::sync::Arc<dyn Fn(Step) + Send + Sync>>,
     #[cfg(feature = "test-hooks")]
@@ -147,6 +156,8 @@ impl Default for CacheOptions {
             wait: Duration::from_secs(60),
             cancel: None,
             fs_policy: FsPolicy::default(),
+            trust: DirTrust::private(),
+            read_only: false,
             #[cfg(feature = "test-hooks")]
             hook: None,
             #[cfg(feature = "test-hooks")]
@@ -157,7 +168,12 @@ impl Default for CacheOptions {
 
 impl std::fmt::Debug for CacheOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheOptions").field("wait", &self.wait).field("fs_policy", &self.fs_policy).finish()
+        f.debug_struct("CacheOptions")
+            .field("wait", &self.wait)
+            .field("fs_policy", &self.fs_policy)
+            .field("trust", &self.trust)
+            .field("read_only", &self.read_only)
+            .finish()
     }
 }
 
@@ -191,6 +207,28 @@ impl CacheOptions {
         self
     }
 
+    /// Which directories the root may be and be reached through:
+    /// [`DirTrust::private`] unless set. A cache shared by a group is
+    /// [`DirTrust::group`]; see [`Cache::open`] for why another user's
+    /// directory is refused.
+    #[must_use]
+    pub fn trust(mut self, trust: DirTrust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// Create nothing: not the root, not its marker or internal
+    /// directories, not a lock file. For tools that only look (list, show,
+    /// verify). A missing or empty root is then
+    /// [`NotACache::Missing`]/[`NotACache::Empty`] rather than a new cache,
+    /// and an entry whose lock file does not exist reads as missing.
+    /// Storing into a cache opened so fails with [`CacheError::ReadOnly`].
+    #[must_use]
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
     /// Call `hook` at each [`Step`] of a store (crash tests kill the
     /// process there).
     #[cfg(feature = "test-hooks")]
@@ -216,7 +254,7 @@ impl CacheOptions {
 pub struct EntryGuard {
     path: PathBuf,
     meta: EntryMeta,
-    _lock: LockGuard,
+    lock: LockGuard,
 }
 
 impl EntryGuard {
@@ -237,7 +275,23 @@ impl EntryGuard {
 
     /// Its last use (lookup or publication), ns since the Unix epoch.
     pub fn last_used_ns(&self) -> u64 {
-        fd_mtime_ns(&self._lock).unwrap_or(self.meta.created_ns)
+        fd_mtime_ns(&self.lock).unwrap_or(self.meta.created_ns)
+    }
+
+    /// The reader lock's descriptor, closed without unlocking: for a
+    /// program that handed the lock to a child (which inherited this
+    /// descriptor) and must not release it while the child still runs.
+    /// The kernel drops the lock when the last copy is closed.
+    pub fn into_fd(self) -> OwnedFd {
+        self.lock.into_fd()
+    }
+}
+
+/// The reader lock's descriptor: a child that inherits it keeps the entry
+/// held for reading, even if this process dies first.
+impl AsFd for EntryGuard {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.lock.as_fd()
     }
 }
 
@@ -259,20 +313,29 @@ pub enum Listed {
         /// BLAKE3 digest recorded at publication, hex.
         digest: String,
     },
-    /// An entry that cannot be trusted.
+    /// An entry lockyard published that cannot be trusted now (its
+    /// `entry.json` is unreadable or malformed). Cleaning removes it.
     Corrupt {
         /// Its key (the directory name).
         key: String,
         /// Why.
         reason: CorruptReason,
     },
+    /// Something in the root that no publish can have made. Reported,
+    /// never removed unless named ([`Cache::remove`]).
+    Foreign {
+        /// Its name in the root (lossily decoded if not UTF-8).
+        key: String,
+        /// Why it is not an entry.
+        reason: ForeignReason,
+    },
 }
 
 impl Listed {
-    /// The entry's key.
+    /// The entry's key (for a foreign item, its name).
     pub fn key(&self) -> &str {
         match self {
-            Listed::Valid { key, .. } | Listed::Corrupt { key, .. } => key,
+            Listed::Valid { key, .. } | Listed::Corrupt { key, .. } | Listed::Foreign { key, .. } => key,
         }
     }
 }
@@ -318,6 +381,8 @@ pub struct CleanPlan {
     /// The entries to remove: corrupt ones first, then by the policy's
     /// order (newest first, or least recently used first for a size cap).
     pub victims: Vec<Victim>,
+    /// What the root holds that is not an entry: left alone, to report.
+    pub foreign: Vec<(String, ForeignReason)>,
 }
 
 impl CleanPlan {
@@ -367,49 +432,55 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Open the cache at `root`, creating it (with `CACHEDIR.TAG`,
-    /// `.locks` and `.staging`) if needed.
+    /// Open the cache at `root`, creating it if it is missing.
+    ///
+    /// A root is adopted only if lockyard can prove it is, or may become,
+    /// a cache: it is missing (then created, mode 0755), empty, or holds
+    /// the [`MARKER`] file written when a cache is first made there. (A
+    /// root made by lockyard-cache before the marker existed, recognised
+    /// by its own `CACHEDIR.TAG` and `.locks`, gets the marker.) Anything
+    /// else is refused and left untouched: a cache removes what it finds
+    /// corrupt, and a project tree or a home directory mistaken for one
+    /// must not lose a file.
+    ///
+    /// The root and every directory on the way to it must be trusted
+    /// ([`CacheOptions::trust`]; by default the caller's or root's and
+    /// not writable by others): a root another user made is refused, as
+    /// its owner could plant entries the caller would then run or call
+    /// intact. Created directories are made relative to their vetted
+    /// parent, so a symlink planted meanwhile is not followed.
     ///
     /// # Errors
-    /// [`CacheError::Refused`] if the root is reached through another
-    /// user's symlink in a sticky directory, or `.locks` or `.staging` is
-    /// not a real directory; [`CacheError::Io`] if the root cannot be
-    /// created.
+    /// [`CacheError::NotACache`] for a root that is not a cache (or, with
+    /// [`CacheOptions::read_only`], a missing or empty one);
+    /// [`CacheError::Lock`] with [`LockError::Untrusted`] for a directory
+    /// of another user; [`CacheError::Refused`] if the marker, `.locks` or
+    /// `.staging` is not what the cache made; [`CacheError::Io`] if the
+    /// root cannot be created or read.
     pub fn open(root: impl Into<PathBuf>, options: CacheOptions) -> Result<Self, CacheError> {
         let root = root.into();
-        // Created only when missing: an existing root is never written
-        // through before the hardened open has vetted the way to it.
-        let dir = match LockDir::open(&root) {
-            Err(LockError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&root).map_err(|e| CacheError::io(&root, "create", e))?;
-                LockDir::open(&root)
+        let dir = if options.read_only {
+            match LockDir::open_with(&root, &options.trust) {
+                Err(LockError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(CacheError::NotACache { path: root, reason: NotACache::Missing });
+                }
+                opened => opened.map_err(refused)?,
             }
-            opened => opened,
-        }
-        .map_err(refused)?;
-        let tag = root.join(TAG);
-        match rustix::fs::openat(
-            &dir,
-            TAG,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        ) {
-            Ok(fd) => {
-                use std::io::Write;
-                let mut file = std::fs::File::from(fd);
-                file.write_all(TAG_CONTENT.as_bytes()).map_err(|e| CacheError::io(&tag, "write", e))?;
+        } else {
+            LockDir::create(&root, 0o755, &options.trust).map_err(refused)?
+        };
+        adopt(&dir, &root, !options.read_only)?;
+        let internal = |name: &str| match dir.subdir(name) {
+            // A root adopted but not yet fully set up holds no entry.
+            Err(LockError::Io { source, .. })
+                if options.read_only && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(CacheError::NotACache { path: root.clone(), reason: NotACache::Empty })
             }
-            Err(Errno::EXIST) => {}
-            Err(e) => return Err(CacheError::io(&tag, "create", e)),
-        }
-        for name in [LOCKS_DIR, STAGING_DIR] {
-            match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(CacheError::io(root.join(name), "create", e)),
-            }
-        }
-        let locks = dir.subdir(LOCKS_DIR).map_err(refused)?;
-        let staging = dir.subdir(STAGING_DIR).map_err(refused)?;
+            other => other.map_err(refused),
+        };
+        let locks = internal(LOCKS_DIR)?;
+        let staging = internal(STAGING_DIR)?;
         Ok(Cache { root, dir, locks, staging, options })
     }
 
@@ -429,8 +500,33 @@ impl Cache {
     }
 
     fn lock_file(&self, dir: &LockDir, name: &str, options: LockOptions) -> Result<LockFile, CacheError> {
-        let options = options.permissions(0o644).fs_policy(self.options.fs_policy.clone());
+        let mut options = options.permissions(0o644).fs_policy(self.options.fs_policy.clone());
+        if self.options.read_only {
+            options = options.must_exist();
+        }
         dir.file(name, options).map_err(CacheError::Lock)
+    }
+
+    /// Fail unless the cache may be written.
+    fn writable(&self) -> Result<(), CacheError> {
+        if self.options.read_only {
+            return Err(CacheError::ReadOnly { path: self.root.clone() });
+        }
+        Ok(())
+    }
+
+    /// `key`'s entry lock, shared, for reading; `None` when opened
+    /// read-only and the lock file does not exist (no entry was ever
+    /// published under the key).
+    fn reader_lock(&self, key: &str, deadline: Option<Instant>) -> Result<Option<LockGuard>, CacheError> {
+        match self.lock(&self.locks, &entry_lock_name(key), LockMode::Shared, key, deadline) {
+            Err(CacheError::Lock(LockError::Io { source, .. }))
+                if self.options.read_only && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
     }
 
     /// When a wait starting now gives up; `None` (no limit) for a wait
@@ -483,12 +579,12 @@ impl Cache {
     /// As [`Cache::lookup`].
     pub fn inspect(&self, key: &str) -> Result<Option<EntryGuard>, CacheError> {
         check_key(key)?;
-        let lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Shared, key, self.deadline())?;
+        let Some(lock) = self.reader_lock(key, self.deadline())? else { return Ok(None) };
         self.open_entry(key, lock, false)
     }
 
     fn lookup_until(&self, key: &str, deadline: Option<Instant>) -> Result<Option<EntryGuard>, CacheError> {
-        let lock = self.lock(&self.locks, &entry_lock_name(key), LockMode::Shared, key, deadline)?;
+        let Some(lock) = self.reader_lock(key, deadline)? else { return Ok(None) };
         self.open_entry(key, lock, true)
     }
 
@@ -519,7 +615,7 @@ impl Cache {
         if used {
             touch(&lock);
         }
-        Ok(Some(EntryGuard { path: self.entry_path(key), meta, _lock: lock }))
+        Ok(Some(EntryGuard { path: self.entry_path(key), meta, lock }))
     }
 
     /// Build an entry for `key` and publish it, replacing any previous
@@ -545,6 +641,7 @@ impl Cache {
         build: impl FnOnce(&Path) -> BuildResult,
         deadline: Option<Instant>,
     ) -> Result<EntryGuard, CacheError> {
+        self.writable()?;
         let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", deadline)?;
         let slot = self.staging_slot(key, true)?;
         #[cfg(feature = "test-hooks")]
@@ -606,7 +703,7 @@ impl Cache {
         #[cfg(feature = "test-hooks")]
         self.step(Step::Published);
         lock.set_mode(LockMode::Shared).map_err(|e| CacheError::from_lock(key, e))?;
-        Ok(EntryGuard { path: self.entry_path(key), meta, _lock: lock })
+        Ok(EntryGuard { path: self.entry_path(key), meta, lock })
     }
 
     /// Move the staging directory into place; the caller holds the entry
@@ -668,6 +765,7 @@ impl Cache {
         if let Some(found) = self.lookup_until(key, deadline)? {
             return Ok(found);
         }
+        self.writable()?;
         let _building =
             self.lock(&self.locks, &format!("{key}.build"), LockMode::Exclusive, key, deadline)?;
         // Whoever held the build lock before us may have published.
@@ -707,23 +805,35 @@ impl Cache {
         Ok(Some(guard.meta))
     }
 
-    /// Every entry, valid or corrupt, newest first (corrupt ones last).
+    /// Every entry, newest first, then corrupt entries, then what the
+    /// root holds that is not an entry ([`Listed::Foreign`]).
     ///
     /// # Errors
     /// [`CacheError::Io`] if the root cannot be listed.
     pub fn list(&self) -> Result<Vec<Listed>, CacheError> {
         let mut listed = Vec::new();
         for name in at::names(&self.dir, &self.root)? {
-            let Ok(key) = name.into_string() else { continue };
-            if key.starts_with('.') || key == TAG {
+            if [MARKER, TAG, LOCKS_DIR, STAGING_DIR].iter().any(|own| name == *own) {
                 continue;
             }
+            let foreign = |key: String, reason| Listed::Foreign { key, reason };
+            let key = match name.into_string() {
+                Ok(key) if key::validate(&key).is_ok() => key,
+                Ok(key) => {
+                    listed.push(foreign(key, ForeignReason::NotAKey));
+                    continue;
+                }
+                Err(name) => {
+                    listed.push(foreign(name.to_string_lossy().into_owned(), ForeignReason::NotAKey));
+                    continue;
+                }
+            };
             let dir = match self.entry_dir(&key) {
                 Ok(Some(dir)) => dir,
                 // Removed since we listed it.
                 Ok(None) => continue,
-                Err(CacheError::Corrupt { reason, .. }) => {
-                    listed.push(Listed::Corrupt { key, reason });
+                Err(CacheError::Corrupt { .. }) => {
+                    listed.push(foreign(key, ForeignReason::NotADirectory));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -736,14 +846,16 @@ impl Cache {
                     created_ns: meta.created_ns,
                     digest: meta.digest,
                 },
+                Err(CorruptReason::MissingMetadata) => foreign(key, ForeignReason::NoMetadata),
                 Err(reason) => Listed::Corrupt { key, reason },
             });
         }
-        let created = |l: &Listed| match l {
-            Listed::Valid { created_ns, .. } => Some(*created_ns),
-            Listed::Corrupt { .. } => None,
+        let rank = |l: &Listed| match l {
+            Listed::Valid { created_ns, .. } => (0, std::cmp::Reverse(*created_ns)),
+            Listed::Corrupt { .. } => (1, std::cmp::Reverse(0)),
+            Listed::Foreign { .. } => (2, std::cmp::Reverse(0)),
         };
-        listed.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| a.key().cmp(b.key())));
+        listed.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.key().cmp(b.key())));
         Ok(listed)
     }
 
@@ -759,6 +871,7 @@ impl Cache {
     /// # Errors
     /// [`CacheError::Io`] if the staging directory cannot be listed.
     pub fn sweep(&self) -> Result<SweepReport, CacheError> {
+        self.writable()?;
         let staging_path = self.staging.path();
         let mut names: Vec<String> = at::names(&self.staging, staging_path)?
             .into_iter()
@@ -809,6 +922,7 @@ impl Cache {
     /// For [`Clean::All`], a timeout while stores are in progress; lock
     /// and I/O errors.
     pub fn clean(&self, policy: Clean) -> Result<CleanReport, CacheError> {
+        self.writable()?;
         let wipe = self.wipe_lock(policy)?;
         let plan = self.plan_clean(policy)?;
         self.remove_planned(&plan, wipe.is_some(), &mut |_| {})
@@ -824,8 +938,10 @@ impl Cache {
         let now = now_ns();
         let mut victims = Vec::new();
         let mut valid = Vec::new();
+        let mut foreign = Vec::new();
         for item in listed {
             match item {
+                Listed::Foreign { key, reason } => foreign.push((key, reason)),
                 Listed::Corrupt { key, reason } => {
                     victims.push(Victim {
                         key,
@@ -860,7 +976,7 @@ impl Cache {
                 }
             }
         }
-        Ok(CleanPlan { policy, victims })
+        Ok(CleanPlan { policy, victims, foreign })
     }
 
     /// Remove what `plan` lists, and only that. For every policy but
@@ -884,6 +1000,7 @@ impl Cache {
         plan: &CleanPlan,
         mut progress: impl FnMut(&Victim),
     ) -> Result<CleanReport, CacheError> {
+        self.writable()?;
         let wipe = self.wipe_lock(plan.policy)?;
         self.remove_planned(plan, wipe.is_some(), &mut progress)
     }
@@ -912,7 +1029,7 @@ impl Cache {
             let file = self.lock_file(&self.locks, &entry_lock_name(key), LockOptions::new().exclusive())?;
             match file.try_lock().map_err(CacheError::Lock)? {
                 None => busy.push((key.to_owned(), self.lock_path(key))),
-                Some(lock) if plan.policy != Clean::All && !self.as_planned(victim, &lock) => {
+                Some(lock) if !self.as_planned(victim, &lock, plan.policy != Clean::All) => {
                     report.changed.push(key.to_owned());
                 }
                 Some(lock) => {
@@ -930,16 +1047,48 @@ impl Cache {
         Ok(report)
     }
 
-    /// Whether `victim` is still what the plan saw: same content, not
-    /// used since (we hold its lock exclusively, so neither can change
-    /// while we look).
-    fn as_planned(&self, victim: &Victim, lock: &LockGuard) -> bool {
+    /// Remove `name` from the root, whatever it is: an entry, valid or
+    /// corrupt, or something [`Cache::list`] reports as
+    /// [`Listed::Foreign`], which no clean removes on its own. For an
+    /// operator who named it. Taken under `name`'s entry lock,
+    /// exclusively and without waiting, so an entry in use stays.
+    /// Returns whether anything was there.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidKey`] for a name of the cache's own (its
+    /// marker, `CACHEDIR.TAG`, `.locks`, `.staging`) or one that is not a
+    /// single path component; [`CacheError::Contended`] if in use; lock
+    /// and I/O errors.
+    pub fn remove(&self, name: &str) -> Result<bool, CacheError> {
+        self.writable()?;
+        let own = [MARKER, TAG, LOCKS_DIR, STAGING_DIR, ".", ".."].contains(&name);
+        if own || name.is_empty() || name.contains(['/', '\0']) {
+            let reason =
+                if own { KeyError::Reserved } else { key::validate(name).err().unwrap_or(KeyError::Slash) };
+            return Err(CacheError::InvalidKey { key: name.to_owned(), reason });
+        }
+        let file = self.lock_file(&self.locks, &entry_lock_name(name), LockOptions::new().exclusive())?;
+        let lock = file.try_lock_or_holders().map_err(|e| CacheError::from_lock(name, e))?;
+        if at::stat(&self.dir, name, &self.entry_path(name))?.is_none() {
+            return Ok(false);
+        }
+        self.remove_entry(name, lock)?;
+        Ok(true)
+    }
+
+    /// Whether `victim` may still go: it is still something a publish
+    /// made (a directory with `entry.json`), and, when `unchanged`, still
+    /// what the plan saw: same content, not used since (we hold its lock
+    /// exclusively, so neither can change while we look).
+    fn as_planned(&self, victim: &Victim, lock: &LockGuard, unchanged: bool) -> bool {
         let now = match self.entry_dir(&victim.key) {
             Ok(Some(dir)) => entry::read_meta(&dir, &victim.key),
-            Ok(None) => return false,
-            Err(_) => Err(CorruptReason::NotADirectory),
+            // Gone, or no longer a directory: not ours to remove.
+            Ok(None) | Err(_) => return false,
         };
         match (&victim.digest, now) {
+            (_, Err(CorruptReason::MissingMetadata)) => false,
+            (_, _) if !unchanged => true,
             (None, Err(_)) => true,
             (Some(digest), Ok(meta)) => {
                 *digest == meta.digest && fd_mtime_ns(lock).is_none_or(|used| used <= victim.last_used_ns)
@@ -1015,6 +1164,79 @@ impl Slot<'_> {
         }
         drop(self.guard.take());
         Ok(())
+    }
+}
+
+/// Check that the root `dir` is a cache (see [`Cache::open`]); with
+/// `write`, make an empty (or legacy) one a cache and set up what is
+/// missing inside it.
+fn adopt(dir: &LockDir, root: &Path, write: bool) -> Result<(), CacheError> {
+    let mut names = at::names(dir, root)?;
+    if names.iter().any(|n| n == MARKER) {
+        let path = root.join(MARKER);
+        if !at::stat(dir, MARKER, &path)?.is_some_and(|st| at::is_regular(&st)) {
+            return Err(CacheError::Refused {
+                path,
+                what: "something other than a file as the cache's marker".into(),
+            });
+        }
+    } else if names.is_empty() || is_legacy(dir, &names) {
+        if !write {
+            return if names.is_empty() {
+                Err(CacheError::NotACache { path: root.to_owned(), reason: NotACache::Empty })
+            } else {
+                Ok(())
+            };
+        }
+        // First, so that a root set up halfway is still recognised.
+        create_file(dir, MARKER, MARKER_CONTENT, &root.join(MARKER))?;
+    } else {
+        names.sort();
+        let count = names.len();
+        let shown = names.iter().take(4).map(|n| n.to_string_lossy().into_owned()).collect();
+        return Err(CacheError::NotACache {
+            path: root.to_owned(),
+            reason: NotACache::Foreign { shown, count },
+        });
+    }
+    if write {
+        create_file(dir, TAG, TAG_CONTENT, &root.join(TAG))?;
+        for name in [LOCKS_DIR, STAGING_DIR] {
+            match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(CacheError::io(root.join(name), "create", e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A root made by lockyard-cache before it wrote [`MARKER`]: its own
+/// `CACHEDIR.TAG`, byte for byte, and a `.locks` directory.
+fn is_legacy(dir: &LockDir, names: &[std::ffi::OsString]) -> bool {
+    if !names.iter().any(|n| n == LOCKS_DIR) {
+        return false;
+    }
+    let Ok(fd) = at::open_file(dir, TAG) else { return false };
+    if !rustix::fs::fstat(&fd).is_ok_and(|st| at::is_regular(&st)) {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    rustix::io::read(&fd, &mut buf).is_ok_and(|n| &buf[..n] == TAG_CONTENT.as_bytes())
+}
+
+/// Create the file `name` in `dir` holding `content`, unless it exists.
+fn create_file(dir: &LockDir, name: &str, content: &str, path: &Path) -> Result<(), CacheError> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644)) {
+        Ok(fd) => {
+            use std::io::Write;
+            std::fs::File::from(fd)
+                .write_all(content.as_bytes())
+                .map_err(|e| CacheError::io(path, "write", e))
+        }
+        Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(CacheError::io(path, "create", e)),
     }
 }
 

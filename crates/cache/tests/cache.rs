@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockyard_cache::{BuildResult, Cache, CacheError, CacheOptions, Clean, CorruptReason, KeyError, Listed};
+use lockyard_cache::{
+    BuildResult, Cache, CacheError, CacheOptions, Clean, CorruptReason, ForeignReason, KeyError, Listed,
+    NotACache,
+};
 
 struct Scratch(PathBuf);
 
@@ -161,10 +164,17 @@ fn tampering_and_corruption_are_reported_by_kind() {
             _ => None,
         })
     };
-    assert_eq!(reason("no-meta"), Some(Some(CorruptReason::MissingMetadata)));
+    let foreign = |key: &str| {
+        listed.iter().find_map(|l| match l {
+            Listed::Foreign { key: k, reason } if k == key => Some(*reason),
+            _ => None,
+        })
+    };
+    // No publish makes a directory without entry.json, nor a symlink.
+    assert_eq!(foreign("no-meta"), Some(ForeignReason::NoMetadata));
+    assert_eq!(foreign("planted"), Some(ForeignReason::NotADirectory));
     assert_eq!(reason("garbled"), Some(Some(CorruptReason::Malformed)));
     assert_eq!(reason("future"), Some(Some(CorruptReason::SchemaFromTheFuture)));
-    assert_eq!(reason("planted"), Some(Some(CorruptReason::NotADirectory)));
     assert_eq!(reason("tampered"), Some(None), "list does not rehash");
     assert!(matches!(listed[0], Listed::Valid { .. }), "valid entries first: {listed:?}");
     assert!(matches!(
@@ -172,11 +182,27 @@ fn tampering_and_corruption_are_reported_by_kind() {
         Err(CacheError::Corrupt { reason: CorruptReason::NotADirectory, .. })
     ));
 
-    // Clean removes the corrupt ones, and never follows the planted link.
+    // Clean removes the corrupt ones, leaves the foreign ones, and never
+    // follows the planted link.
     std::fs::write(outside.join("precious"), "keep").expect("write");
+    let plan = cache.plan_clean(Clean::KeepNewest(10)).expect("plan");
+    assert_eq!(plan.foreign.len(), 2, "{plan:?}");
     let report = cache.clean(Clean::KeepNewest(10)).expect("clean");
-    assert_eq!(report.removed.len(), 4, "{report:?}");
+    let mut removed = report.removed.clone();
+    removed.sort();
+    assert_eq!(removed, ["future", "garbled"], "{report:?}");
+    assert!(cache.entry_path("no-meta").is_dir(), "a directory without entry.json is not ours to remove");
+    assert!(cache.entry_path("planted").is_symlink());
     assert_eq!(std::fs::read_to_string(outside.join("precious")).expect("outside intact"), "keep");
+    // Named explicitly, foreign items go (the link, not its target).
+    assert!(cache.remove("no-meta").expect("remove"));
+    assert!(cache.remove("planted").expect("remove"));
+    assert!(!cache.remove("planted").expect("gone already"));
+    assert!(!cache.entry_path("no-meta").exists());
+    assert_eq!(std::fs::read_to_string(outside.join("precious")).expect("outside intact"), "keep");
+    for own in [".locks", ".staging", ".lockyard-cache", "CACHEDIR.TAG", "..", "a/b"] {
+        assert!(matches!(cache.remove(own), Err(CacheError::InvalidKey { .. })), "{own}");
+    }
 }
 
 #[test]
@@ -187,6 +213,7 @@ fn planted_internal_directories_are_refused() {
     for internal in [".locks", ".staging"] {
         let root = dir.0.join(format!("c{internal}"));
         std::fs::create_dir(&root).expect("root");
+        std::fs::write(root.join(".lockyard-cache"), "lockyard-cache 1\n").expect("marker");
         std::os::unix::fs::symlink(&outside, root.join(internal)).expect("plant");
         let err = Cache::open(&root, CacheOptions::new()).expect_err("refused");
         assert!(matches!(err, CacheError::Refused { .. }), "{err}");
@@ -204,7 +231,7 @@ fn planted_symlinks_are_never_followed() {
     let cache = open(&dir);
     drop(cache.store("good", writes("fine")).expect("store"));
 
-    // As an entry: reported corrupt, never read through.
+    // As an entry: reported foreign, never read through.
     std::os::unix::fs::symlink(&outside, cache.root().join("evil")).expect("plant entry");
     let err = cache.lookup("evil").expect_err("a symlinked entry is corrupt");
     assert!(matches!(err, CacheError::Corrupt { reason: CorruptReason::NotADirectory, .. }), "{err}");
@@ -212,7 +239,7 @@ fn planted_symlinks_are_never_followed() {
         cache
             .list()
             .expect("list")
-            .contains(&Listed::Corrupt { key: "evil".to_owned(), reason: CorruptReason::NotADirectory })
+            .contains(&Listed::Foreign { key: "evil".to_owned(), reason: ForeignReason::NotADirectory })
     );
     // As `entry.json` inside an entry: not followed to the outside file.
     let inner = cache.entry_path("good").join("entry.json");
@@ -225,9 +252,8 @@ fn planted_symlinks_are_never_followed() {
     assert_eq!(cache.sweep().expect("sweep").removed, ["x.1.0"]);
 
     let report = cache.clean(Clean::All).expect("clean");
-    let mut removed = report.removed.clone();
-    removed.sort();
-    assert_eq!(removed, ["evil", "good"], "{report:?}");
+    assert_eq!(report.removed, ["good"], "{report:?}");
+    assert!(cache.root().join("evil").is_symlink(), "a planted link is reported, not removed");
     assert_eq!(std::fs::read_to_string(outside.join("secret")).expect("outside intact"), "keep me");
     assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 1, "nothing written outside");
 }
@@ -343,4 +369,177 @@ fn progress_is_told_every_byte_verified_and_every_victim_cleaned() {
     told.sort();
     assert_eq!(told, ["big", "small"]);
     assert_eq!(report.removed.len(), 2);
+}
+
+/// Every name under `dir`, recursively, with its content for files: what
+/// "left untouched" is checked against.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if e.file_type().expect("type").is_dir() {
+                todo.push(p.clone());
+                out.push((p, None));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_directory_that_is_not_a_cache_is_refused_and_left_untouched() {
+    let dir = Scratch::new("not-a-cache");
+    let project = dir.0.join("project");
+    std::fs::create_dir_all(project.join("src/deep")).expect("tree");
+    std::fs::write(project.join("README"), "mine").expect("file");
+    std::fs::write(project.join("src/main.rs"), "fn main() {}").expect("file");
+    std::fs::create_dir(project.join("empty-dir")).expect("dir");
+    let before = snapshot(&project);
+    for options in [CacheOptions::new(), CacheOptions::new().read_only()] {
+        match Cache::open(&project, options) {
+            Err(CacheError::NotACache { reason: NotACache::Foreign { shown, count }, .. }) => {
+                assert_eq!(count, 3);
+                assert_eq!(shown, ["README", "empty-dir", "src"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let err = Cache::open(&project, CacheOptions::new()).expect_err("refused");
+    assert!(err.to_string().contains("not a lockyard cache"), "{err}");
+    assert_eq!(snapshot(&project), before, "nothing written, nothing removed");
+}
+
+#[test]
+fn read_only_opens_create_nothing() {
+    let dir = Scratch::new("read-only");
+    let missing = dir.0.join("missing");
+    assert!(matches!(
+        Cache::open(&missing, CacheOptions::new().read_only()),
+        Err(CacheError::NotACache { reason: NotACache::Missing, .. })
+    ));
+    assert!(!missing.exists());
+    let empty = dir.0.join("empty");
+    std::fs::create_dir(&empty).expect("empty");
+    assert!(matches!(
+        Cache::open(&empty, CacheOptions::new().read_only()),
+        Err(CacheError::NotACache { reason: NotACache::Empty, .. })
+    ));
+    assert_eq!(std::fs::read_dir(&empty).expect("empty").count(), 0);
+
+    // A real cache, opened read-only: lookups of unknown keys leave no
+    // lock file behind, and nothing can be stored.
+    let root = dir.0.join("c");
+    drop(Cache::open(&root, CacheOptions::new()).expect("create").store("k", writes("x")).expect("store"));
+    let before = snapshot(&root);
+    let cache = Cache::open(&root, CacheOptions::new().read_only()).expect("read-only");
+    assert!(cache.inspect("other").expect("inspect").is_none());
+    assert!(cache.inspect("k").expect("inspect").is_some());
+    assert_eq!(cache.list().expect("list").len(), 1);
+    assert!(matches!(cache.store("n", writes("y")), Err(CacheError::ReadOnly { .. })));
+    assert!(matches!(cache.clean(Clean::All), Err(CacheError::ReadOnly { .. })));
+    assert_eq!(snapshot(&root), before);
+}
+
+#[test]
+fn an_empty_directory_is_adopted_with_a_marker_and_a_legacy_root_keeps_working() {
+    let dir = Scratch::new("adopt");
+    let empty = dir.0.join("empty");
+    std::fs::create_dir(&empty).expect("empty");
+    drop(Cache::open(&empty, CacheOptions::new()).expect("adopted"));
+    assert!(empty.join(".lockyard-cache").is_file());
+    assert!(empty.join("CACHEDIR.TAG").is_file());
+    // A root an earlier lockyard-cache made: its own tag and .locks, no
+    // marker. It is recognised, and the marker is added.
+    let legacy = dir.0.join("legacy");
+    std::fs::create_dir(&legacy).expect("legacy");
+    std::fs::copy(empty.join("CACHEDIR.TAG"), legacy.join("CACHEDIR.TAG")).expect("tag");
+    std::fs::create_dir(legacy.join(".locks")).expect("locks");
+    std::fs::create_dir(legacy.join("old-entry")).expect("entry");
+    drop(Cache::open(&legacy, CacheOptions::new()).expect("legacy adopted"));
+    assert!(legacy.join(".lockyard-cache").is_file());
+    // Someone else's CACHEDIR.TAG (cargo's target/) is not ours.
+    let target = dir.0.join("target");
+    std::fs::create_dir_all(target.join(".locks")).expect("target");
+    std::fs::write(target.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n# cargo\n")
+        .expect("tag");
+    assert!(matches!(Cache::open(&target, CacheOptions::new()), Err(CacheError::NotACache { .. })));
+    assert!(!target.join(".lockyard-cache").exists());
+}
+
+/// Make a chain of `depth` nested directories `d/d/d/...` in `top`, one
+/// descriptor at a time (the path is far longer than PATH_MAX).
+fn deep_chain(top: &Path, depth: usize) {
+    use rustix::fs::{Mode, OFlags};
+    let mut cur = rustix::fs::open(top, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).expect("top");
+    for _ in 0..depth {
+        rustix::fs::mkdirat(&cur, "d", Mode::from_raw_mode(0o755)).expect("mkdir");
+        cur = rustix::fs::openat(&cur, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).expect("open");
+    }
+    rustix::fs::mkdirat(&cur, "bottom", Mode::from_raw_mode(0o755)).expect("bottom");
+}
+
+#[test]
+fn a_tree_of_any_depth_is_digested_verified_and_removed() {
+    // On a thread with a small stack: one frame per level would overflow
+    // it long before this depth; the walks use none.
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(deep_tree_round_trip)
+        .expect("thread")
+        .join()
+        .expect("no overflow");
+}
+
+fn deep_tree_round_trip() {
+    const DEPTH: usize = 5_000;
+    let dir = Scratch::new("deep");
+    let cache = open(&dir);
+    let stored = cache
+        .store("deep", |staging| {
+            deep_chain(staging, DEPTH);
+            Ok(serde_json::Value::Null)
+        })
+        .expect("store a deep tree");
+    drop(stored);
+    assert!(cache.verify("deep").expect("verify").is_some());
+    // Debris of the same depth, from a writer that died: swept.
+    let debris = cache.root().join(".staging/deep.1.0");
+    std::fs::create_dir(&debris).expect("debris");
+    deep_chain(&debris, DEPTH);
+    assert_eq!(cache.sweep().expect("sweep").removed, ["deep.1.0"]);
+    assert_eq!(cache.clean(Clean::All).expect("clean").removed, ["deep"]);
+    assert!(!cache.entry_path("deep").exists());
+}
+
+#[test]
+fn a_root_of_another_user_or_writable_by_all_is_not_trusted() {
+    let dir = Scratch::new("untrusted-root");
+    // Writable by everyone, not sticky: anyone could swap entries.
+    let open_to_all = dir.0.join("open");
+    std::fs::create_dir(&open_to_all).expect("dir");
+    std::fs::set_permissions(&open_to_all, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let err = Cache::open(&open_to_all, CacheOptions::new()).expect_err("refused");
+    assert!(matches!(&err, CacheError::Lock(lockyard_flock::LockError::Untrusted { .. })), "{err}");
+    assert!(err.to_string().contains("0777"), "{err}");
+    assert_eq!(std::fs::read_dir(&open_to_all).expect("dir").count(), 0, "nothing written");
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: a directory of another user needs root to make");
+        return;
+    }
+    // Pre-created by another user (uid 65534) with a planted entry.
+    let squatted = dir.0.join("squatted");
+    std::fs::create_dir(&squatted).expect("dir");
+    std::fs::write(squatted.join(".lockyard-cache"), "lockyard-cache 1\n").expect("marker");
+    std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).expect("chown");
+    let err = Cache::open(&squatted, CacheOptions::new()).expect_err("refused");
+    assert!(err.to_string().contains("owned by another user") && err.to_string().contains("65534"), "{err}");
+    // Trust by group is an explicit opt-in.
+    let cache = Cache::open(&squatted, CacheOptions::new().trust(lockyard_flock::DirTrust::group(65534)));
+    assert!(cache.is_ok(), "{:?}", cache.err());
 }
