@@ -5,13 +5,13 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use lockyard::cache::{Cache, CacheError, CacheOptions, Clean, CleanPlan, Listed};
+use lockyard::cache::{Cache, CacheError, CacheOptions, Clean, CleanPlan, Listed, NotACache};
 use lockyard::cli::{CacheArgs, CacheCommand};
 use lockyard::table::{self, Column, Style};
 use lockyard::units::{format_age, format_size, parse_duration, parse_size};
@@ -41,14 +41,27 @@ fn dispatch(args: &CacheArgs) -> Result<u8> {
         Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(1e9)),
         Some(secs) => bail!("invalid --wait {secs}: give a number of seconds, 0 or more"),
     };
-    let cache = Cache::open(&root, CacheOptions::new().wait(wait))
-        .with_context(|| format!("cannot open the cache at {}", root.display()))?;
+    let options = CacheOptions::new().wait(wait);
+    // Looking creates nothing, and neither does removing from a cache
+    // that is not there: those open read-only first.
+    let stores = matches!(args.command, CacheCommand::Put { .. } | CacheCommand::Ensure { .. });
+    if !stores {
+        match Cache::open(&root, options.clone().read_only()) {
+            Ok(cache) => {
+                if let Some(code) = look(&cache, &args.command)? {
+                    return Ok(code);
+                }
+            }
+            Err(CacheError::NotACache { reason: NotACache::Missing | NotACache::Empty, .. }) => {
+                return nothing_there(&root, &args.command);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let cache = Cache::open(&root, options)?;
     match &args.command {
-        CacheCommand::List { json } => list(&cache, *json),
-        CacheCommand::Show { key, json } => show(&cache, key, *json),
-        CacheCommand::Verify { key, json } => verify(&cache, key.as_deref(), *json),
         CacheCommand::Put { key, src } => put(&cache, key, src),
-        CacheCommand::Ensure { key, build, command } => ensure(&cache, key, build, command),
+        CacheCommand::Ensure { key, build, command, close } => ensure(&cache, key, build, command, *close),
         CacheCommand::Clean { all, keep, older_than, max_size, dry_run, yes } => {
             let policy = if *all {
                 Clean::All
@@ -64,7 +77,48 @@ fn dispatch(args: &CacheArgs) -> Result<u8> {
             clean(&cache, policy, *dry_run, *yes)
         }
         CacheCommand::Sweep => sweep(&cache),
+        CacheCommand::Remove { names } => remove(&cache, names),
+        CacheCommand::List { .. } | CacheCommand::Show { .. } | CacheCommand::Verify { .. } => {
+            unreachable!("answered read-only above")
+        }
     }
+}
+
+/// The commands that only look, on a cache opened read-only; `None` for
+/// the others.
+fn look(cache: &Cache, command: &CacheCommand) -> Result<Option<u8>> {
+    Ok(Some(match command {
+        CacheCommand::List { json } => list(cache, *json)?,
+        CacheCommand::Show { key, json } => show(cache, key, *json)?,
+        CacheCommand::Verify { key, json } => verify(cache, key.as_deref(), *json)?,
+        _ => return Ok(None),
+    }))
+}
+
+/// What each command says where no cache exists yet (a missing or empty
+/// root), without creating one.
+fn nothing_there(root: &Path, command: &CacheCommand) -> Result<u8> {
+    let shown = crate::escape(&root.display().to_string()).into_owned();
+    match command {
+        CacheCommand::List { json: true } => {
+            print_json(&ListReport { schema: 1, root: root.display().to_string(), entries: &[] })?;
+        }
+        CacheCommand::Verify { key: None, json: true } => {
+            print_json(&VerifyReport { schema: 1, root: root.display().to_string(), entries: Vec::new() })?;
+        }
+        CacheCommand::Show { key, .. } | CacheCommand::Verify { key: Some(key), .. } => {
+            eprintln!("lockyard: no entry {key:?}: no cache at {shown} yet");
+            return Ok(1);
+        }
+        CacheCommand::Remove { names } => {
+            for name in names {
+                eprintln!("lockyard: no {name:?}: no cache at {shown} yet");
+            }
+            return Ok(1);
+        }
+        _ => eprintln!("lockyard: no cache at {shown} yet; nothing to do"),
+    }
+    Ok(0)
 }
 
 /// The cache root: `--dir`, else `LOCKYARD_CACHE_DIR`, else
@@ -124,6 +178,15 @@ fn list(cache: &Cache, json: bool) -> Result<u8> {
             ],
             Listed::Corrupt { key, reason, .. } => {
                 vec![key.clone(), "-".into(), "-".into(), "-".into(), format!("CORRUPT: {reason}")]
+            }
+            Listed::Foreign { key, reason, .. } => {
+                vec![
+                    key.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("FOREIGN: {reason}, left alone"),
+                ]
             }
             _ => vec![item.key().to_owned(), "-".into(), "-".into(), "-".into(), "?".into()],
         })
@@ -201,9 +264,11 @@ fn show(cache: &Cache, key: &str, json: bool) -> Result<u8> {
 #[derive(Serialize)]
 struct Verified {
     key: String,
-    /// `intact`, `corrupt` or `missing`.
+    /// `intact`, `corrupt`, `missing` or `error`.
     state: &'static str,
     reason: Option<lockyard::cache::CorruptReason>,
+    /// For `error`: what went wrong.
+    error: Option<String>,
     size: Option<u64>,
     digest: Option<String>,
 }
@@ -215,14 +280,22 @@ struct VerifyReport {
     entries: Vec<Verified>,
 }
 
+/// Exit status 0 if every entry is intact, 1 if one is corrupt or missing,
+/// 2 if one could not be checked; every entry is checked either way.
 fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
     // Each key with the bytes it should hash, for the progress bar.
+    // Foreign items are not entries: nothing to verify.
     let keys: Vec<(String, u64)> = match key {
         Some(key) => {
             let size = cache.inspect(key).ok().flatten().map_or(0, |g| g.meta().size);
             vec![(key.to_owned(), size)]
         }
-        None => cache.list()?.into_iter().map(|l| (l.key().to_owned(), listed_size(&l))).collect(),
+        None => cache
+            .list()?
+            .into_iter()
+            .filter(|l| !matches!(l, Listed::Foreign { .. }))
+            .map(|l| (l.key().to_owned(), listed_size(&l)))
+            .collect(),
     };
     let bar = progress(
         keys.iter().map(|(_, size)| size).sum(),
@@ -230,43 +303,45 @@ fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
     );
     let mut entries = Vec::new();
     for (key, size) in keys {
-        bar.set_message(format!("verifying {key}"));
+        bar.set_message(format!("verifying {}", crate::escape(&key)));
         let start = bar.position();
         let verified = cache.verify_with(&key, |n| bar.inc(n));
         // Whatever was read, the entry's share of the bar is done.
         bar.set_position(start + size);
+        let blank = Verified { key, state: "", reason: None, error: None, size: None, digest: None };
         let checked = match verified {
-            Ok(Some(meta)) => Verified {
-                key,
-                state: "intact",
-                reason: None,
-                size: Some(meta.size),
-                digest: Some(meta.digest),
-            },
-            Ok(None) => Verified { key, state: "missing", reason: None, size: None, digest: None },
-            Err(CacheError::Corrupt { reason, .. }) => {
-                Verified { key, state: "corrupt", reason: Some(reason), size: None, digest: None }
+            Ok(Some(meta)) => {
+                Verified { state: "intact", size: Some(meta.size), digest: Some(meta.digest), ..blank }
             }
-            Err(e) => return Err(e.into()),
+            Ok(None) => Verified { state: "missing", ..blank },
+            Err(CacheError::Corrupt { reason, .. }) => {
+                Verified { state: "corrupt", reason: Some(reason), ..blank }
+            }
+            Err(e) => Verified { state: "error", error: Some(sentence(&e.into())), ..blank },
         };
         if !json {
-            let line = match (checked.state, &checked.reason) {
-                ("intact", _) => {
-                    format!("{}: intact ({})\n", checked.key, format_size(checked.size.unwrap_or(0)))
-                }
-                ("corrupt", Some(reason)) => format!("{}: CORRUPT: {reason}\n", checked.key),
-                _ => format!("{}: no such entry\n", checked.key),
+            let shown = crate::escape(&checked.key);
+            let line = match (checked.state, &checked.reason, &checked.error) {
+                ("intact", ..) => format!("{shown}: intact ({})\n", format_size(checked.size.unwrap_or(0))),
+                ("corrupt", Some(reason), _) => format!("{shown}: CORRUPT: {reason}\n"),
+                ("error", _, Some(error)) => format!("{shown}: cannot verify: {}\n", crate::escape(error)),
+                _ => format!("{shown}: no such entry\n"),
             };
             bar.suspend(|| emit(&line))?;
         }
         entries.push(checked);
     }
     bar.finish_and_clear();
-    let bad = entries.iter().any(|e| e.state != "intact");
+    let code = entries.iter().map(|e| match e.state {
+        "intact" => 0,
+        "error" => 2,
+        _ => 1,
+    });
+    let code = code.max().unwrap_or(0);
     if json {
         print_json(&VerifyReport { schema: 1, root: cache.root().display().to_string(), entries })?;
     }
-    Ok(u8::from(bad))
+    Ok(code)
 }
 
 fn put(cache: &Cache, key: &str, src: &Path) -> Result<u8> {
@@ -274,35 +349,68 @@ fn put(cache: &Cache, key: &str, src: &Path) -> Result<u8> {
     if !meta.is_dir() {
         bail!("{} is not a directory; `put` stores a directory's contents", src.display());
     }
-    let source = std::path::absolute(src).unwrap_or_else(|_| src.to_owned());
-    let guard = cache.store(key, |staging| {
+    let source = std::fs::canonicalize(src).with_context(|| format!("cannot resolve {}", src.display()))?;
+    if let Ok(root) = std::fs::canonicalize(cache.root())
+        && root.starts_with(&source)
+    {
+        bail!(
+            "{} contains the cache root {}; a copy would copy itself. Store a directory outside the cache",
+            src.display(),
+            root.display()
+        );
+    }
+    let result = cache.store(key, |staging| {
         copy_tree(src, staging)?;
         Ok(serde_json::json!({ "source": source.display().to_string() }))
-    })?;
+    });
+    let guard = match result {
+        Ok(guard) => guard,
+        // Our closure's only failure is the copy.
+        Err(CacheError::Build { source: cause, .. }) => {
+            bail!("cannot copy {} into the cache: {cause}; nothing was stored", src.display())
+        }
+        Err(e) => return Err(e.into()),
+    };
     emit(&format!("{}\n", guard.path().display()))?;
     Ok(0)
 }
 
 /// Copy a tree: directories, regular files (with their permissions) and
-/// symlinks (as symlinks); anything else is refused.
+/// symlinks (as symlinks); anything else is refused. Iterative, so the
+/// depth of the source cannot overflow the stack.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    for item in std::fs::read_dir(from)? {
-        let item = item?;
-        let (src, dst) = (item.path(), to.join(item.file_name()));
-        let kind = item.file_type()?;
-        if kind.is_dir() {
-            std::fs::create_dir(&dst)?;
-            copy_tree(&src, &dst)?;
-            std::fs::set_permissions(&dst, std::fs::symlink_metadata(&src)?.permissions())?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else if kind.is_file() {
-            std::fs::copy(&src, &dst)?;
-        } else {
-            return Err(std::io::Error::other(format!(
-                "{}: a FIFO, socket or device node cannot be stored",
-                src.display()
-            )));
+    enum Work {
+        Copy(PathBuf, PathBuf),
+        /// A directory's mode, set once its contents are in.
+        Mode(PathBuf, std::fs::Permissions),
+    }
+    let mut work = vec![Work::Copy(from.to_owned(), to.to_owned())];
+    while let Some(item) = work.pop() {
+        let (from, to) = match item {
+            Work::Mode(dir, mode) => {
+                std::fs::set_permissions(&dir, mode)?;
+                continue;
+            }
+            Work::Copy(from, to) => (from, to),
+        };
+        for item in std::fs::read_dir(&from)? {
+            let item = item?;
+            let (src, dst) = (item.path(), to.join(item.file_name()));
+            let kind = item.file_type()?;
+            if kind.is_dir() {
+                std::fs::create_dir(&dst)?;
+                work.push(Work::Mode(dst.clone(), std::fs::symlink_metadata(&src)?.permissions()));
+                work.push(Work::Copy(src, dst));
+            } else if kind.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+            } else if kind.is_file() {
+                std::fs::copy(&src, &dst)?;
+            } else {
+                return Err(std::io::Error::other(format!(
+                    "{}: a FIFO, socket or device node cannot be stored",
+                    src.display()
+                )));
+            }
         }
     }
     Ok(())
@@ -314,7 +422,7 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 #[error("the build command exited with status {0}; nothing was published")]
 struct BuildFailed(u8);
 
-fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString]) -> Result<u8> {
+fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString], close: bool) -> Result<u8> {
     let result = cache.ensure(key, |staging| {
         let mut sh = Command::new("sh");
         sh.args(["-c", build]).env("LOCKYARD_STAGING", staging).env("LOCKYARD_KEY", key);
@@ -329,7 +437,7 @@ fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString]) -> Result
         Ok(guard) => guard,
         Err(CacheError::Build { source, key }) => match source.downcast_ref::<BuildFailed>() {
             Some(&BuildFailed(code)) => {
-                eprintln!("lockyard: {key}: {source}");
+                eprintln!("lockyard: {}", crate::escape(&format!("{key}: {source}")));
                 return Ok(code);
             }
             None => return Err(CacheError::Build { key, source }.into()),
@@ -342,8 +450,16 @@ fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString]) -> Result
     }
     let mut child = Command::new(&command[0]);
     child.args(&command[1..]).env("LOCKYARD_ENTRY", guard.path());
+    if !close {
+        crate::run::inherit(&mut child, vec![guard.as_fd().as_raw_fd()]);
+    }
     let code = spawn_and_wait_code(child, |_| {});
-    drop(guard);
+    if close {
+        drop(guard);
+    } else {
+        // What COMMAND left running keeps the entry held for reading.
+        drop(guard.into_fd());
+    }
     Ok(code)
 }
 
@@ -352,14 +468,22 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
     let mut text = String::new();
     for victim in &plan.victims {
         match &victim.corrupt {
-            Some(reason) => text.push_str(&format!("remove {} (corrupt: {reason})\n", victim.key)),
+            Some(reason) => {
+                text.push_str(&format!("remove {} (corrupt: {reason})\n", crate::escape(&victim.key)));
+            }
             None => text.push_str(&format!(
                 "remove {} ({}, used {})\n",
-                victim.key,
+                crate::escape(&victim.key),
                 format_size(victim.size),
                 age(victim.last_used_ns)
             )),
         }
+    }
+    for (name, reason) in &plan.foreign {
+        text.push_str(&format!(
+            "leave {} ({reason}: not made by lockyard; `lockyard cache remove` it if it should go)\n",
+            crate::escape(name)
+        ));
     }
     let summary = summary(&plan);
     if dry_run {
@@ -392,10 +516,14 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
     let entries = if n == 1 { "entry" } else { "entries" };
     let mut out = format!("removed {n} {entries}, freed {}\n", format_size(report.freed));
     for (key, holders) in &report.busy {
-        out.push_str(&format!("kept {key}: in use, held by {holders}\n"));
+        out.push_str(&crate::escape(&format!("kept {key}: in use, held by {holders}")));
+        out.push('\n');
     }
     for key in &report.changed {
-        out.push_str(&format!("kept {key}: replaced or used since it was listed\n"));
+        out.push_str(&format!(
+            "kept {}: replaced, used or changed since it was listed\n",
+            crate::escape(key)
+        ));
     }
     emit(&out)?;
     Ok(0)
@@ -424,6 +552,26 @@ fn progress(len: u64, template: &str) -> indicatif::ProgressBar {
 fn summary(plan: &CleanPlan) -> String {
     let n = plan.victims.len();
     format!("{n} {} ({})", if n == 1 { "entry" } else { "entries" }, format_size(plan.bytes()))
+}
+
+fn remove(cache: &Cache, names: &[String]) -> Result<u8> {
+    let mut code = 0;
+    for name in names {
+        let shown = crate::escape(name);
+        match cache.remove(name) {
+            Ok(true) => emit(&format!("removed {shown}\n"))?,
+            Ok(false) => {
+                eprintln!("lockyard: no {shown} in {}", crate::escape(&cache.root().display().to_string()));
+                code = code.max(1);
+            }
+            Err(e) if e.is_busy() => {
+                eprintln!("lockyard: kept {}", crate::escape(&e.to_string()));
+                code = code.max(1);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(code)
 }
 
 fn sweep(cache: &Cache) -> Result<u8> {

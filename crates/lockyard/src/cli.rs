@@ -141,6 +141,11 @@ pub struct ReserveArgs {
     /// The reservation lock directory.
     #[arg(long, value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
+    /// Do not let COMMAND inherit the reservation's lock descriptors: the
+    /// reservation then ends when lockyard does, even if processes COMMAND
+    /// started (or COMMAND itself, if lockyard is killed) still run.
+    #[arg(short = 'o', long)]
+    pub close: bool,
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", required = true, last = true)]
     pub command: Vec<std::ffi::OsString>,
@@ -320,6 +325,11 @@ pub enum PidfileCommand {
         after_help = "Exit status: COMMAND's; 1 if the pidfile is claimed by another process; 2 on error."
     )]
     Claim {
+        /// Do not let COMMAND inherit the claim's lock descriptor: the
+        /// claim then ends when lockyard does, even if COMMAND (after
+        /// lockyard is killed) or what it started still runs.
+        #[arg(short = 'o', long)]
+        close: bool,
         /// The pidfile (created if missing, never removed).
         path: PathBuf,
         /// The command and its arguments.
@@ -340,9 +350,14 @@ pub enum PidfileCommand {
 /// Options of `lockyard cache`.
 #[derive(Debug, Args)]
 #[command(after_help = "The cache root is --dir, else $LOCKYARD_CACHE_DIR, else $XDG_CACHE_HOME/lockyard, \
-    else $HOME/.cache/lockyard. Layout and protocol: docs/cache.md; output and exit codes: docs/cli.md.")]
+    else $HOME/.cache/lockyard. It, and every directory on the way to it, must belong to you or root and \
+    not be writable by other users (sticky directories such as /tmp may be crossed). A directory that \
+    holds other files and no .lockyard-cache marker is refused and left untouched. list, show and verify \
+    create nothing. Layout and protocol: docs/cache.md; output and exit codes: docs/cli.md.")]
 pub struct CacheArgs {
-    /// The cache root (created if missing).
+    /// The cache root. Created if missing by the commands that store;
+    /// an existing directory is used only if it is empty or already a
+    /// lockyard cache (it holds a .lockyard-cache marker).
     #[arg(long, global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Give up waiting for a lock (a writer publishing, another builder)
@@ -419,12 +434,18 @@ pub enum CacheCommand {
         /// missing.
         #[arg(long, value_name = "SHELL_CMD")]
         build: String,
+        /// Do not let COMMAND inherit the entry's reader lock: the entry is
+        /// then held only while lockyard runs, not while processes COMMAND
+        /// left behind (or COMMAND, if lockyard is killed) still use it.
+        #[arg(short = 'o', long)]
+        close: bool,
         /// The command to run with the entry (after `--`).
         #[arg(value_name = "COMMAND", allow_hyphen_values = true)]
         command: Vec<std::ffi::OsString>,
     },
     /// Remove entries by a policy. Entries in use are skipped and named
-    /// with their holders; corrupt entries are always removed.
+    /// with their holders; corrupt entries are always removed; what is
+    /// not an entry is reported and left alone.
     #[command(
         group(clap::ArgGroup::new("policy").required(true)),
         after_help = "Lists what it will remove first. On a terminal it then asks; without one it \
@@ -460,4 +481,17 @@ pub enum CacheCommand {
     /// is proven dead by its lock).
     #[command(after_help = "Exit status: 0 on success, 2 on error.")]
     Sweep,
+    /// Remove the named entries, or items in the root that are not
+    /// entries (which `list` shows as foreign and no clean removes).
+    #[command(
+        after_help = "Each NAME is taken under its entry lock, without waiting: one in use is kept and \
+        its holders named. The cache's own files (.lockyard-cache, CACHEDIR.TAG, .locks, .staging) \
+        cannot be named.\n\n\
+        Exit status: 0 if every NAME was removed; 1 if one was missing or in use; 2 on error."
+    )]
+    Remove {
+        /// What to remove: a key, or a name `list` reports as foreign.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
 }

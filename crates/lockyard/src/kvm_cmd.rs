@@ -120,7 +120,7 @@ fn run_kernel(args: &KernelArgs) -> Result<u8> {
             return Ok(1);
         }
         Err(e @ ResolveError::Contended { .. }) => {
-            eprintln!("lockyard: {e}");
+            eprintln!("lockyard: {}", crate::escape(&e.to_string()));
             return Ok(1);
         }
         Err(e) => return Err(e.into()),

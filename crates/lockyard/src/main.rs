@@ -46,7 +46,9 @@ fn main() -> ExitCode {
         Command::Who(args) => who(&args),
         Command::Run(args) => run::run(&args),
         Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
-        Command::Pidfile(PidfileCommand::Claim { path, command }) => run::pidfile_claim(&path, &command),
+        Command::Pidfile(PidfileCommand::Claim { path, command, close }) => {
+            run::pidfile_claim(&path, &command, close)
+        }
         Command::Cache(args) => cache_cmd::cache(&args),
         Command::Topo(args) => report(topo_cmd::topo(&args), 0),
         Command::Reserve(args) => topo_cmd::reserve(&args),
@@ -83,8 +85,27 @@ fn report(result: Result<()>, ok: u8) -> ExitCode {
     }
 }
 
+/// The error and its causes as one line, each cause once: errors that
+/// already print their source (`path: op: cause`) are not followed by the
+/// cause again. Escaped for the terminal ([`escape`]).
 fn sentence(err: &anyhow::Error) -> String {
-    err.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    escape(&text).into_owned()
+}
+
+/// `text` with control characters escaped, for stderr and tables.
+fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    table::escape(text, false)
 }
 
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
@@ -238,7 +259,7 @@ fn who(args: &WhoArgs) -> ExitCode {
     for path in &args.paths {
         let id = snapshot.file_id(path);
         if let Err(e) = &id {
-            eprintln!("lockyard: {e}");
+            eprintln!("lockyard: {}", escape(&e.to_string()));
             if matches!(e, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound) {
                 eprintln!("hint: check the path; `who` asks about existing files");
             }
@@ -293,15 +314,19 @@ fn who(args: &WhoArgs) -> ExitCode {
         }
     } else {
         let mut text = String::new();
+        let mut line = |line: String| {
+            text.push_str(&escape(&line));
+            text.push('\n');
+        };
         for file in files.iter().filter(|f| f.error.is_none()) {
             if file.holders.is_empty() && file.waiters.is_empty() {
-                text.push_str(&format!("{}: not held\n", file.path));
+                line(format!("{}: not held", file.path));
             }
             for h in &file.holders {
-                text.push_str(&format!("{}: held by {h}\n", file.path));
+                line(format!("{}: held by {h}", file.path));
             }
             for w in &file.waiters {
-                text.push_str(&format!("{}: {w}\n", file.path));
+                line(format!("{}: {w}", file.path));
             }
         }
         if let Err(e) = emit(&text) {
@@ -341,6 +366,8 @@ struct PidfileReport {
     path: String,
     state: &'static str,
     pid: Option<u32>,
+    /// The pid written in the file, when it differs from `pid`.
+    recorded_pid: Option<u32>,
     command: Option<String>,
     start_time: Option<u64>,
 }
@@ -363,6 +390,7 @@ fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
             path: shown,
             state: name,
             pid: claimant.map(|c| c.pid),
+            recorded_pid: claimant.and_then(|c| c.recorded.filter(|&r| r != c.pid)),
             command: claimant.and_then(|c| c.cmdline.clone()),
             start_time: claimant.and_then(|c| c.start_time),
         };
@@ -372,10 +400,18 @@ fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
     } else {
         let text = match claimant {
             Some(c) => {
-                format!("{shown}: claimed by pid {} ({})\n", c.pid, c.cmdline.as_deref().unwrap_or("?"))
+                let mut line =
+                    format!("{shown}: claimed by pid {} ({})", c.pid, c.cmdline.as_deref().unwrap_or("?"));
+                match c.recorded {
+                    Some(recorded) if recorded != c.pid => line
+                        .push_str(&format!("; the file names pid {recorded}, which does not hold the claim")),
+                    None => line.push_str("; the file names no pid"),
+                    Some(_) => {}
+                }
+                escape(&line).into_owned() + "\n"
             }
-            None if name == "missing" => format!("{shown}: no such pidfile\n"),
-            None => format!("{shown}: unclaimed\n"),
+            None if name == "missing" => format!("{}: no such pidfile\n", escape(&shown)),
+            None => format!("{}: unclaimed\n", escape(&shown)),
         };
         if let Err(e) = emit(&text) {
             return report(Err(e), 0);

@@ -2,7 +2,7 @@
 //! a lock, forwarding signals, passing its exit status through.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, ExitCode};
 
 use lockyard::cli::RunArgs;
@@ -32,7 +32,7 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
     if !args.close {
-        inherit(&mut command, guard.as_raw_fd());
+        inherit(&mut command, vec![guard.as_raw_fd()]);
     }
     let code = spawn_and_wait(command, |_| {});
     if args.close {
@@ -51,19 +51,26 @@ fn usage(message: &str) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-/// Let the command inherit the lock descriptor, as flock(1) does without
-/// `-o`, so processes it leaves running keep the lock.
+/// Let the command inherit the lock descriptors `fds`, as flock(1) does
+/// without `-o`: a lock is per open file description, so the command and
+/// whatever it leaves running hold it until the last of them exits, even
+/// if lockyard itself is killed first. The caller must then close its own
+/// copies without unlocking (`into_fd`), since an unlock through any copy
+/// releases the lock for all of them.
 #[allow(unsafe_code)]
-fn inherit(command: &mut Command, fd: std::os::fd::RawFd) {
+pub(crate) fn inherit(command: &mut Command, fds: Vec<std::os::fd::RawFd>) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec. It makes
-    // one async-signal-safe system call (fcntl F_SETFD) and allocates
-    // nothing; `fd` is the lock descriptor, open in the child as in the
-    // parent, and `borrow_raw` only borrows it for that call.
+    // only async-signal-safe system calls (fcntl F_SETFD) and allocates
+    // nothing (`fds` was allocated before the fork); each fd is a lock
+    // descriptor, open in the child as in the parent, and `borrow_raw`
+    // only borrows it for that call.
     unsafe {
         command.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            for &fd in &fds {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
             Ok(())
         });
     }
@@ -101,7 +108,7 @@ pub(crate) fn spawn_with_and_wait(
         Ok(child) => child,
         Err(e) => {
             let program = command.get_program().to_string_lossy().into_owned();
-            eprintln!("lockyard: cannot run {program}: {e}");
+            eprintln!("lockyard: cannot run {}: {e}", crate::escape(&program));
             return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
         }
     };
@@ -134,26 +141,34 @@ pub(crate) fn spawn_with_and_wait(
     }
 }
 
-pub(crate) fn pidfile_claim(path: &std::path::Path, argv: &[OsString]) -> ExitCode {
+pub(crate) fn pidfile_claim(path: &std::path::Path, argv: &[OsString], close: bool) -> ExitCode {
     let pidfile = Pidfile::new(path);
     let guard = match pidfile.claim() {
         Ok(guard) => guard,
         Err(err @ LockError::Contended { .. }) => {
-            eprintln!("lockyard: {err}");
+            eprintln!("lockyard: {}", crate::escape(&err.to_string()));
             return ExitCode::from(1);
         }
         Err(err) => {
-            eprintln!("lockyard: {err}");
+            eprintln!("lockyard: {}", crate::escape(&err.to_string()));
             return ExitCode::from(2);
         }
     };
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
-    spawn_and_wait(command, |pid| {
+    if !close {
+        inherit(&mut command, vec![guard.as_fd().as_raw_fd()]);
+    }
+    let code = spawn_and_wait(command, |pid| {
         if let Err(e) = guard.set_pid(pid) {
-            eprintln!("lockyard: {e}");
+            eprintln!("lockyard: {}", crate::escape(&e.to_string()));
         }
-    })
+    });
+    if !close {
+        // The command's leftovers keep the claim they inherited.
+        drop(guard.into_fd());
+    }
+    code
 }
 
 /// Lock options for `run`.
@@ -180,11 +195,11 @@ fn run_lock(args: &RunArgs) -> Result<LockGuard, ExitCode> {
     let fail = |err: &LockError| {
         if err.is_busy() {
             if args.verbose {
-                eprintln!("lockyard: {err}");
+                eprintln!("lockyard: {}", crate::escape(&err.to_string()));
             }
             ExitCode::from(args.conflict_exit_code)
         } else {
-            eprintln!("lockyard: {err}");
+            eprintln!("lockyard: {}", crate::escape(&err.to_string()));
             ExitCode::from(EX_NOINPUT)
         }
     };

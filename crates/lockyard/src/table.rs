@@ -21,7 +21,39 @@ pub struct Column {
     pub flexible: bool,
 }
 
+/// `text` safe to print for a human: every character that could end a
+/// line, move the cursor, change colours or reorder text is written as an
+/// escape instead (`\xHH` for C0 controls and DEL, `\u{HHHH}` for C1 and
+/// bidirectional-text controls), and a backslash as `\\`, so an escape
+/// cannot be faked either. A file name holding a newline or an ESC
+/// sequence thus prints as one visible row, not as forged rows or
+/// terminal commands. With `space`, spaces are escaped too (`\x20`), so
+/// each field of raw output stays one word, as lslocks does.
+pub fn escape(text: &str, space: bool) -> std::borrow::Cow<'_, str> {
+    let special = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || (space && c == ' ')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+    };
+    if !text.contains(special) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x80 && special(c) => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if special(c) => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Render `rows` under `columns`; every row has one cell per column.
+/// Cells are escaped ([`escape`]), so no cell can add a row or reach the
+/// terminal as a command.
 pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String {
     let mut out = String::new();
     if style.raw {
@@ -30,11 +62,14 @@ pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String 
             out.push('\n');
         }
         for row in rows {
-            out.push_str(&row.join(" "));
+            let cells: Vec<_> = row.iter().map(|cell| escape(cell, true)).collect();
+            out.push_str(&cells.join(" "));
             out.push('\n');
         }
         return out;
     }
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|row| row.iter().map(|cell| escape(cell, false).into_owned()).collect()).collect();
     let len = |s: &str| s.chars().count();
     let mut widths: Vec<usize> = columns
         .iter()
@@ -126,6 +161,20 @@ mod tests {
     #[test]
     fn raw_and_noheadings() {
         let text = render(&COLUMNS, &rows(), Style { raw: true, noheadings: true, width: Some(10) });
-        assert_eq!(text.lines().next(), Some("1 flock -x /tmp/a sleep 60 /tmp/a"));
+        assert_eq!(text.lines().next(), Some("1 flock\\x20-x\\x20/tmp/a\\x20sleep\\x2060 /tmp/a"));
+    }
+
+    #[test]
+    fn a_newline_or_escape_in_a_cell_cannot_forge_a_row_or_reach_the_terminal() {
+        let rows = vec![vec!["1".into(), "sh".into(), "/tmp/x\n2 root /etc/shadow\u{1b}[2J\\".into()]];
+        for style in [Style::default(), Style { raw: true, ..Style::default() }] {
+            let text = render(&COLUMNS, &rows, style);
+            assert_eq!(text.lines().count(), 2, "{text}");
+            assert!(!text.contains('\u{1b}'), "{text}");
+            assert!(text.contains("/tmp/x\\x0a2"), "{text}");
+            assert!(text.contains("\\x1b[2J\\\\"), "{text}");
+        }
+        assert_eq!(escape("a\u{202e}b\u{85}", false), "a\\u{202e}b\\u{0085}");
+        assert_eq!(escape("plain path", false), "plain path");
     }
 }

@@ -2,6 +2,7 @@
 //! their reservation locks.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use std::process::{Command, ExitCode};
@@ -182,7 +183,7 @@ pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
     let reservation = match reserved {
         Ok(reservation) => reservation,
         Err(e) => {
-            eprintln!("lockyard: {e}");
+            eprintln!("lockyard: {}", crate::escape(&e.to_string()));
             return ExitCode::from(if e.is_busy() { 1 } else { 2 });
         }
     };
@@ -192,7 +193,15 @@ pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
         .args(&args.command[1..])
         .env("LOCKYARD_CPUS", reservation.cpus().to_string())
         .env("LOCKYARD_JOBS", reservation.jobs().to_string());
+    if !args.close {
+        crate::run::inherit(&mut command, reservation.lock_fds().map(|fd| fd.as_raw_fd()).collect());
+    }
     let code = crate::run::spawn_with_and_wait(command, |c| reservation.spawn(c), |_| {});
-    drop(reservation);
+    if args.close {
+        drop(reservation);
+    } else {
+        // Processes COMMAND left running keep the CPUs they inherited.
+        drop(reservation.into_fds());
+    }
     ExitCode::from(code)
 }

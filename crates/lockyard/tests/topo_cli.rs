@@ -139,33 +139,106 @@ fn users_share_one_sticky_lock_directory() {
     let dir = std::env::temp_dir().join(format!("lockyard-reserve-users-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", LOCKYARD];
-    // Nobody makes the directory (1777) and the lock files in it.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Root makes the shared directory (1777, whatever the umask) ...
+    let made = Command::new(LOCKYARD)
+        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .arg(&dir)
+        .args(["--", "true"])
+        .output()
+        .expect("reserve as root");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let meta = std::fs::metadata(&dir).expect("dir");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o1777, "sticky and world-writable whatever the umask");
+    assert_eq!(meta.uid(), 0);
+    // ... nobody reserves every CPU in it, using root's lock file and
+    // making the others ...
+    let online = std::fs::read_dir("/sys/devices/system/cpu")
+        .expect("sysfs")
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_string_lossy().strip_prefix("cpu").is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count();
     let first = Command::new("setpriv")
         .args(as_nobody)
-        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .args(["reserve", "--cpus", &online.to_string(), "--lock-dir"])
         .arg(&dir)
         .args(["--", "true"])
         .output()
         .expect("reserve as nobody");
     assert!(first.status.success(), "nobody could not reserve: {}", String::from_utf8_lossy(&first.stderr));
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(&dir).expect("dir");
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o1777, "sticky and world-writable whatever the umask");
-    assert_eq!(meta.uid(), 65534);
-    let lock = std::fs::read_dir(&dir)
-        .expect("dir")
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("cpu-"));
-    let lock = lock.expect("a cpu lock file").path();
-    assert_eq!(std::fs::metadata(&lock).expect("lock").uid(), 65534);
-    assert_eq!(std::fs::metadata(&lock).expect("lock").permissions().mode() & 0o777, 0o666);
-    // Another user's lock file is used, not refused.
+    for lock in std::fs::read_dir(&dir).expect("dir").flatten() {
+        let meta = lock.metadata().expect("lock");
+        if meta.uid() == 65534 {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o666, "{:?}", lock.path());
+        }
+    }
+    // ... and root then uses nobody's lock files rather than refusing them.
     let second = Command::new(LOCKYARD)
-        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .args(["reserve", "--cpus", &online.to_string(), "--lock-dir"])
         .arg(&dir)
         .args(["--", "true"])
         .output()
         .expect("reserve as root");
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_lock_directory_another_user_made_is_refused() {
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !rustix::process::geteuid().is_root() || !setpriv {
+        println!("skipped: needs root and setpriv to act as two users");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("lockyard-reserve-squat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir(&base).expect("base");
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    // Squatted: nobody made the directory, and could unlink lock files in
+    // it under a root reservation.
+    let squatted = base.join("squatted");
+    let made = Command::new("setpriv").args(as_nobody).args(["mkdir", "-m", "1777"]).arg(&squatted).status();
+    assert!(made.expect("mkdir").success());
+    let out = Command::new(LOCKYARD)
+        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .arg(&squatted)
+        .args(["--", "true"])
+        .output()
+        .expect("reserve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("owned by another user") && stderr.contains("uid 65534"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&squatted).expect("dir").count(), 0, "no lock file made in it");
+    // A foreign symlink where the directory should be: refused, and
+    // nothing created at its target.
+    let target = base.join("target");
+    let link = base.join("link");
+    let planted =
+        Command::new("setpriv").args(as_nobody).arg("ln").arg("-s").arg(&target).arg(&link).status();
+    assert!(planted.expect("ln").success());
+    let out = Command::new(LOCKYARD)
+        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .arg(&link)
+        .args(["--", "true"])
+        .output()
+        .expect("reserve");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!target.exists(), "the symlink's target was created");
+    // World-writable without the sticky bit: anyone could swap lock files.
+    let open = base.join("open");
+    std::fs::create_dir(&open).expect("open");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let out = Command::new(LOCKYARD)
+        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .arg(&open)
+        .args(["--", "true"])
+        .output()
+        .expect("reserve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("writable by every user"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -1,0 +1,330 @@
+//! The trust round, from outside: a careless operator, another local user
+//! and a killed supervisor against the `lockyard` command (each test names
+//! the promise of docs/reliability.md's threat model it holds).
+
+#![allow(clippy::print_stdout)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LOCKYARD: &str = env!("CARGO_BIN_EXE_lockyard");
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lockyard-trust-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        Scratch(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn lockyard(args: &[&str]) -> Output {
+    Command::new(LOCKYARD).args(args).stdin(Stdio::null()).output().expect("run lockyard")
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether util-linux flock(1) can take `path` without waiting.
+fn free(path: &Path) -> bool {
+    let status = Command::new("flock").arg("-n").arg(path).arg("true").status().expect("flock(1)");
+    status.success()
+}
+
+/// A supervised command and its own child: `lockyard ARGS` whose COMMAND
+/// writes its pid to `pid_file` then sleeps. Both are killed on drop.
+struct Supervised {
+    lockyard: Child,
+    command: Option<u32>,
+}
+
+impl Supervised {
+    /// Start `lockyard` with `args`, then `-- sh -c 'echo $$ >PID; exec sleep 60'`.
+    fn start(args: &[&str], dir: &Scratch) -> Self {
+        let pid_file = dir.path("command.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let script = format!("echo $$ > '{}'; exec sleep 60", pid_file.display());
+        let lockyard = Command::new(LOCKYARD)
+            .args(args)
+            .args(["--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn lockyard");
+        let mut me = Supervised { lockyard, command: None };
+        wait_for("the command to start", || {
+            std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+        });
+        me.command = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse().ok());
+        me
+    }
+
+    /// SIGKILL lockyard alone; its command keeps running.
+    fn kill_supervisor(&mut self) {
+        self.lockyard.kill().expect("kill lockyard");
+        self.lockyard.wait().expect("reap lockyard");
+    }
+
+    fn kill_command(&mut self) {
+        if let Some(pid) = self.command.take() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            wait_for("the command to exit", || !Path::new(&format!("/proc/{pid}")).exists());
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let _ = self.lockyard.kill();
+        let _ = self.lockyard.wait();
+        self.kill_command();
+    }
+}
+
+#[test]
+fn a_killed_pidfile_supervisor_leaves_the_claim_with_its_command() {
+    let dir = Scratch::new("pidfile-kill");
+    let pidfile = dir.path("daemon.pid");
+    let shown = pidfile.to_str().expect("utf-8");
+    let mut run = Supervised::start(&["pidfile", "claim", shown], &dir);
+    run.kill_supervisor();
+    // The daemon still runs: a second one must not start.
+    assert!(!free(&pidfile), "the claim was released while its daemon runs");
+    let second = lockyard(&["pidfile", "claim", shown, "--", "true"]);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
+    let status = lockyard(&["pidfile", "status", shown]);
+    let said = text(&status.stdout);
+    assert!(said.contains(&format!("claimed by pid {}", run.command.expect("pid"))), "{said}");
+    run.kill_command();
+    assert!(free(&pidfile), "the claim outlived its daemon");
+
+    // With -o the claim is lockyard's alone, as asked.
+    let mut run = Supervised::start(&["pidfile", "claim", "-o", shown], &dir);
+    assert!(!free(&pidfile));
+    run.kill_supervisor();
+    assert!(free(&pidfile), "-o: the claim ends with lockyard");
+}
+
+#[test]
+fn a_killed_reserve_supervisor_leaves_the_cpus_with_its_command() {
+    let dir = Scratch::new("reserve-kill");
+    let locks = dir.path("locks");
+    let locks = locks.to_str().expect("utf-8");
+    let mut run = Supervised::start(&["reserve", "--cpus", "1", "--lock-dir", locks], &dir);
+    let lock_files: Vec<PathBuf> =
+        std::fs::read_dir(locks).expect("lock dir").flatten().map(|e| e.path()).collect();
+    let cpu = lock_files
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cpu-")))
+        .expect("a cpu lock")
+        .clone();
+    assert!(!free(&cpu));
+    run.kill_supervisor();
+    assert!(!free(&cpu), "the CPU was released while its command runs");
+    run.kill_command();
+    assert!(free(&cpu), "the reservation outlived its command");
+}
+
+#[test]
+fn a_killed_ensure_supervisor_leaves_the_entry_held_for_its_command() {
+    let dir = Scratch::new("ensure-kill");
+    let root = dir.path("cache");
+    let root = root.to_str().expect("utf-8");
+    let mut run = Supervised::start(
+        &["cache", "--dir", root, "ensure", "k", "--build", "echo x > \"$LOCKYARD_STAGING/f\""],
+        &dir,
+    );
+    run.kill_supervisor();
+    let clean = lockyard(&["cache", "--dir", root, "clean", "--all", "--yes"]);
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+    assert!(text(&clean.stdout).contains("kept k: in use"), "{}", text(&clean.stdout));
+    assert!(Path::new(root).join("k/f").exists(), "the entry was removed under its reader");
+    run.kill_command();
+    let clean = lockyard(&["cache", "--dir", root, "clean", "--all", "--yes"]);
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+    assert!(!Path::new(root).join("k").exists());
+}
+
+/// Every name under `dir`, with file contents.
+fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if e.file_type().expect("type").is_dir() {
+                todo.push(p.clone());
+                out.push((p, None));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cache_commands_on_a_directory_that_is_not_a_cache_touch_nothing() {
+    let dir = Scratch::new("not-a-cache");
+    let project = dir.path("project");
+    std::fs::create_dir_all(project.join("src")).expect("project");
+    std::fs::write(project.join("Cargo.toml"), "[package]").expect("file");
+    std::fs::write(project.join("src/lib.rs"), "").expect("file");
+    let before = tree(&project);
+    let shown = project.to_str().expect("utf-8");
+    for args in [
+        &["clean", "--keep", "1000000", "--yes"][..],
+        &["clean", "--all", "--yes"],
+        &["list"],
+        &["verify"],
+        &["show", "src"],
+        &["sweep"],
+        &["put", "k", "/etc/hostname"],
+        &["remove", "src"],
+    ] {
+        let out =
+            Command::new(LOCKYARD).args(["cache", "--dir", shown]).args(args).stdin(Stdio::null()).output();
+        let out = out.expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("not a lockyard cache"), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(tree(&project), before, "{args:?} changed the directory");
+    }
+    // Read-only commands on a missing root create nothing.
+    let missing = dir.path("missing");
+    let shown = missing.to_str().expect("utf-8");
+    let list = lockyard(&["cache", "--dir", shown, "list"]);
+    assert_eq!(list.status.code(), Some(0), "{}", text(&list.stderr));
+    let show = lockyard(&["cache", "--dir", shown, "show", "k"]);
+    assert_eq!(show.status.code(), Some(1), "{}", text(&show.stderr));
+    let verify = lockyard(&["cache", "--dir", shown, "verify", "--json"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    assert!(!missing.exists(), "a read-only command created the root");
+}
+
+#[test]
+fn foreign_items_in_a_cache_are_reported_not_removed_unless_named() {
+    let dir = Scratch::new("foreign");
+    let root = dir.path("cache");
+    let shown = root.to_str().expect("utf-8");
+    let src = dir.path("src");
+    std::fs::create_dir(&src).expect("src");
+    std::fs::write(src.join("f"), "x").expect("file");
+    assert!(lockyard(&["cache", "--dir", shown, "put", "k", src.to_str().expect("utf-8")]).status.success());
+    std::fs::create_dir(root.join("notes")).expect("foreign dir");
+    std::fs::write(root.join("notes/todo"), "mine").expect("foreign file");
+    std::fs::write(root.join("stray"), "mine").expect("stray file");
+    let list = lockyard(&["cache", "--dir", shown, "list"]);
+    assert!(text(&list.stdout).contains("FOREIGN"), "{}", text(&list.stdout));
+    let clean = lockyard(&["cache", "--dir", shown, "clean", "--all", "--yes"]);
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+    assert!(text(&clean.stdout).contains("leave notes"), "{}", text(&clean.stdout));
+    assert!(!root.join("k").exists());
+    assert_eq!(std::fs::read_to_string(root.join("notes/todo")).expect("kept"), "mine");
+    assert_eq!(std::fs::read_to_string(root.join("stray")).expect("kept"), "mine");
+    let remove = lockyard(&["cache", "--dir", shown, "remove", "notes", "stray", "absent"]);
+    assert_eq!(remove.status.code(), Some(1), "{}", text(&remove.stderr));
+    assert!(!root.join("notes").exists() && !root.join("stray").exists());
+}
+
+#[test]
+fn verify_reports_every_entry_even_past_one_it_cannot_read() {
+    let dir = Scratch::new("verify-fifo");
+    let root = dir.path("cache");
+    let shown = root.to_str().expect("utf-8");
+    let src = dir.path("src");
+    std::fs::create_dir(&src).expect("src");
+    std::fs::write(src.join("f"), "x").expect("file");
+    for key in ["a-fifo", "b-tampered", "c-fine"] {
+        assert!(
+            lockyard(&["cache", "--dir", shown, "put", key, src.to_str().expect("utf-8")]).status.success()
+        );
+    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("a-fifo/pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    std::fs::write(root.join("b-tampered/f"), "y").expect("tamper");
+    let out = lockyard(&["cache", "--dir", shown, "verify"]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("a-fifo: cannot verify"), "{said}");
+    assert!(said.contains("b-tampered: CORRUPT"), "{said}");
+    assert!(said.contains("c-fine: intact"), "{said}");
+}
+
+#[test]
+fn put_of_a_tree_holding_the_cache_is_refused_with_the_reason() {
+    let dir = Scratch::new("put-self");
+    let root = dir.path("cache");
+    let out = lockyard(&[
+        "cache",
+        "--dir",
+        root.to_str().expect("utf-8"),
+        "put",
+        "k",
+        dir.0.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stderr);
+    assert!(said.contains("contains the cache root") && !said.contains("build failed"), "{said}");
+}
+
+#[test]
+fn names_with_newlines_and_escapes_cannot_forge_rows_or_reach_the_terminal() {
+    let dir = Scratch::new("forge");
+    let evil = dir.path("x\n1 root FLOCK WRITE 0 0 0 shadow\u{1b}[2J");
+    std::fs::write(&evil, "").expect("evil name");
+    let mut holder = Command::new("flock").arg(&evil).args(["sleep", "60"]).spawn().expect("flock(1)");
+    let path = evil.to_str().expect("utf-8");
+    wait_for("flock(1) to lock", || !free(&evil));
+    let out = lockyard(&["locks", "-r", "--noheadings", "--path", path]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(said.lines().count(), 1, "one lock, one row: {said}");
+    assert!(!said.contains('\u{1b}'), "{said:?}");
+    let who = lockyard(&["who", path]);
+    let said = text(&who.stdout);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.contains("\\x0a1 root") && !said.contains('\u{1b}'), "{said:?}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn bad_cache_keys_are_refused() {
+    let dir = Scratch::new("keys");
+    let root = dir.path("cache");
+    for key in ["CACHEDIR.TAG", "   ", "a\u{202e}b"] {
+        let out = lockyard(&["cache", "--dir", root.to_str().expect("utf-8"), "put", key, "/etc"]);
+        assert_eq!(out.status.code(), Some(2), "{key:?}");
+        assert!(text(&out.stderr).contains("invalid cache key"), "{key:?}: {}", text(&out.stderr));
+    }
+}
