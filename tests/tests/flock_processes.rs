@@ -174,7 +174,7 @@ fn ofd_holder_from_python_is_found_only_by_exact_attribution() {
     assert_eq!(cheap.0.len(), 1);
     assert_eq!((cheap.0[0].pid, cheap.0[0].kind), (None, ProcKind::Ofd), "/proc/locks records pid -1");
 
-    let exact = snapshot.exact_holders(&[id]);
+    let exact = snapshot.exact_holders(&[id]).expect("scan /proc");
     let holder = &exact[0].0[0];
     assert_eq!((holder.pid, holder.attribution), (Some(python.pid()), Attribution::Exact));
     assert!(holder.cmdline.as_deref().is_some_and(|c| c.contains("python")));
@@ -243,7 +243,7 @@ fn a_forked_childs_inherited_lock_is_attributed_to_the_child() {
     let id = snapshot.file_id(&path).expect("id");
     let recorded = snapshot.holders(id.key);
     assert_ne!(recorded.0[0].pid, Some(child), "/proc/locks records the exited flock(1)");
-    let exact = snapshot.exact_holders(&[id]);
+    let exact = snapshot.exact_holders(&[id]).expect("scan /proc");
     let pids: Vec<_> = exact[0].holding().map(|h| h.pid).collect();
     assert_eq!(pids, [Some(child)]);
     assert!(exclusive(&path).try_lock().expect("try").is_none());

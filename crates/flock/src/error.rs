@@ -236,7 +236,11 @@ impl Found {
                 "it may be another file linked here to be overwritten; remove the extra link (as its owner) \
                  or use a private directory such as $XDG_RUNTIME_DIR"
             }
-            _ => "a lock file must be a regular file; remove it or use another path",
+            Found::CharDevice | Found::BlockDevice => {
+                "a lock file must be a regular file, and a device node is never used as one; \
+                 give the path of a regular file (it is created if missing)"
+            }
+            _ => "a lock file must be a regular file; use another path, or remove it if it is yours",
         }
     }
 }

@@ -170,24 +170,17 @@ impl Pidfile {
         let recorded = file.read_small(32).ok().and_then(|text| {
             std::str::from_utf8(&text).ok()?.trim().parse::<u32>().ok().filter(|&pid| pid > 0)
         });
-        // /proc/locks is generated a page at a time, so a lock held
-        // throughout can be missed by one read: look twice before saying
-        // nobody visible holds it.
-        let mut holding = Vec::new();
-        for _ in 0..2 {
-            let snapshot = crate::holders::Snapshot::read()?;
-            let id = snapshot.file_id(&self.path)?;
-            let exact = snapshot.exact_holders(&[id]).pop().unwrap_or_default();
-            holding = exact.holding().filter_map(|h| h.pid).collect();
-            if holding.is_empty() {
-                // Another user's descriptors cannot be read without
-                // privilege: fall back to the pid the kernel recorded.
-                holding = snapshot.holders(id.key).holding().filter_map(|h| h.pid).collect();
-            }
-            if !holding.is_empty() {
-                break;
-            }
+        let snapshot = crate::holders::Snapshot::read()?;
+        let id = snapshot.file_id(&self.path)?;
+        let mut holders = snapshot.exact_holders(&[id])?.pop().unwrap_or_default();
+        if holders.holding().next().is_none() {
+            // Another user's descriptors cannot be read without privilege:
+            // fall back to the pid the kernel recorded, read again if the
+            // first read missed the lock (see `confirm_unheld`).
+            let cheap = vec![snapshot.holders(id.key)];
+            holders = crate::holders::confirm_unheld(&[id], cheap)?.pop().unwrap_or_default();
         }
+        let holding: Vec<u32> = holders.holding().filter_map(|h| h.pid).collect();
         let pid = match recorded {
             Some(pid) if holding.contains(&pid) => pid,
             _ => *holding.first().ok_or(LockError::InvalidPath {

@@ -173,7 +173,12 @@ const HEADER: usize = 0x1000;
 /// # Errors
 /// The [`Rejection`] that says why it cannot be booted.
 pub fn inspect(path: &Path) -> Result<ImageInfo, Rejection> {
-    let file = match File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO planted as a candidate must not hang the open
+    // (it is then refused by the type check on what was opened).
+    let opened =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
+    let file: File = match opened {
         Ok(file) => file,
         Err(e) => return Err(open_rejection(path, &e)),
     };

@@ -535,7 +535,7 @@ pub fn open(path: &Path) -> Result<OwnedFd, PreflightError> {
             found: format!("character device {major}:{minor}"),
         });
     }
-    rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()).map_err(
+    let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()).map_err(
         |e| match e {
             Errno::ACCESS | Errno::PERM => {
                 PreflightError::PermissionDenied { path: path.to_owned(), access: host::access(&meta) }
@@ -546,7 +546,21 @@ pub fn open(path: &Path) -> Result<OwnedFd, PreflightError> {
             }
             e => classify(path, "open", e),
         },
-    )
+    )?;
+    // The path may have been swapped (a symlink flipped to /dev/null)
+    // between the check above and the open: what counts is what was
+    // opened, before any ioctl reaches it.
+    let opened = rustix::fs::fstat(&fd).map_err(|e| classify(path, "stat", e))?;
+    let is_char =
+        rustix::fs::FileType::from_raw_mode(opened.st_mode) == rustix::fs::FileType::CharacterDevice;
+    let (major, minor) = (rustix::fs::major(opened.st_rdev), rustix::fs::minor(opened.st_rdev));
+    if !is_char || (major, minor) != KVM_DEVICE {
+        return Err(PreflightError::NotKvm {
+            path: path.to_owned(),
+            found: format!("something else once opened ({major}:{minor}); the path changed during the check"),
+        });
+    }
+    Ok(fd)
 }
 
 fn classify(path: &Path, op: &'static str, errno: Errno) -> PreflightError {

@@ -233,3 +233,35 @@ fn a_real_debian_kernel_is_found_with_its_version() {
     assert_eq!(searched.path, path);
     assert_eq!(searched.image.version.as_deref(), Some(release.as_str()));
 }
+
+#[test]
+fn a_fifo_candidate_is_passed_over_without_hanging() {
+    let dir = Scratch::new("fifo");
+    let host = Arch::host().expect("x86_64 or aarch64");
+    std::fs::create_dir_all(dir.0.join("root/boot")).expect("boot");
+    let fifo = dir.0.join("root/boot/vmlinuz-6.9.0");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    // Nobody ever writes to it: a blocking open would wait forever.
+    assert!(matches!(inspect(&fifo), Err(Rejection::NotAFile { .. })));
+    let good = match host {
+        Arch::X86_64 => bzimage(0x020F, "6.9.0-tree"),
+        Arch::Aarch64 => arm64_image(),
+    };
+    let built = dir.write(&format!("tree/{}", host.build_tree_image()), &good);
+    let resolved = Resolver::new()
+        .source(Source::Installed { root: dir.0.join("root"), release: "6.9.0".to_owned() })
+        .source(Source::BuildTrees(vec![dir.0.join("tree")]))
+        .resolve()
+        .expect("the FIFO is passed over");
+    assert_eq!(resolved.path, built);
+    assert!(
+        resolved.passed_over.iter().any(|c| c.path == fifo && matches!(c.reason, Rejection::NotAFile { .. }))
+    );
+}

@@ -36,11 +36,7 @@ pub(crate) fn cache(args: &CacheArgs) -> ExitCode {
 
 fn dispatch(args: &CacheArgs) -> Result<u8> {
     let root = root(args.dir.as_deref(), |name| std::env::var_os(name))?;
-    let wait = match args.wait {
-        None => Duration::MAX,
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(1e9)),
-        Some(secs) => bail!("invalid --wait {secs}: give a number of seconds, 0 or more"),
-    };
+    let wait = args.wait.unwrap_or(Duration::MAX);
     let options = CacheOptions::new().wait(wait);
     // Looking creates nothing, and neither does removing from a cache
     // that is not there: those open read-only first.

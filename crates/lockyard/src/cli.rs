@@ -2,6 +2,7 @@
 //! by `cargo xtask man`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -127,8 +128,8 @@ pub struct ReserveArgs {
     #[arg(short = 'n', long, conflicts_with = "wait")]
     pub nonblock: bool,
     /// Give up after SECS seconds (exit 1).
-    #[arg(short = 'w', long, value_name = "SECS")]
-    pub wait: Option<f64>,
+    #[arg(short = 'w', long, value_name = "SECS", value_parser = crate::units::parse_wait)]
+    pub wait: Option<Duration>,
     /// Only CPUs of this NUMA node.
     #[arg(long, value_name = "N")]
     pub node: Option<u32>,
@@ -200,8 +201,8 @@ pub struct KernelArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Give up waiting for a busy cache entry after SECS seconds (default 10).
-    #[arg(short = 'w', long = "wait", value_name = "SECS", default_value_t = 10.0)]
-    pub wait: f64,
+    #[arg(short = 'w', long = "wait", value_name = "SECS", default_value = "10", value_parser = crate::units::parse_wait)]
+    pub wait: Duration,
     /// Print one JSON document (schema 1, see docs/cli.md).
     #[arg(short = 'J', long)]
     pub json: bool,
@@ -281,8 +282,8 @@ pub struct RunArgs {
     pub nonblock: bool,
     /// Fail if the lock is not acquired within SECS seconds (fractions
     /// allowed; 0 means --nonblock).
-    #[arg(short = 'w', long, alias = "wait", value_name = "SECS")]
-    pub timeout: Option<f64>,
+    #[arg(short = 'w', long, alias = "wait", value_name = "SECS", value_parser = crate::units::parse_wait)]
+    pub timeout: Option<Duration>,
     /// Exit status when the lock is busy or the wait times out.
     #[arg(short = 'E', long, value_name = "N", default_value_t = 1)]
     pub conflict_exit_code: u8,
@@ -362,8 +363,8 @@ pub struct CacheArgs {
     pub dir: Option<PathBuf>,
     /// Give up waiting for a lock (a writer publishing, another builder)
     /// after SECS seconds; the default is to wait as long as it takes.
-    #[arg(short = 'w', long = "wait", global = true, value_name = "SECS")]
-    pub wait: Option<f64>,
+    #[arg(short = 'w', long = "wait", global = true, value_name = "SECS", value_parser = crate::units::parse_wait)]
+    pub wait: Option<Duration>,
     /// What to do.
     #[command(subcommand)]
     pub command: CacheCommand,

@@ -1,10 +1,9 @@
 //! `lockyard preflight` and `lockyard kernel`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Result, bail};
-use lockyard::cache::{Cache, CacheOptions};
+use anyhow::Result;
+use lockyard::cache::{Cache, CacheError, CacheOptions, NotACache};
 use lockyard::cli::{KernelArgs, PreflightArgs};
 use lockyard::kvm::{
     Candidate, Capability, ImageInfo, Preflight, ResolveError, Resolver, Source, SourceKind, Status,
@@ -82,15 +81,13 @@ fn run_kernel(args: &KernelArgs) -> Result<u8> {
         resolver = resolver.source(Source::Image(image.clone()));
     }
     if let Some(version) = &args.version {
-        if !(args.wait.is_finite() && args.wait >= 0.0) {
-            bail!("invalid --wait {}: give a number of seconds, 0 or more", args.wait);
-        }
         let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
-        let options = CacheOptions::new().wait(Duration::from_secs_f64(args.wait.min(1e9)));
-        let cache = Cache::open(&root, options).map_err(|e| {
-            anyhow::anyhow!(e).context(format!("cannot open the cache at {}", root.display()))
-        })?;
-        resolver = resolver.source(Source::Cache { cache, key: version.clone() });
+        // Looking up creates nothing; no cache yet is no cached kernel.
+        match Cache::open(&root, CacheOptions::new().wait(args.wait).read_only()) {
+            Ok(cache) => resolver = resolver.source(Source::Cache { cache, key: version.clone() }),
+            Err(CacheError::NotACache { reason: NotACache::Missing | NotACache::Empty, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     if !args.search.is_empty() {
         resolver = resolver.source(Source::BuildTrees(args.search.clone()));

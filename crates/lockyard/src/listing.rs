@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use lockyard_flock::holders::{descriptors, processes};
+use lockyard_flock::holders::{descriptors, passes_over, processes};
 use lockyard_flock::{LockError, Snapshot};
 use lockyard_procfs::{Cmdline, FdInfo, LockKey, LockKind, LockRecord};
 use serde::Serialize;
@@ -90,6 +90,9 @@ pub struct Listing {
     pub exact: bool,
     /// The locks, in /proc/locks order.
     pub locks: Vec<LockRow>,
+    /// Malformed lines of /proc/locks or mountinfo that were skipped (each
+    /// with its file, line and reason); empty when every line parsed.
+    pub skipped: Vec<String>,
 }
 
 /// What the descriptor scan found about one key.
@@ -128,11 +131,11 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
     let recorded: HashSet<u32> = granted.iter().filter_map(|&i| records[i].pid_hint()).collect();
     let mut found: HashMap<LockKey, Found> = HashMap::new();
     if options.exact {
-        scan(processes(), &keys, &mut found);
+        scan(processes()?.into_iter(), &keys, &mut found)?;
     } else {
-        scan(recorded.iter().copied(), &keys, &mut found);
+        scan(recorded.iter().copied(), &keys, &mut found)?;
         if keys.iter().any(|k| found.get(k).is_none_or(|f| f.path.is_none())) {
-            scan(processes().filter(|p| !recorded.contains(p)), &keys, &mut found);
+            scan(processes()?.into_iter().filter(|p| !recorded.contains(p)), &keys, &mut found)?;
         }
     }
 
@@ -198,7 +201,7 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
             options.pids.iter().any(|p| row.pid == Some(*p) || row.holders.iter().any(|h| h.pid == Some(*p)))
         });
     }
-    Ok(Listing { schema: 1, exact: options.exact, locks })
+    Ok(Listing { schema: 1, exact: options.exact, locks, skipped: snapshot.skipped().to_vec() })
 }
 
 impl LockRow {
@@ -233,13 +236,23 @@ fn same_lock(a: &LockRecord, b: &LockRecord) -> bool {
 
 /// Read the fdinfo of every descriptor of `pids`, recording which carry
 /// locks on `keys` and where their files are.
-fn scan(pids: impl Iterator<Item = u32>, keys: &HashSet<LockKey>, found: &mut HashMap<LockKey, Found>) {
+fn scan(
+    pids: impl Iterator<Item = u32>,
+    keys: &HashSet<LockKey>,
+    found: &mut HashMap<LockKey, Found>,
+) -> Result<(), LockError> {
     if keys.is_empty() {
-        return;
+        return Ok(());
     }
     for pid in pids {
-        for fd in descriptors(pid) {
-            let Ok(info) = FdInfo::read_fd(pid, fd) else { continue };
+        for fd in descriptors(pid)? {
+            let info = match FdInfo::read_fd(pid, fd) {
+                Ok(info) => info,
+                Err(lockyard_procfs::Error::Read { source, .. }) if passes_over(&source) => continue,
+                Err(e @ lockyard_procfs::Error::Read { .. }) => return Err(e.into()),
+                // Not what fdinfo looks like: nothing to learn from it.
+                Err(_) => continue,
+            };
             for record in info.locks {
                 let Some(key) = record.key().filter(|k| keys.contains(k)) else { continue };
                 let slot = found.entry(key).or_default();
@@ -252,6 +265,7 @@ fn scan(pids: impl Iterator<Item = u32>, keys: &HashSet<LockKey>, found: &mut Ha
             }
         }
     }
+    Ok(())
 }
 
 /// Command lines, each read once.

@@ -178,6 +178,7 @@ fn locks(args: &LocksArgs) -> Result<()> {
     };
     let listing = listing::list(&options).context("cannot list locks")?;
     warn_if_nested_pid_namespace();
+    warn_skipped(&listing.skipped);
     if args.json {
         return print_json(&listing);
     }
@@ -254,6 +255,7 @@ fn who(args: &WhoArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return report(Err(e).context("cannot read /proc"), 0),
     };
+    warn_skipped(snapshot.skipped());
     let mut files = Vec::new();
     let mut ids = Vec::new();
     for path in &args.paths {
@@ -275,7 +277,18 @@ fn who(args: &WhoArgs) -> ExitCode {
         .flat_map(lockyard::flock::Holders::holding)
         .any(|h| h.pid.is_none_or(|p| h.cmdline.is_none() && !alive(p)));
     let exact = args.exact || unnamed;
-    let mut answers = if exact { snapshot.exact_holders(&found) } else { cheap }.into_iter();
+    let answers = if exact {
+        match snapshot.exact_holders(&found) {
+            Ok(answers) => answers,
+            Err(e) => return report(Err(e).context("cannot attribute the holders"), 0),
+        }
+    } else {
+        cheap
+    };
+    let mut answers = match lockyard::flock::holders::confirm_unheld(&found, answers) {
+        Ok(answers) => answers.into_iter(),
+        Err(e) => return report(Err(e).context("cannot read /proc"), 0),
+    };
     let mut any_error = false;
     let mut any_held = false;
     for (path, id) in args.paths.iter().zip(&ids) {
@@ -356,6 +369,14 @@ fn warn_if_nested_pid_namespace() {
     }
 }
 
+/// Say on stderr which lines of /proc were skipped as malformed: the
+/// answer is from the others.
+fn warn_skipped(skipped: &[String]) {
+    for line in skipped {
+        eprintln!("lockyard: warning: skipped {}; the answer is from the other lines", escape(line));
+    }
+}
+
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -373,7 +394,9 @@ struct PidfileReport {
 }
 
 fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
-    let state = match Pidfile::new(path).read() {
+    // Reading writes nothing, so any directory will do, as for `who`.
+    let options = lockyard::flock::LockOptions::new().trust(lockyard::flock::DirTrust::any_owner());
+    let state = match Pidfile::with_options(path, options).read() {
         Ok(state) => state,
         Err(e) => return report(Err(e).context("cannot read pidfile"), 0),
     };

@@ -6,10 +6,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, ExitCode};
 
 use lockyard::cli::RunArgs;
-use std::time::Duration;
 
 use lockyard::cli::RunKind;
-use lockyard::flock::{LockError, LockFile, LockGuard, LockKind, LockOptions, Pidfile, Wait};
+use lockyard::flock::{DirTrust, LockError, LockFile, LockGuard, LockKind, LockOptions, Pidfile, Wait};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -171,9 +170,11 @@ pub(crate) fn pidfile_claim(path: &std::path::Path, argv: &[OsString], close: bo
     code
 }
 
-/// Lock options for `run`.
+/// Lock options for `run`. The operator names the lock file, as with
+/// flock(1), so its directory may be anyone's ([`DirTrust::any_owner`]);
+/// the symlink and file-type rules still hold.
 fn run_options(args: &RunArgs) -> LockOptions {
-    let options = LockOptions::new().kind(match args.kind {
+    let options = LockOptions::new().trust(DirTrust::any_owner()).kind(match args.kind {
         RunKind::Flock => LockKind::Flock,
         RunKind::Ofd => LockKind::Ofd,
     });
@@ -184,8 +185,8 @@ fn run_options(args: &RunArgs) -> LockOptions {
 fn run_wait(args: &RunArgs) -> Option<Wait> {
     match args.timeout {
         _ if args.nonblock => None,
-        Some(secs) if secs <= 0.0 => None,
-        Some(secs) => Some(Wait::timeout(Duration::from_secs_f64(secs.min(1e9)))),
+        Some(wait) if wait.is_zero() => None,
+        Some(wait) => Some(Wait::timeout(wait)),
         None => Some(Wait::default()),
     }
 }

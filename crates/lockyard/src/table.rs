@@ -24,15 +24,16 @@ pub struct Column {
 /// `text` safe to print for a human: every character that could end a
 /// line, move the cursor, change colours or reorder text is written as an
 /// escape instead (`\xHH` for C0 controls and DEL, `\u{HHHH}` for C1 and
-/// bidirectional-text controls), and a backslash as `\\`, so an escape
-/// cannot be faked either. A file name holding a newline or an ESC
+/// bidirectional-text controls). A file name holding a newline or an ESC
 /// sequence thus prints as one visible row, not as forged rows or
 /// terminal commands. With `space`, spaces are escaped too (`\x20`), so
-/// each field of raw output stays one word, as lslocks does.
+/// each field of raw output stays one word, as lslocks does. Backslashes
+/// are left as they are (as lslocks leaves them), so text escaped once
+/// already, such as a command line, is not escaped twice; JSON output is
+/// the unambiguous form.
 pub fn escape(text: &str, space: bool) -> std::borrow::Cow<'_, str> {
     let special = |c: char| {
         c.is_control()
-            || c == '\\'
             || (space && c == ' ')
             || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
     };
@@ -42,7 +43,6 @@ pub fn escape(text: &str, space: bool) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
-            '\\' => out.push_str("\\\\"),
             c if u32::from(c) < 0x80 && special(c) => out.push_str(&format!("\\x{:02x}", u32::from(c))),
             c if special(c) => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
             c => out.push(c),
@@ -166,13 +166,13 @@ mod tests {
 
     #[test]
     fn a_newline_or_escape_in_a_cell_cannot_forge_a_row_or_reach_the_terminal() {
-        let rows = vec![vec!["1".into(), "sh".into(), "/tmp/x\n2 root /etc/shadow\u{1b}[2J\\".into()]];
+        let rows = vec![vec!["1".into(), "sh".into(), "/tmp/x\n2 root /etc/shadow\u{1b}[2J".into()]];
         for style in [Style::default(), Style { raw: true, ..Style::default() }] {
             let text = render(&COLUMNS, &rows, style);
             assert_eq!(text.lines().count(), 2, "{text}");
             assert!(!text.contains('\u{1b}'), "{text}");
             assert!(text.contains("/tmp/x\\x0a2"), "{text}");
-            assert!(text.contains("\\x1b[2J\\\\"), "{text}");
+            assert!(text.contains("\\x1b[2J"), "{text}");
         }
         assert_eq!(escape("a\u{202e}b\u{85}", false), "a\\u{202e}b\\u{0085}");
         assert_eq!(escape("plain path", false), "plain path");

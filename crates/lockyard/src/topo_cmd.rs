@@ -6,7 +6,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
 use anyhow::Result;
 use lockyard::cli::{ReserveArgs, ReserveMode};
@@ -162,14 +161,7 @@ pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
     if args.smt_apart {
         request = request.smt(Smt::Apart);
     }
-    let timeout = match args.wait {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e9))),
-        Some(secs) => {
-            eprintln!("lockyard: invalid -w {secs}: give a number of seconds, 0 or more");
-            return ExitCode::from(2);
-        }
-        None => None,
-    };
+    let timeout = args.wait;
     let topology = Topology::read(Path::new("/"));
     let allowed = topology.allowed();
     let dir = lock_dir(args.lock_dir.as_deref());

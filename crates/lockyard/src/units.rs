@@ -43,6 +43,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     seconds(total).ok_or_else(bad)
 }
 
+/// Parse a wait, as every `-w`/`--wait` of the command takes it: a number
+/// of seconds (fractions allowed, `0` for not at all) or a duration with
+/// units as [`parse_duration`] reads it. Negative, infinite, NaN and
+/// unrepresentable values are refused, never turned into a wait of their
+/// own.
+///
+/// # Errors
+/// A sentence quoting the text and saying what is accepted.
+pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|_| {
+        format!(
+            "invalid wait {text:?}: give a number of seconds, 0 or more (fractions allowed), \
+             or a duration such as 90s or 5m"
+        )
+    })
+}
+
 fn seconds(secs: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
@@ -162,5 +179,16 @@ mod tests {
         assert_eq!(format_age(Duration::from_secs(3599)), "59m ago");
         assert_eq!(format_age(Duration::from_secs(86_399)), "23h ago");
         assert_eq!(format_age(Duration::from_secs(86_400 * 12)), "12d ago");
+    }
+
+    #[test]
+    fn every_wait_is_parsed_one_way() {
+        assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_wait("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_wait("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["1e400", "inf", "nan", "NaN", "-1", "", "soon", "1e30"] {
+            let err = parse_wait(bad).expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
     }
 }

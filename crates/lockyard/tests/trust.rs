@@ -328,3 +328,135 @@ fn bad_cache_keys_are_refused() {
         assert!(text(&out.stderr).contains("invalid cache key"), "{key:?}: {}", text(&out.stderr));
     }
 }
+
+/// A python process holding flocks on `count` files in `dir` (the first
+/// is `held-0`), until its stdin closes.
+fn python_holder(dir: &Scratch, count: usize) -> Child {
+    let script = format!(
+        "import fcntl, os, sys\n\
+         fds = []\n\
+         for i in range({count}):\n\
+         \x20   f = open(os.path.join({dir:?}, 'held-%d' % i), 'w')\n\
+         \x20   fcntl.flock(f, fcntl.LOCK_EX)\n\
+         \x20   fds.append(f)\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n",
+        dir = dir.0.display().to_string()
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("ready");
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
+#[test]
+fn who_never_says_not_held_for_a_lock_held_throughout_lock_churn() {
+    let dir = Scratch::new("churn");
+    let mut holder = python_holder(&dir, 2000);
+    // Two processes take and drop 50 locks each all the while, so the
+    // kernel's lock list shifts between the pages of each read (measured:
+    // about 1% of single reads then miss the lock at `held-1000`).
+    let churners: Vec<Child> = (0..2)
+        .map(|k| {
+            let script = format!(
+                "import fcntl, os\n\
+                 fs = [open(os.path.join({dir:?}, 'churn-{k}-%d' % i), 'w') for i in range(50)]\n\
+                 while True:\n\
+                 \x20   for f in fs: fcntl.flock(f, fcntl.LOCK_EX)\n\
+                 \x20   for f in fs: fcntl.flock(f, fcntl.LOCK_UN)\n",
+                dir = dir.0.display().to_string()
+            );
+            Command::new("python3").args(["-c", &script]).spawn().expect("churn")
+        })
+        .collect();
+    let target = dir.path("held-1000");
+    let mut wrong = 0;
+    for _ in 0..300 {
+        let out = Command::new(LOCKYARD).arg("who").arg(&target).output().expect("who");
+        if out.status.code() != Some(0) {
+            wrong += 1;
+            println!("{}{}", text(&out.stdout), text(&out.stderr));
+        }
+    }
+    for mut churner in churners {
+        let _ = churner.kill();
+        let _ = churner.wait();
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(wrong, 0, "a held lock was reported free");
+}
+
+#[test]
+fn who_out_of_descriptors_fails_rather_than_answering_not_held() {
+    let dir = Scratch::new("nofile");
+    let mut holder = python_holder(&dir, 1);
+    let target = dir.path("held-0");
+    for limit in 4..=16 {
+        let out = Command::new("prlimit")
+            .arg(format!("--nofile={limit}"))
+            .args([LOCKYARD, "who", "--exact"])
+            .arg(&target)
+            .output()
+            .expect("prlimit");
+        // 127: too few descriptors to even load the program.
+        assert!(
+            matches!(out.status.code(), Some(0 | 2 | 127)),
+            "limit {limit}: exit {:?}: {}{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        if out.status.code() == Some(0) {
+            assert!(text(&out.stdout).contains("held by"), "limit {limit}: {}", text(&out.stdout));
+        }
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn a_lock_in_another_users_directory_works_as_with_flock() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: a directory of another user needs root to make");
+        return;
+    }
+    // `run` takes the path the operator named, as flock(1) does.
+    let dir = Scratch::new("run-theirs");
+    let theirs = dir.path("theirs");
+    std::fs::create_dir(&theirs).expect("dir");
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+    let lock = theirs.join("x.lock");
+    let out = lockyard(&["run", lock.to_str().expect("utf-8"), "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn pidfile_status_names_the_holder_and_says_when_the_file_disagrees() {
+    let dir = Scratch::new("status-liar");
+    let pidfile = dir.path("d.pid");
+    let shown = pidfile.to_str().expect("utf-8");
+    let mut run = Supervised::start(&["pidfile", "claim", shown], &dir);
+    let command = run.command.expect("pid");
+    std::fs::write(&pidfile, "4294967295\n").expect("forge");
+    let out = lockyard(&["pidfile", "status", shown]);
+    let said = text(&out.stdout);
+    assert!(said.contains("the file names pid 4294967295, which does not hold the claim"), "{said}");
+    assert!(!said.contains("claimed by pid 4294967295"), "{said}");
+    let json = lockyard(&["pidfile", "status", "--json", shown]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(value["recorded_pid"], 4294967295_u64);
+    let pid = value["pid"].as_u64().expect("pid");
+    assert!(pid == u64::from(command) || Path::new(&format!("/proc/{pid}")).exists());
+    run.kill_command();
+}

@@ -229,7 +229,7 @@ pub struct LockRecord {
 }
 
 /// The printed words of columns whose value is `Other`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 struct UnknownWords {
     kind: Box<str>,
     qualifier: Box<str>,
@@ -645,6 +645,37 @@ impl ProcLocks {
     /// [`Error::Parse`] naming the first malformed line. Unknown kinds,
     /// qualifiers and modes are kept as `Other`, not rejected.
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
+        let mut first = None;
+        let locks = Self::parse_with(bytes, &mut |e| {
+            first.get_or_insert(e);
+            false
+        });
+        match first {
+            Some(e) => Err(e),
+            None => Ok(locks),
+        }
+    }
+
+    /// Parse the contents of `/proc/locks` as a live reader must take
+    /// them: the kernel generates the file a page at a time, so under lock
+    /// churn one read can show a lock twice (the list moved between two
+    /// pages) or not at all. A granted lock repeated with nothing but its
+    /// ordinal changed is kept once (with its waiters); a malformed line is
+    /// skipped (waiters after it are left unlinked) and handed back, so
+    /// one bad line cannot hide every other lock. Missing locks cannot be
+    /// seen in one read: callers confirm a "not held" by reading again.
+    pub fn parse_lenient(bytes: &[u8]) -> (Self, Vec<Error>) {
+        let mut skipped = Vec::new();
+        let locks = Self::parse_with(bytes, &mut |e| {
+            skipped.push(e);
+            true
+        });
+        (locks.merged(), skipped)
+    }
+
+    /// The parser: `bad` is told each malformed line and says whether to
+    /// go on.
+    fn parse_with(bytes: &[u8], bad: &mut dyn FnMut(Error) -> bool) -> Self {
         let mut records = Vec::with_capacity(bytes.len() / 48 + 1);
         // Index of the latest line at each depth, to tie waiters to the
         // line they wait on.
@@ -659,7 +690,18 @@ impl ProcLocks {
                 Some(found) => found,
                 None => {
                     let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-                    (parse_any(&rest[..end], line_no, FORMAT)?, (end + 1).min(rest.len()))
+                    let line = &rest[..end];
+                    rest = &rest[(end + 1).min(rest.len())..];
+                    match parse_any(line, line_no, FORMAT) {
+                        Ok(record) => (record, 0),
+                        Err(e) => {
+                            if !bad(e) {
+                                break;
+                            }
+                            latest.clear();
+                            continue;
+                        }
+                    }
                 }
             };
             rest = &rest[used..];
@@ -680,7 +722,41 @@ impl ProcLocks {
             }
             records.push(record);
         }
-        Ok(ProcLocks { records })
+        ProcLocks { records }
+    }
+
+    /// These records with every repeated granted lock (same owner, kind,
+    /// mode, file and range; any ordinal) kept once, its repeat's waiters
+    /// dropped with it.
+    fn merged(self) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let mut index = vec![NO_BLOCKER; self.records.len()];
+        let mut records = Vec::with_capacity(self.records.len());
+        let mut dropping = false;
+        for (i, mut record) in self.records.into_iter().enumerate() {
+            if record.depth == 0 {
+                let identity = (
+                    record.pid,
+                    record.key,
+                    record.start,
+                    record.end,
+                    record.kind,
+                    record.qualifier,
+                    record.mode,
+                    record.unknown.clone(),
+                );
+                dropping = !seen.insert(identity);
+            }
+            if dropping {
+                continue;
+            }
+            if let Some(b) = record.blocker() {
+                record.blocker = index[b];
+            }
+            index[i] = u32::try_from(records.len()).unwrap_or(u32::MAX);
+            records.push(record);
+        }
+        ProcLocks { records }
     }
 
     /// Read and parse `/proc/locks`.
@@ -689,6 +765,16 @@ impl ProcLocks {
     /// [`Error::Read`] or [`Error::Parse`].
     pub fn read() -> Result<Self, Error> {
         Self::read_from(Self::PATH)
+    }
+
+    /// Read `/proc/locks` and parse it as [`ProcLocks::parse_lenient`]
+    /// does.
+    ///
+    /// # Errors
+    /// [`Error::Read`] only: malformed lines are returned, not fatal.
+    pub fn read_lenient() -> Result<(Self, Vec<Error>), Error> {
+        let (locks, skipped) = Self::parse_lenient(&crate::read_all(Self::PATH)?);
+        Ok((locks, skipped.into_iter().map(|e| e.in_file(Self::PATH)).collect()))
     }
 
     /// Read and parse a file in the format of `/proc/locks`.
@@ -745,6 +831,28 @@ impl<'a> IntoIterator for &'a ProcLocks {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_live_read_skips_a_bad_line_and_keeps_a_repeated_lock_once() {
+        // As one read under churn can come out: lock 2 printed again (as
+        // 3, with its waiter) after the list moved between two pages, and
+        // one garbled line.
+        let text = b"1: FLOCK  ADVISORY  WRITE 100 00:2d:7 0 EOF\n\
+2: POSIX  ADVISORY  WRITE 200 00:2d:8 0 9\n\
+2: -> POSIX  ADVISORY  WRITE 201 00:2d:8 0 9\n\
+garbage that is no lock\n\
+3: POSIX  ADVISORY  WRITE 200 00:2d:8 0 9\n\
+3: -> POSIX  ADVISORY  WRITE 201 00:2d:8 0 9\n\
+4: OFDLCK ADVISORY  READ -1 00:2d:9 0 EOF\n";
+        assert!(ProcLocks::parse(text).is_err(), "the strict parser still refuses");
+        let (locks, skipped) = ProcLocks::parse_lenient(text);
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].to_string().contains("line 4"), "{}", skipped[0]);
+        let seen: Vec<(u64, i32, bool)> =
+            locks.iter().map(|r| (r.ordinal(), r.pid(), r.is_waiter())).collect();
+        assert_eq!(seen, [(1, 100, false), (2, 200, false), (2, 201, true), (4, -1, false)]);
+        assert_eq!(locks.records()[2].blocker(), Some(1), "the kept waiter still points at its lock");
+    }
 
     proptest! {
         /// The fast path is an optimization only: where it accepts a line,

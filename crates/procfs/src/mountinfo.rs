@@ -86,6 +86,21 @@ impl MountInfo {
         Ok(MountInfo { entries })
     }
 
+    /// Parse a mountinfo file as a live reader must: a malformed line is
+    /// skipped and handed back, so one odd mount (a kernel printing a
+    /// field this crate does not expect) cannot hide every other one.
+    pub fn parse_lenient(bytes: &[u8]) -> (Self, Vec<Error>) {
+        let mut entries = Vec::with_capacity(bytes.len() / 96 + 1);
+        let mut skipped = Vec::new();
+        for (index, line) in crate::lines(bytes) {
+            match MountEntry::parse_line(line, index + 1) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => skipped.push(e),
+            }
+        }
+        (MountInfo { entries }, skipped)
+    }
+
     /// Read and parse a mountinfo file, such as [`MountInfo::SELF_PATH`].
     ///
     /// # Errors
@@ -102,6 +117,16 @@ impl MountInfo {
     /// As [`MountInfo::read`].
     pub fn read_self() -> Result<Self, Error> {
         Self::read(Self::SELF_PATH)
+    }
+
+    /// Read the calling process's mount table, parsed as
+    /// [`MountInfo::parse_lenient`] does.
+    ///
+    /// # Errors
+    /// [`Error::Read`] only: malformed lines are returned, not fatal.
+    pub fn read_self_lenient() -> Result<(Self, Vec<Error>), Error> {
+        let (mounts, skipped) = Self::parse_lenient(&crate::read_all(Self::SELF_PATH)?);
+        Ok((mounts, skipped.into_iter().map(|e| e.in_file(Self::SELF_PATH)).collect()))
     }
 
     /// Read the mount table of process `pid`, which is that of its mount

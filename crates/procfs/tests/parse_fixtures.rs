@@ -298,3 +298,12 @@ fn fdinfo_from_old_kernels_and_bad_values() {
     let err = FdInfo::parse(b"pos:\t0\nflags:\t02\nlock:\t1: FLOCK\n").expect_err("bad lock");
     assert!(err.to_string().starts_with("fdinfo: line 3"), "{err}");
 }
+
+#[test]
+fn a_lenient_mountinfo_read_skips_only_the_bad_line() {
+    let text = b"27 1 254:0 / / rw - ext4 /dev/vda rw\n28 27 zz / /x rw - tmpfs t rw\n29 27 0:30 / /tmp rw - tmpfs tmpfs rw\n";
+    let (mounts, skipped) = MountInfo::parse_lenient(text);
+    assert_eq!(mounts.iter().map(|m| m.mount_id).collect::<Vec<_>>(), [27, 29]);
+    assert_eq!(skipped.len(), 1);
+    assert!(matches!(skipped[0], Error::Parse { line: 2, .. }), "{:?}", skipped[0]);
+}

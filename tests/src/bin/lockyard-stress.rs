@@ -722,7 +722,7 @@ fn names_pid(paths: &[PathBuf], pid: u32) -> Result<Option<String>> {
         }
     }
     let cheap = files.iter().map(|id| snapshot.holders(id.key));
-    let exact = snapshot.exact_holders(&files);
+    let exact = snapshot.exact_holders(&files).map_err(|e| e.to_string())?;
     for (holders, path) in cheap.chain(exact).zip(existing.iter().cycle()) {
         if holders.0.iter().any(|h| h.pid == Some(pid)) {
             return Ok(Some(format!("{} lists dead pid {pid} as a holder: {holders}", path.display())));

@@ -88,7 +88,7 @@ fn pair(a: &Path, b: &Path) -> Result<String, String> {
         if ids[0].key != ids[1].key {
             return Err(format!("expected {} and {} to share a /proc/locks key", a.display(), b.display()));
         }
-        let exact = snapshot.exact_holders(&ids);
+        let exact = snapshot.exact_holders(&ids).map_err(|e| e.to_string())?;
         let pids = |i: usize| exact[i].holding().filter_map(|h| h.pid).collect::<Vec<_>>();
         if pids(0) != [first.id()] || pids(1) != [second.id()] {
             return Err(format!(
@@ -166,7 +166,7 @@ fn pidns_inside(flock: &Path, ofd: &Path, inner: &Path) -> Result<String, String
         let id = |p: &Path| snapshot.file_id(p).map_err(|e| e.to_string());
         let ids = [id(flock)?, id(ofd)?, id(inner)?];
         let cheap: Vec<_> = ids.iter().map(|id| snapshot.holders(id.key)).collect();
-        let exact = snapshot.exact_holders(&ids);
+        let exact = snapshot.exact_holders(&ids).map_err(|e| e.to_string())?;
         // The outside flock holder is not shown at all, yet the kernel
         // still enforces its lock.
         if !cheap[0].is_empty() || !exact[0].is_empty() {
