@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! ```text
+//! {root}/.lockyard-cache                  the marker: a root is adopted only with it
 //! {root}/CACHEDIR.TAG                     so backup tools skip the cache
 //! {root}/{key}/                           a published entry
 //! {root}/{key}/entry.json                 its metadata (EntryMeta)
@@ -18,6 +19,10 @@
 //! {root}/.staging/{key}.{pid}.{random}/   a writer's staging directory
 //! {root}/.staging/{key}.{pid}.{random}.lock   its lock, held for its life
 //! ```
+//!
+//! A root is adopted only when it is missing, empty or marked (see
+//! [`Cache::open`]), and inside it only what this protocol produces is
+//! ever removed on its own: anything else is [`Listed::Foreign`].
 //!
 //! Lock files live outside the entries, so exchanging an entry never moves
 //! a lock. The root is opened once with lockyard-flock's hostile-directory
