@@ -278,12 +278,14 @@ impl Snapshot {
     /// [`LockError::InvalidPath`] if no mount covers it.
     pub fn file_id(&self, path: &Path) -> Result<FileId, LockError> {
         let io = |op, e: rustix::io::Errno| LockError::io(path, op, e);
-        let stx = rustix::fs::statx(
-            rustix::fs::CWD,
-            path,
-            AtFlags::empty(),
-            StatxFlags::TYPE | StatxFlags::INO | StatxFlags::MNT_ID,
-        );
+        let mask = StatxFlags::TYPE | StatxFlags::INO | StatxFlags::MNT_ID;
+        let stx = match rustix::fs::statx(rustix::fs::CWD, path, AtFlags::empty(), mask) {
+            // Longer than PATH_MAX: a lock can be taken there (lock files
+            // are opened one component at a time), so it can be asked
+            // about too.
+            Err(rustix::io::Errno::NAMETOOLONG) => statx_by_components(path, mask),
+            other => other,
+        };
         let (st_dev, st_ino, mount_id) = match stx {
             Ok(stx) => {
                 let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
@@ -389,6 +391,31 @@ impl Snapshot {
         }
         Ok(out)
     }
+}
+
+/// `statx` of `path` reached one component at a time through `O_PATH`
+/// directory descriptors, for paths longer than `PATH_MAX` (each
+/// component is at most `NAME_MAX`). Symlinks are followed as path
+/// resolution would follow them.
+fn statx_by_components(path: &Path, mask: StatxFlags) -> Result<rustix::fs::Statx, rustix::io::Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut cur = rustix::fs::open(if path.is_absolute() { "/" } else { "." }, flags, Mode::empty())?;
+    let parts: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(name) => Some(name),
+            std::path::Component::ParentDir => Some(std::ffi::OsStr::new("..")),
+            _ => None,
+        })
+        .collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        return rustix::fs::statx(&cur, "", AtFlags::EMPTY_PATH, mask);
+    };
+    for dir in dirs {
+        cur = rustix::fs::openat(&cur, *dir, flags, Mode::empty())?;
+    }
+    rustix::fs::statx(&cur, *last, AtFlags::empty(), mask)
 }
 
 /// The mount id of `path` from fdinfo, for kernels before `STATX_MNT_ID`.

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod json;
 pub mod listing;
 pub mod table;
 pub mod units;

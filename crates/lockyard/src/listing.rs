@@ -66,8 +66,10 @@ pub struct LockRow {
     /// Inode number.
     pub inode: u64,
     /// Path of the file as a holder opened it; `null` if no descriptor
-    /// carrying the lock could be inspected.
-    pub path: Option<String>,
+    /// carrying the lock could be inspected. In JSON, a string, or the
+    /// bytes when not UTF-8 ([`crate::json`]).
+    #[serde(serialize_with = "crate::json::opt_path")]
+    pub path: Option<PathBuf>,
     /// The pid /proc/locks records (`null` for OFD locks: -1).
     pub pid: Option<u32>,
     /// Command line of `pid`.
@@ -98,7 +100,7 @@ pub struct Listing {
 /// What the descriptor scan found about one key.
 #[derive(Default)]
 struct Found {
-    path: Option<String>,
+    path: Option<PathBuf>,
     /// `(pid, fd, record)` for every descriptor carrying a lock on the key.
     carriers: Vec<(u32, u32, LockRecord)>,
 }
@@ -257,9 +259,7 @@ fn scan(
                 let Some(key) = record.key().filter(|k| keys.contains(k)) else { continue };
                 let slot = found.entry(key).or_default();
                 if slot.path.is_none() {
-                    slot.path = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                        .ok()
-                        .map(|p| p.to_string_lossy().into_owned());
+                    slot.path = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
                 }
                 slot.carriers.push((pid, fd, record));
             }

@@ -207,7 +207,10 @@ fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> Stri
                     "MODE" => lock.mode.to_ascii_uppercase(),
                     "START" => lock.start.to_string(),
                     "END" => lock.end.map_or("EOF".to_owned(), |e| e.to_string()),
-                    "PATH" => lock.path.clone().unwrap_or_else(|| format!("{}:{}", lock.device, lock.inode)),
+                    "PATH" => lock
+                        .path
+                        .as_deref()
+                        .map_or_else(|| format!("{}:{}", lock.device, lock.inode), table::escape_path),
                     "BLOCKED" => pids(&lock.blocked),
                     "DEVICE" => lock.device.clone(),
                     "INODE" => lock.inode.to_string(),
@@ -234,7 +237,8 @@ fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> Stri
 /// One file's answer in `lockyard who --json`.
 #[derive(Serialize)]
 struct WhoFile {
-    path: String,
+    #[serde(serialize_with = "lockyard::json::path")]
+    path: std::path::PathBuf,
     device: Option<String>,
     inode: Option<u64>,
     key_source: Option<lockyard::flock::KeySource>,
@@ -292,7 +296,7 @@ fn who(args: &WhoArgs) -> ExitCode {
     let mut any_error = false;
     let mut any_held = false;
     for (path, id) in args.paths.iter().zip(&ids) {
-        let shown = path.display().to_string();
+        let shown = path.clone();
         match id {
             Err(e) => {
                 any_error = true;
@@ -333,13 +337,13 @@ fn who(args: &WhoArgs) -> ExitCode {
         };
         for file in files.iter().filter(|f| f.error.is_none()) {
             if file.holders.is_empty() && file.waiters.is_empty() {
-                line(format!("{}: not held", file.path));
+                line(format!("{}: not held", table::escape_path(&file.path)));
             }
             for h in &file.holders {
-                line(format!("{}: held by {h}", file.path));
+                line(format!("{}: held by {h}", table::escape_path(&file.path)));
             }
             for w in &file.waiters {
-                line(format!("{}: {w}", file.path));
+                line(format!("{}: {w}", table::escape_path(&file.path)));
             }
         }
         if let Err(e) = emit(&text) {
@@ -384,7 +388,8 @@ fn alive(pid: u32) -> bool {
 #[derive(Serialize)]
 struct PidfileReport {
     schema: u32,
-    path: String,
+    #[serde(serialize_with = "lockyard::json::path")]
+    path: std::path::PathBuf,
     state: &'static str,
     pid: Option<u32>,
     /// The pid written in the file, when it differs from `pid`.
@@ -406,11 +411,11 @@ fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
         PidfileState::ClaimedBy(who) => ("claimed", Some(who)),
         _ => ("unknown", None),
     };
-    let shown = path.display().to_string();
+    let shown = table::escape_path(path);
     if json {
         let report_json = PidfileReport {
             schema: 1,
-            path: shown,
+            path: path.to_owned(),
             state: name,
             pid: claimant.map(|c| c.pid),
             recorded_pid: claimant.and_then(|c| c.recorded.filter(|&r| r != c.pid)),
@@ -423,18 +428,21 @@ fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
     } else {
         let text = match claimant {
             Some(c) => {
-                let mut line =
-                    format!("{shown}: claimed by pid {} ({})", c.pid, c.cmdline.as_deref().unwrap_or("?"));
+                let mut line = format!(
+                    "{shown}: claimed by pid {} ({})",
+                    c.pid,
+                    escape(c.cmdline.as_deref().unwrap_or("?"))
+                );
                 match c.recorded {
                     Some(recorded) if recorded != c.pid => line
                         .push_str(&format!("; the file names pid {recorded}, which does not hold the claim")),
                     None => line.push_str("; the file names no pid"),
                     Some(_) => {}
                 }
-                escape(&line).into_owned() + "\n"
+                line + "\n"
             }
-            None if name == "missing" => format!("{}: no such pidfile\n", escape(&shown)),
-            None => format!("{}: unclaimed\n", escape(&shown)),
+            None if name == "missing" => format!("{shown}: no such pidfile\n"),
+            None => format!("{shown}: unclaimed\n"),
         };
         if let Err(e) = emit(&text) {
             return report(Err(e), 0);

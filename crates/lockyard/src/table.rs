@@ -51,6 +51,21 @@ pub fn escape(text: &str, space: bool) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A path for a human, escaped as [`escape`] does, with every byte that
+/// is not UTF-8 written as `\xHH` rather than replaced by U+FFFD, so two
+/// different paths never print the same.
+pub fn escape_path(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(&escape(chunk.valid(), false));
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
 /// Render `rows` under `columns`; every row has one cell per column.
 /// Cells are escaped ([`escape`]), so no cell can add a row or reach the
 /// terminal as a command.
@@ -127,6 +142,8 @@ fn fit(text: &str, width: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
     use super::*;
 
     const COLUMNS: [Column; 3] = [
@@ -176,5 +193,7 @@ mod tests {
         }
         assert_eq!(escape("a\u{202e}b\u{85}", false), "a\\u{202e}b\\u{0085}");
         assert_eq!(escape("plain path", false), "plain path");
+        let raw = std::ffi::OsStr::from_bytes(b"/tmp/\xff\x1b");
+        assert_eq!(escape_path(std::path::Path::new(raw)), "/tmp/\\xff\\x1b");
     }
 }

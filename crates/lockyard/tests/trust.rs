@@ -35,6 +35,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Start `command` in a process group of its own.
+fn spawn_group(command: &mut Command) -> Child {
+    command.process_group(0).spawn().expect("spawn")
+}
+
+/// Kill `child` and everything in its process group (a holder's command
+/// inherits its lock and would otherwise keep it).
+fn kill_group(mut child: Child) {
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+    let _ = child.wait();
+}
+
 fn lockyard(args: &[&str]) -> Output {
     Command::new(LOCKYARD).args(args).stdin(Stdio::null()).output().expect("run lockyard")
 }
@@ -302,7 +314,7 @@ fn names_with_newlines_and_escapes_cannot_forge_rows_or_reach_the_terminal() {
     let dir = Scratch::new("forge");
     let evil = dir.path("x\n1 root FLOCK WRITE 0 0 0 shadow\u{1b}[2J");
     std::fs::write(&evil, "").expect("evil name");
-    let mut holder = Command::new("flock").arg(&evil).args(["sleep", "60"]).spawn().expect("flock(1)");
+    let holder = spawn_group(Command::new("flock").arg(&evil).args(["sleep", "60"]));
     let path = evil.to_str().expect("utf-8");
     wait_for("flock(1) to lock", || !free(&evil));
     let out = lockyard(&["locks", "-r", "--noheadings", "--path", path]);
@@ -314,8 +326,7 @@ fn names_with_newlines_and_escapes_cannot_forge_rows_or_reach_the_terminal() {
     let said = text(&who.stdout);
     assert_eq!(said.lines().count(), 1, "{said}");
     assert!(said.contains("\\x0a1 root") && !said.contains('\u{1b}'), "{said:?}");
-    let _ = holder.kill();
-    let _ = holder.wait();
+    kill_group(holder);
 }
 
 #[test]
@@ -459,4 +470,57 @@ fn pidfile_status_names_the_holder_and_says_when_the_file_disagrees() {
     let pid = value["pid"].as_u64().expect("pid");
     assert!(pid == u64::from(command) || Path::new(&format!("/proc/{pid}")).exists());
     run.kill_command();
+}
+
+#[test]
+fn a_path_that_is_not_utf8_survives_json_and_prints_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = Scratch::new("non-utf8");
+    let name = std::ffi::OsStr::from_bytes(b"lock-\xff");
+    let path = dir.0.join(name);
+    std::fs::write(&path, "").expect("file");
+    let holder = spawn_group(Command::new("flock").arg(&path).args(["sleep", "60"]));
+    wait_for("flock(1) to lock", || !free(&path));
+    let expected: Vec<serde_json::Value> = path.as_os_str().as_bytes().iter().map(|&b| b.into()).collect();
+    let who = Command::new(LOCKYARD).args(["who", "--json"]).arg(&path).output().expect("who");
+    let value: serde_json::Value = serde_json::from_slice(&who.stdout).expect("json");
+    assert_eq!(value["files"][0]["path"], serde_json::Value::Array(expected.clone()), "{value}");
+    let locks =
+        Command::new(LOCKYARD).args(["locks", "--json", "--path"]).arg(&path).output().expect("locks");
+    let value: serde_json::Value = serde_json::from_slice(&locks.stdout).expect("json");
+    assert_eq!(value["locks"][0]["path"], serde_json::Value::Array(expected), "{value}");
+    let human = Command::new(LOCKYARD).arg("who").arg(&path).output().expect("who");
+    assert!(text(&human.stdout).contains("lock-\\xff: held by"), "{}", text(&human.stdout));
+    kill_group(holder);
+}
+
+#[test]
+fn a_lock_deeper_than_path_max_can_be_asked_about() {
+    use rustix::fs::{Mode, OFlags};
+    let dir = Scratch::new("long");
+    // 24 directories of 200 characters: a path of about 4,900 bytes.
+    let part = "d".repeat(200);
+    let mut cur = rustix::fs::open(&dir.0, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).expect("open");
+    let mut long = dir.0.clone();
+    for _ in 0..24 {
+        rustix::fs::mkdirat(&cur, part.as_str(), Mode::from_raw_mode(0o755)).expect("mkdir");
+        cur = rustix::fs::openat(&cur, part.as_str(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .expect("open");
+        long.push(&part);
+    }
+    assert!(long.as_os_str().len() > 4096);
+    let lock = long.join("x.lock");
+    let pid = long.join("x.pid");
+    let run = spawn_group(Command::new(LOCKYARD).arg("run").arg(&lock).args(["sleep", "60"]));
+    let claim =
+        spawn_group(Command::new(LOCKYARD).args(["pidfile", "claim"]).arg(&pid).args(["--", "sleep", "60"]));
+    wait_for("both locks", || {
+        let who = Command::new(LOCKYARD).arg("who").arg(&lock).arg(&pid).output().expect("who");
+        text(&who.stdout).matches("held by").count() == 2
+    });
+    let status = Command::new(LOCKYARD).args(["pidfile", "status"]).arg(&pid).output().expect("status");
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    assert!(text(&status.stdout).contains("claimed by pid"), "{}", text(&status.stdout));
+    kill_group(run);
+    kill_group(claim);
 }
