@@ -54,6 +54,10 @@ fn dispatch(args: &CacheArgs) -> Result<u8> {
             Err(e) => return Err(e.into()),
         }
     }
+    if let CacheCommand::Put { src, .. } = &args.command {
+        // Before the root is made: a typo creates no cache.
+        check_source(src)?;
+    }
     let cache = Cache::open(&root, options)?;
     match &args.command {
         CacheCommand::Put { key, src } => put(&cache, key, src),
@@ -340,11 +344,16 @@ fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
     Ok(code)
 }
 
-fn put(cache: &Cache, key: &str, src: &Path) -> Result<u8> {
+/// `put`'s source must be a directory.
+fn check_source(src: &Path) -> Result<()> {
     let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
     if !meta.is_dir() {
         bail!("{} is not a directory; `put` stores a directory's contents", src.display());
     }
+    Ok(())
+}
+
+fn put(cache: &Cache, key: &str, src: &Path) -> Result<u8> {
     let source = std::fs::canonicalize(src).with_context(|| format!("cannot resolve {}", src.display()))?;
     if let Ok(root) = std::fs::canonicalize(cache.root())
         && root.starts_with(&source)

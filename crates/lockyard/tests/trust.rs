@@ -215,7 +215,7 @@ fn cache_commands_on_a_directory_that_is_not_a_cache_touch_nothing() {
         &["verify"],
         &["show", "src"],
         &["sweep"],
-        &["put", "k", "/etc/hostname"],
+        &["put", "k", "/etc"],
         &["remove", "src"],
     ] {
         let out =
