@@ -160,7 +160,7 @@ fn waiter_pid_from(builds: &str) -> String {
 #[test]
 fn sweep_keeps_a_live_writer_whose_pid_matches_dead_debris() {
     if let Some(why) = missing_pid_namespaces() {
-        eprintln!("skipped: {why}");
+        lockyard_test_support::skip(&why);
         return;
     }
     let dir = Scratch::new("cache-pidns-sweep");

@@ -7,7 +7,7 @@
 //! tmpfs, ext4, btrfs, xfs and overlayfs stores, replaces (exchange and
 //! the two-rename fallback), verifies and sweeps.
 //!
-//! Needs root, loop devices and the mkfs tools (`.ci/install-deps` installs
+//! Needs root, loop devices and the mkfs tools (`cargo xtask deps` installs
 //! them); runs in a private mount namespace (`unshare -m`) so nothing leaks
 //! into the host's mounts. Skips, saying why, where a capability is absent.
 
@@ -32,7 +32,7 @@ fn missing_capability() -> Option<String> {
             .output()
             .map_or(true, |o| !o.status.success())
         {
-            return Some(format!("{tool} is not installed (run .ci/install-deps)"));
+            return Some(format!("{tool} is not installed (`cargo xtask deps` installs it, as root)"));
         }
     }
     if !std::path::Path::new("/dev/loop-control").exists() {
@@ -44,7 +44,7 @@ fn missing_capability() -> Option<String> {
 #[test]
 fn locks_and_holders_on_every_filesystem() {
     if let Some(why) = missing_capability() {
-        eprintln!("skipped: {why}");
+        lockyard_test_support::skip(&why);
         return;
     }
     let dir = Scratch::new("fs-matrix");

@@ -313,7 +313,7 @@ fn fifo_socket_and_directory_are_refused_without_blocking() {
 #[test]
 fn foreign_file_in_a_sticky_directory_is_refused() {
     if !is_root() {
-        eprintln!("skipped: needs root to create a file owned by another user");
+        lockyard_test_support::skip("needs root to create a file owned by another user");
         return;
     }
     let dir = Scratch::new("flock-sticky");
@@ -355,7 +355,7 @@ fn fingerprint(path: &Path) -> (Vec<u8>, u32, u32, i64, i64, u64) {
 #[test]
 fn planted_symlinks_in_a_sticky_directory_are_refused_and_targets_untouched() {
     if !is_root() {
-        eprintln!("skipped: needs root to plant files and links owned by another user");
+        lockyard_test_support::skip("needs root to plant files and links owned by another user");
         return;
     }
     let dir = Scratch::new("flock-planted");
@@ -395,7 +395,7 @@ fn planted_symlinks_in_a_sticky_directory_are_refused_and_targets_untouched() {
 fn the_var_run_symlink_to_run_keeps_working() {
     let is_link = std::fs::symlink_metadata("/var/run").is_ok_and(|m| m.file_type().is_symlink());
     if !is_root() || !is_link {
-        eprintln!("skipped: needs root and /var/run as a symlink (to /run)");
+        lockyard_test_support::skip("needs root and /var/run as a symlink (to /run)");
         return;
     }
     let name = format!("lockyard-test-{}.lock", std::process::id());
@@ -612,7 +612,7 @@ fn directories_of_other_users_or_writable_by_all_are_not_trusted() {
     assert!(LockDir::open_with(&open, &DirTrust::group(gid)).is_ok(), "a group trusted on purpose");
 
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: directories and links of another user need root to make");
+        lockyard_test_support::skip("directories and links of another user need root to make");
         return;
     }
     let theirs = dir.path("theirs");

@@ -38,7 +38,7 @@ fn ns_pids(pid: u32) -> Vec<u32> {
 #[test]
 fn a_holder_inside_a_pid_namespace_is_named_by_its_host_pid() {
     if let Some(why) = missing_pid_namespaces() {
-        eprintln!("skipped: {why}");
+        lockyard_test_support::skip(&why);
         return;
     }
     assert_eq!(in_initial_pid_namespace(), Some(true), "the test runs on the host");
@@ -76,7 +76,7 @@ fn a_holder_inside_a_pid_namespace_is_named_by_its_host_pid() {
 #[test]
 fn inside_a_pid_namespace_outside_holders_are_hidden_but_enforced() {
     if let Some(why) = missing_pid_namespaces() {
-        eprintln!("skipped: {why}");
+        lockyard_test_support::skip(&why);
         return;
     }
     let dir = Scratch::new("pidns-inside");

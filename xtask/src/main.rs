@@ -1,9 +1,14 @@
-#![allow(clippy::print_stderr)] // xtask talks to the developer on stderr by design.
+#![allow(clippy::print_stderr, clippy::print_stdout)] // xtask talks to the developer by design.
 
 //! Developer tasks: `cargo xtask <task>`.
 //!
-//! `ci` is what `.ci/run` and a developer run before pushing. It runs each
-//! step in order and stops at the first failure with a line naming it.
+//! `ci` is what `.ci/run` and a developer run before pushing, and all a
+//! newcomer needs: it first makes sure the tools the tests use are there
+//! (installing them when it runs as root, naming what is missing
+//! otherwise), then runs each step in order, stops at the first failing
+//! step with a line naming it, and ends with `N passed, N failed, N
+//! skipped` for the test step. A skipped test fails the run unless
+//! `--allow-skip` is given: on CI nothing may skip.
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -33,7 +38,7 @@ fn ci_steps() -> Vec<Step> {
             &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"],
         ),
         cargo("kernel fixture", &["run", "--quiet", "--package", "xtask", "--", "kernel-fixture"]),
-        cargo("test", &["test", "--workspace", "--all-features"]),
+        cargo("test", &["test", "--workspace", "--all-features", "--no-fail-fast"]),
         Step {
             env: &[("RUSTDOCFLAGS", "-D warnings")],
             ..cargo("doc", &["doc", "--workspace", "--no-deps", "--all-features"])
@@ -48,11 +53,19 @@ fn ci_steps() -> Vec<Step> {
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("ci") => ci(),
+        Some("ci") => ci(&args[1..]),
         Some("man") => man(),
         Some("stress") => stress(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("kernel-fixture") => kernel_fixture(),
+        Some("deps") => deps().and_then(|missing| {
+            if missing.is_empty() {
+                eprintln!("xtask deps: everything the tests need is here");
+                Ok(())
+            } else {
+                bail!("missing {} (run as root to install)", missing.join(", "))
+            }
+        }),
         Some("help" | "--help" | "-h") | None => {
             usage();
             Ok(())
@@ -75,8 +88,11 @@ fn usage() {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
-         ci      format check, clippy, tests, docs, bench smoke, stress, fuzz smoke and the man page;\n          \
-         stops at the first failure\n  \
+         ci      [--allow-skip]  install what the tests need (as root; else name what is missing), then\n          \
+         format check, clippy, tests, docs, bench smoke, stress, fuzz smoke and the man page; stops at\n          \
+         the first failure and ends with `N passed, N failed, N skipped`; a skip fails the run unless\n          \
+         --allow-skip\n  \
+         deps    install (as root) or list what the tests need\n  \
          stress  [--long]  the stress and crash campaign (docs/reliability.md); --long is 32 processes, 10x rounds\n  \
          fuzz    [--seconds N] [TARGET...]  run the lockyard-procfs fuzz targets, N seconds each (default 60)\n  \
          man     write the lockyard(1) man page to target/man/lockyard.1\n  \
@@ -84,13 +100,179 @@ fn usage() {
     );
 }
 
-fn ci() -> Result<()> {
+fn ci(args: &[String]) -> Result<()> {
+    let allow_skip = match args {
+        [] => false,
+        [flag] if flag == "--allow-skip" => true,
+        _ => bail!("usage: cargo xtask ci [--allow-skip]"),
+    };
     let started = Instant::now();
+    let missing = deps()?;
+    if !missing.is_empty() && !allow_skip {
+        bail!(
+            "missing {}: run `cargo xtask ci` as root to install them, install them yourself, or pass \
+             --allow-skip to run without (the tests that need them are then skipped and counted)",
+            missing.join(", ")
+        );
+    }
+    let mut tally = None;
     for step in ci_steps() {
-        run(&step)?;
+        if step.name == "test" {
+            let counted = run_tests(&step)?;
+            eprintln!("xtask ci: {counted}");
+            if counted.failed > 0 {
+                bail!("step `test` failed: {counted}; rerun: cargo test --workspace --all-features");
+            }
+            if counted.skipped > 0 && !allow_skip {
+                bail!(
+                    "{} skipped (listed above); on CI nothing may skip. Install what they need (as root, \
+                     `cargo xtask ci` does), or pass --allow-skip",
+                    counted.skipped
+                );
+            }
+            tally = Some(counted);
+        } else {
+            run(&step)?;
+        }
     }
     eprintln!("xtask ci: all steps passed in {:.0?}", started.elapsed());
+    if let Some(counted) = tally {
+        eprintln!("{counted}");
+    }
     Ok(())
+}
+
+/// A command the tests run, and the Debian package that provides it.
+const TOOLS: &[(&str, &str)] = &[
+    ("flock", "util-linux"),
+    ("lslocks", "util-linux"),
+    ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("prlimit", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("script", "bsdutils"),
+    ("losetup", "mount"),
+    ("python3", "python3"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("mkfs.btrfs", "btrfs-progs"),
+    ("btrfs", "btrfs-progs"),
+    ("mkfs.xfs", "xfsprogs"),
+    ("bindfs", "bindfs"),
+    ("dpkg-deb", "dpkg"),
+    ("apt-get", "apt"),
+];
+
+/// Make sure every tool the tests use is here: as root, install the
+/// Debian packages of the missing ones; cargo-fuzz (from crates.io) is
+/// installed for any user. Returns what is still missing.
+fn deps() -> Result<Vec<String>> {
+    let on_path = |cmd: &str| {
+        let path = env::var_os("PATH").unwrap_or_default();
+        env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|dir| dir.join(cmd).is_file())
+    };
+    let missing_tools = || TOOLS.iter().filter(|(cmd, _)| !on_path(cmd)).copied().collect::<Vec<_>>();
+    let mut missing = missing_tools();
+    if !missing.is_empty() && is_root() {
+        let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+        packages.sort_unstable();
+        packages.dedup();
+        eprintln!("xtask deps: installing {}", packages.join(" "));
+        let apt = |args: &[&str]| {
+            Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status()
+        };
+        apt(&["update", "-q"]).context("run apt-get update")?;
+        let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+        install.extend(&packages);
+        let status = apt(&install).context("run apt-get install")?;
+        if !status.success() {
+            bail!("apt-get install {} failed ({status})", packages.join(" "));
+        }
+        missing = missing_tools();
+    }
+    let mut still: Vec<String> = missing.iter().map(|(cmd, package)| format!("{cmd} (Debian: {package})")).collect();
+    let fuzz = || Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !fuzz() {
+        eprintln!("xtask deps: installing cargo-fuzz");
+        let status = Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--quiet"])
+            .status()
+            .context("run cargo install")?;
+        if !status.success() || !fuzz() {
+            still.push("cargo-fuzz (cargo install cargo-fuzz --locked)".to_owned());
+        }
+    }
+    Ok(still)
+}
+
+/// What the test step counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counted {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    ignored: u64,
+}
+
+impl std::fmt::Display for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+    }
+}
+
+/// Run the test step, copying its output through, and count: libtest's
+/// `test result:` lines give passed and failed; the tests that skipped
+/// (see lockyard-test-support) are read back from the skip log and
+/// printed with their reasons. A skipped test returned early, so libtest
+/// counted it as passed: it is moved from passed to skipped.
+fn run_tests(step: &Step) -> Result<Counted> {
+    use std::io::BufRead;
+    eprintln!("xtask ci: step `{}`: {} {}", step.name, step.program, step.args.join(" "));
+    let started = Instant::now();
+    let log = workspace_root()?.join("target/xtask/skips.log");
+    std::fs::create_dir_all(log.parent().context("log dir")?)?;
+    let _ = std::fs::remove_file(&log);
+    let mut child = Command::new(step.program)
+        .args(step.args)
+        .envs(step.env.iter().copied())
+        .env("LOCKYARD_SKIP_LOG", &log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("step `{}`: cannot start {}", step.name, step.program))?;
+    let mut counted = Counted::default();
+    let stdout = child.stdout.take().context("test output")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.context("read test output")?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            for part in result.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                let (Some(n), Some(what)) = (words.next(), words.next()) else { continue };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => counted.passed += n,
+                    "failed" => counted.failed += n,
+                    "ignored" => counted.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("wait for the tests")?;
+    let skips = std::fs::read_to_string(&log).unwrap_or_default();
+    for line in skips.lines() {
+        let (test, reason) = line.split_once('\t').unwrap_or((line, ""));
+        eprintln!("xtask ci: skipped {test}: {reason}");
+        counted.skipped += 1;
+    }
+    counted.passed = counted.passed.saturating_sub(counted.skipped);
+    if counted.ignored > 0 {
+        eprintln!("xtask ci: {} ignored on purpose (#[ignore]: tools run by hand, not tests)", counted.ignored);
+    }
+    if !status.success() && counted.failed == 0 {
+        bail!("step `test` failed ({status}) before any test failed: a build error? rerun: {} {}", step.program, step.args.join(" "));
+    }
+    eprintln!("xtask ci: step `{}` done in {:.1?}", step.name, started.elapsed());
+    Ok(counted)
 }
 
 /// A real distribution kernel for lockyard-kvm's resolver test: Debian's
@@ -258,9 +440,7 @@ fn fuzz(args: &[String]) -> Result<()> {
     let root = workspace_root()?;
     let probe = Command::new("cargo").args(["fuzz", "--version"]).output();
     if !probe.is_ok_and(|out| out.status.success()) {
-        bail!(
-            "cargo-fuzz is not installed: `cargo install cargo-fuzz --locked` (.ci/install-deps does this)"
-        );
+        bail!("cargo-fuzz is not installed: `cargo install cargo-fuzz --locked` (`cargo xtask ci` does this)");
     }
     let fuzz_cargo = || {
         let mut command = Command::new("cargo");

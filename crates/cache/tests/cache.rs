@@ -261,7 +261,7 @@ fn planted_symlinks_are_never_followed() {
 #[test]
 fn a_root_reached_through_a_foreign_symlink_in_a_sticky_directory_is_refused() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: planting another user's symlink needs root");
+        lockyard_test_support::skip("planting another user's symlink needs root");
         return;
     }
     let dir = Scratch::new("foreign");
@@ -529,7 +529,7 @@ fn a_root_of_another_user_or_writable_by_all_is_not_trusted() {
     assert!(err.to_string().contains("0777"), "{err}");
     assert_eq!(std::fs::read_dir(&open_to_all).expect("dir").count(), 0, "nothing written");
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: a directory of another user needs root to make");
+        lockyard_test_support::skip("a directory of another user needs root to make");
         return;
     }
     // Pre-created by another user (uid 65534) with a planted entry.

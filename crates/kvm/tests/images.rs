@@ -208,9 +208,7 @@ fn debian_kernel() -> Option<(PathBuf, String)> {
 #[test]
 fn a_real_debian_kernel_is_found_with_its_version() {
     let Some((path, release)) = debian_kernel() else {
-        eprintln!(
-            "skipped: no Debian kernel fixture (run `cargo xtask kernel-fixture`, as `cargo xtask ci` does)"
-        );
+        lockyard_test_support::skip("no Debian kernel fixture (run `cargo xtask kernel-fixture`, as `cargo xtask ci` does)");
         return;
     };
     let info = inspect(&path).expect("a real bzImage");

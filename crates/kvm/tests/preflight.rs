@@ -34,7 +34,7 @@ fn failure(device: &Path) -> PreflightError {
 #[test]
 fn the_real_device_passes_with_api_12_and_a_vm() {
     if !Path::new("/dev/kvm").exists() {
-        eprintln!("skipped: this machine has no /dev/kvm");
+        lockyard_test_support::skip("this machine has no /dev/kvm");
         return;
     }
     let report = Preflight::new()
@@ -87,7 +87,7 @@ fn each_wrong_kind_of_path_is_named_and_never_opened() {
 #[test]
 fn a_kvm_node_made_with_mknod_works_like_the_real_one() {
     if !Path::new("/dev/kvm").exists() || !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs /dev/kvm and root (to mknod)");
+        lockyard_test_support::skip("needs /dev/kvm and root (to mknod)");
         return;
     }
     let dir = Scratch::new("mknod");
@@ -97,7 +97,7 @@ fn a_kvm_node_made_with_mknod_works_like_the_real_one() {
         .expect("mknod");
     let report = Preflight::new().device(&node).run();
     if report.error().is_some_and(|e| matches!(e, PreflightError::PermissionDenied { .. })) {
-        eprintln!("skipped: the temporary directory is mounted nodev");
+        lockyard_test_support::skip("the temporary directory is mounted nodev");
         return;
     }
     assert!(report.passed(), "{report:?}");

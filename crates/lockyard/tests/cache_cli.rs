@@ -230,7 +230,7 @@ fn progress_is_drawn_on_a_terminal_and_nowhere_else() {
 
     let base = format!("{LOCKYARD} cache --dir {}", root.display());
     let Some(drawn) = on_a_terminal(&format!("{base} verify")) else {
-        println!("skipped the terminal half: util-linux script(1) is not installed");
+        lockyard_test_support::skip("the terminal half needs util-linux script(1)");
         return;
     };
     assert!(drawn.contains("verifying img ["), "{drawn}");

@@ -335,7 +335,7 @@ fn who_names_a_holder_in_a_pid_namespace_and_warns_from_inside_one() {
             .status()
             .is_ok_and(|s| s.success())
     {
-        eprintln!("skipped: needs root and unshare -p to create a pid namespace");
+        lockyard_test_support::skip("needs root and unshare -p to create a pid namespace");
         return;
     }
     let dir = Scratch::new("pidns");

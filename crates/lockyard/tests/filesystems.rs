@@ -49,7 +49,7 @@ fn missing_capability() -> Option<String> {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            return Some(format!("{tool} is not installed (run .ci/install-deps)"));
+            return Some(format!("{tool} is not installed (`cargo xtask deps` installs it, as root)"));
         }
     }
     if !std::path::Path::new("/dev/loop-control").exists() {
@@ -90,7 +90,7 @@ fn json(out: &Output) -> Value {
 #[test]
 fn who_and_locks_name_holder_and_path_on_every_filesystem() {
     if let Some(why) = missing_capability() {
-        eprintln!("skipped: {why}");
+        lockyard_test_support::skip(&why);
         return;
     }
     let dir = std::env::temp_dir().join(format!("lockyard-cli-fs-{}", std::process::id()));

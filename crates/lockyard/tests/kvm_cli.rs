@@ -51,7 +51,7 @@ fn have(tool: &str) -> bool {
 #[test]
 fn preflight_passes_on_this_host_and_fails_on_the_wrong_device() {
     if !Path::new("/dev/kvm").exists() {
-        println!("skipped: this machine has no /dev/kvm");
+        lockyard_test_support::skip("this machine has no /dev/kvm");
         return;
     }
     let out = run(&[], &["preflight", "--cap", "IRQCHIP"]);
@@ -84,7 +84,7 @@ fn preflight_passes_on_this_host_and_fails_on_the_wrong_device() {
 #[test]
 fn an_unprivileged_user_is_told_about_the_group() {
     if !Path::new("/dev/kvm").exists() || !rustix::process::geteuid().is_root() || !have("setpriv") {
-        println!("skipped: needs /dev/kvm, root (to mknod and drop privileges) and setpriv");
+        lockyard_test_support::skip("needs /dev/kvm, root (to mknod and drop privileges) and setpriv");
         return;
     }
     let dir = Scratch::new("unpriv");
@@ -115,7 +115,7 @@ fn an_unprivileged_user_is_told_about_the_group() {
 #[test]
 fn a_starved_fd_table_is_transient_not_a_misconfiguration() {
     if !Path::new("/dev/kvm").exists() || !have("prlimit") {
-        println!("skipped: needs /dev/kvm and prlimit");
+        lockyard_test_support::skip("needs /dev/kvm and prlimit");
         return;
     }
     // Four descriptors: stdio and /dev/kvm; KVM_CREATE_VM then has none.
@@ -147,7 +147,7 @@ fn bzimage(version: &str) -> Vec<u8> {
 #[test]
 fn kernel_resolves_in_order_and_says_what_it_passed_over() {
     if !cfg!(target_arch = "x86_64") {
-        println!("skipped: the synthetic images here are x86 bzImages");
+        lockyard_test_support::skip("the synthetic images here are x86 bzImages");
         return;
     }
     let dir = Scratch::new("kernel");

@@ -133,7 +133,7 @@ fn reserve_pins_the_command_holds_for_its_life_and_passes_its_status() {
 fn users_share_one_sticky_lock_directory() {
     let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
     if !rustix::process::geteuid().is_root() || !setpriv {
-        println!("skipped: needs root and setpriv to act as two users");
+        lockyard_test_support::skip("needs root and setpriv to act as two users");
         return;
     }
     let dir = std::env::temp_dir().join(format!("lockyard-reserve-users-{}", std::process::id()));
@@ -189,7 +189,7 @@ fn users_share_one_sticky_lock_directory() {
 fn a_lock_directory_another_user_made_is_refused() {
     let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
     if !rustix::process::geteuid().is_root() || !setpriv {
-        println!("skipped: needs root and setpriv to act as two users");
+        lockyard_test_support::skip("needs root and setpriv to act as two users");
         return;
     }
     let base = std::env::temp_dir().join(format!("lockyard-reserve-squat-{}", std::process::id()));

@@ -439,7 +439,7 @@ fn who_out_of_descriptors_fails_rather_than_answering_not_held() {
 #[test]
 fn a_lock_in_another_users_directory_works_as_with_flock() {
     if !rustix::process::geteuid().is_root() {
-        println!("skipped: a directory of another user needs root to make");
+        lockyard_test_support::skip("a directory of another user needs root to make");
         return;
     }
     // `run` takes the path the operator named, as flock(1) does.
