@@ -138,7 +138,9 @@ fn the_claimant_is_the_lock_holder_whatever_pid_the_file_names() {
 #[test]
 fn a_claim_never_writes_through_a_hard_link() {
     if !common::is_root() {
-        lockyard_test_support::skip("linking another file into a sticky directory as an attacker needs root here");
+        lockyard_test_support::skip(
+            "linking another file into a sticky directory as an attacker needs root here",
+        );
         return;
     }
     // /tmp-like: world-writable and sticky. With fs.protected_hardlinks=0

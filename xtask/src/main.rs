@@ -189,8 +189,10 @@ fn deps() -> Result<Vec<String>> {
         }
         missing = missing_tools();
     }
-    let mut still: Vec<String> = missing.iter().map(|(cmd, package)| format!("{cmd} (Debian: {package})")).collect();
-    let fuzz = || Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let mut still: Vec<String> =
+        missing.iter().map(|(cmd, package)| format!("{cmd} (Debian: {package})")).collect();
+    let fuzz =
+        || Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
     if !fuzz() {
         eprintln!("xtask deps: installing cargo-fuzz");
         let status = Command::new("cargo")
@@ -266,10 +268,17 @@ fn run_tests(step: &Step) -> Result<Counted> {
     }
     counted.passed = counted.passed.saturating_sub(counted.skipped);
     if counted.ignored > 0 {
-        eprintln!("xtask ci: {} ignored on purpose (#[ignore]: tools run by hand, not tests)", counted.ignored);
+        eprintln!(
+            "xtask ci: {} ignored on purpose (#[ignore]: tools run by hand, not tests)",
+            counted.ignored
+        );
     }
     if !status.success() && counted.failed == 0 {
-        bail!("step `test` failed ({status}) before any test failed: a build error? rerun: {} {}", step.program, step.args.join(" "));
+        bail!(
+            "step `test` failed ({status}) before any test failed: a build error? rerun: {} {}",
+            step.program,
+            step.args.join(" ")
+        );
     }
     eprintln!("xtask ci: step `{}` done in {:.1?}", step.name, started.elapsed());
     Ok(counted)
@@ -440,7 +449,9 @@ fn fuzz(args: &[String]) -> Result<()> {
     let root = workspace_root()?;
     let probe = Command::new("cargo").args(["fuzz", "--version"]).output();
     if !probe.is_ok_and(|out| out.status.success()) {
-        bail!("cargo-fuzz is not installed: `cargo install cargo-fuzz --locked` (`cargo xtask ci` does this)");
+        bail!(
+            "cargo-fuzz is not installed: `cargo install cargo-fuzz --locked` (`cargo xtask ci` does this)"
+        );
     }
     let fuzz_cargo = || {
         let mut command = Command::new("cargo");

@@ -4,30 +4,14 @@
 
 #![allow(clippy::print_stderr)]
 
-use std::path::{Path, PathBuf};
+use lockyard_test_support::{Scratch, tree};
+use std::path::Path;
 use std::time::Duration;
 
 use lockyard_cache::{
     BuildResult, Cache, CacheError, CacheOptions, Clean, CorruptReason, ForeignReason, KeyError, Listed,
     NotACache,
 };
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lockyard-cache-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn open(dir: &Scratch) -> Cache {
     Cache::open(dir.0.join("c"), CacheOptions::new().wait(Duration::from_millis(300))).expect("open")
@@ -371,26 +355,6 @@ fn progress_is_told_every_byte_verified_and_every_victim_cleaned() {
     assert_eq!(report.removed.len(), 2);
 }
 
-/// Every name under `dir`, recursively, with its content for files: what
-/// "left untouched" is checked against.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if e.file_type().expect("type").is_dir() {
-                todo.push(p.clone());
-                out.push((p, None));
-            } else {
-                out.push((p.clone(), std::fs::read(&p).ok()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn a_directory_that_is_not_a_cache_is_refused_and_left_untouched() {
     let dir = Scratch::new("not-a-cache");
@@ -399,7 +363,7 @@ fn a_directory_that_is_not_a_cache_is_refused_and_left_untouched() {
     std::fs::write(project.join("README"), "mine").expect("file");
     std::fs::write(project.join("src/main.rs"), "fn main() {}").expect("file");
     std::fs::create_dir(project.join("empty-dir")).expect("dir");
-    let before = snapshot(&project);
+    let before = tree(&project);
     for options in [CacheOptions::new(), CacheOptions::new().read_only()] {
         match Cache::open(&project, options) {
             Err(CacheError::NotACache { reason: NotACache::Foreign { shown, count }, .. }) => {
@@ -411,7 +375,7 @@ fn a_directory_that_is_not_a_cache_is_refused_and_left_untouched() {
     }
     let err = Cache::open(&project, CacheOptions::new()).expect_err("refused");
     assert!(err.to_string().contains("not a lockyard cache"), "{err}");
-    assert_eq!(snapshot(&project), before, "nothing written, nothing removed");
+    assert_eq!(tree(&project), before, "nothing written, nothing removed");
 }
 
 #[test]
@@ -435,14 +399,14 @@ fn read_only_opens_create_nothing() {
     // lock file behind, and nothing can be stored.
     let root = dir.0.join("c");
     drop(Cache::open(&root, CacheOptions::new()).expect("create").store("k", writes("x")).expect("store"));
-    let before = snapshot(&root);
+    let before = tree(&root);
     let cache = Cache::open(&root, CacheOptions::new().read_only()).expect("read-only");
     assert!(cache.inspect("other").expect("inspect").is_none());
     assert!(cache.inspect("k").expect("inspect").is_some());
     assert_eq!(cache.list().expect("list").len(), 1);
     assert!(matches!(cache.store("n", writes("y")), Err(CacheError::ReadOnly { .. })));
     assert!(matches!(cache.clean(Clean::All), Err(CacheError::ReadOnly { .. })));
-    assert_eq!(snapshot(&root), before);
+    assert_eq!(tree(&root), before);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 #![allow(clippy::print_stderr)]
 
+use lockyard_test_support::Scratch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,27 +12,12 @@ use lockyard_cache::{Cache, CacheError, CacheOptions};
 use lockyard_kvm::image::inspect;
 use lockyard_kvm::{Arch, Rejection, ResolveError, Resolver, Source, SourceKind};
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lockyard-kvm-img-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch");
-        Scratch(dir)
-    }
-    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(rel);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, bytes).expect("write");
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Write `bytes` to `rel` under the scratch directory, making its parents.
+fn write(dir: &Scratch, rel: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.path(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, bytes).expect("write");
+    path
 }
 
 /// A bzImage as the x86 boot protocol lays it out: `setup_sects` at
@@ -63,7 +49,7 @@ fn arm64_image() -> Vec<u8> {
 fn bzimages_of_several_protocols_report_their_version() {
     let dir = Scratch::new("bz");
     for (protocol, text) in [(0x020F, "2.15"), (0x020C, "2.12"), (0x0206, "2.06"), (0x0200, "2.00")] {
-        let path = dir.write(&format!("bz-{text}"), &bzimage(protocol, "6.6.7-test (me@host) #1 SMP"));
+        let path = write(&dir, &format!("bz-{text}"), &bzimage(protocol, "6.6.7-test (me@host) #1 SMP"));
         let info = inspect(&path).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(info.format, "bzImage");
         assert_eq!(info.arch, Arch::X86_64);
@@ -71,32 +57,32 @@ fn bzimages_of_several_protocols_report_their_version() {
         assert_eq!(info.version.as_deref(), Some("6.6.7-test"));
         assert_eq!(info.version_string.as_deref(), Some("6.6.7-test (me@host) #1 SMP"));
     }
-    let old = dir.write("bz-1.x", &bzimage(0x0104, "ancient"));
+    let old = write(&dir, "bz-1.x", &bzimage(0x0104, "ancient"));
     assert_eq!(inspect(&old), Err(Rejection::OldBootProtocol { protocol: "1.04".to_owned() }));
 }
 
 #[test]
 fn every_other_shape_is_rejected_with_its_reason() {
     let dir = Scratch::new("shapes");
-    let arm = dir.write("Image", &arm64_image());
+    let arm = write(&dir, "Image", &arm64_image());
     let info = inspect(&arm).expect("arm64 Image");
     assert_eq!((info.format, info.arch, info.version), ("Image", Arch::Aarch64, None));
 
-    let elf = dir.write("vmlinux", b"\x7fELF\x02\x01\x01\0rest of an ELF header");
+    let elf = write(&dir, "vmlinux", b"\x7fELF\x02\x01\x01\0rest of an ELF header");
     let err = inspect(&elf).expect_err("ELF");
     assert_eq!(err, Rejection::Elf);
     assert!(err.to_string().contains("bzImage"), "the hint names what to pass: {err}");
 
-    let gz = dir.write("vmlinuz.gz", b"\x1f\x8b\x08\0compressed");
+    let gz = write(&dir, "vmlinuz.gz", b"\x1f\x8b\x08\0compressed");
     assert!(matches!(inspect(&gz), Err(Rejection::Compressed { compression: "gzip", .. })));
 
     let full = bzimage(0x020F, "6.6.7");
-    let cut = dir.write("cut-payload", &full[..full.len() - 100]);
+    let cut = write(&dir, "cut-payload", &full[..full.len() - 100]);
     assert!(matches!(inspect(&cut), Err(Rejection::Truncated { .. })), "{:?}", inspect(&cut));
-    let cut = dir.write("cut-header", &full[..0x100]);
+    let cut = write(&dir, "cut-header", &full[..0x100]);
     assert!(matches!(inspect(&cut), Err(Rejection::Truncated { .. })), "{:?}", inspect(&cut));
 
-    let garbage = dir.write("garbage", &[0x42; 8192]);
+    let garbage = write(&dir, "garbage", &[0x42; 8192]);
     assert_eq!(inspect(&garbage), Err(Rejection::UnknownFormat));
     assert_eq!(inspect(&dir.0.join("nothing")), Err(Rejection::Missing));
     assert!(matches!(inspect(&dir.0), Err(Rejection::NotAFile { .. })));
@@ -111,11 +97,11 @@ fn the_chain_is_tried_in_order_and_names_everything_passed_over() {
         Arch::Aarch64 => arm64_image(),
     };
     // A build tree with only a vmlinux, then one with the image.
-    dir.write("tree-a/vmlinux", b"\x7fELF....");
+    write(&dir, "tree-a/vmlinux", b"\x7fELF....");
     let tree = dir.0.join("tree-b");
-    let built = dir.write(&format!("tree-b/{}", host.build_tree_image()), &good);
+    let built = write(&dir, &format!("tree-b/{}", host.build_tree_image()), &good);
     // An installed root whose vmlinuz is an ELF.
-    dir.write("root/boot/vmlinuz-6.9.0", b"\x7fELF....");
+    write(&dir, "root/boot/vmlinuz-6.9.0", b"\x7fELF....");
 
     let installed = Source::Installed { root: dir.0.join("root"), release: "6.9.0".to_owned() };
     let resolved = Resolver::new()
@@ -208,7 +194,9 @@ fn debian_kernel() -> Option<(PathBuf, String)> {
 #[test]
 fn a_real_debian_kernel_is_found_with_its_version() {
     let Some((path, release)) = debian_kernel() else {
-        lockyard_test_support::skip("no Debian kernel fixture (run `cargo xtask kernel-fixture`, as `cargo xtask ci` does)");
+        lockyard_test_support::skip(
+            "no Debian kernel fixture (run `cargo xtask kernel-fixture`, as `cargo xtask ci` does)",
+        );
         return;
     };
     let info = inspect(&path).expect("a real bzImage");
@@ -252,7 +240,7 @@ fn a_fifo_candidate_is_passed_over_without_hanging() {
         Arch::X86_64 => bzimage(0x020F, "6.9.0-tree"),
         Arch::Aarch64 => arm64_image(),
     };
-    let built = dir.write(&format!("tree/{}", host.build_tree_image()), &good);
+    let built = write(&dir, &format!("tree/{}", host.build_tree_image()), &good);
     let resolved = Resolver::new()
         .source(Source::Installed { root: dir.0.join("root"), release: "6.9.0".to_owned() })
         .source(Source::BuildTrees(vec![dir.0.join("tree")]))

@@ -4,32 +4,13 @@
 
 #![allow(clippy::print_stdout)]
 
+use lockyard_test_support::{Scratch, tree};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const LOCKYARD: &str = env!("CARGO_BIN_EXE_lockyard");
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lockyard-trust-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch");
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -178,25 +159,6 @@ fn a_killed_ensure_supervisor_leaves_the_entry_held_for_its_command() {
     let clean = lockyard(&["cache", "--dir", root, "clean", "--all", "--yes"]);
     assert!(clean.status.success(), "{}", text(&clean.stderr));
     assert!(!Path::new(root).join("k").exists());
-}
-
-/// Every name under `dir`, with file contents.
-fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if e.file_type().expect("type").is_dir() {
-                todo.push(p.clone());
-                out.push((p, None));
-            } else {
-                out.push((p.clone(), std::fs::read(&p).ok()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -49,12 +49,13 @@ pub fn is_root() -> bool {
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
-    /// `$TMPDIR/lockyard-{name}-{pid}`, empty.
+    /// `$TMPDIR/lockyard-{name}-{pid}`, empty, its path canonical (so
+    /// paths the kernel reports for files in it compare equal).
     pub fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("lockyard-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the scratch directory");
-        Scratch(dir)
+        Scratch(dir.canonicalize().expect("a canonical scratch path"))
     }
 
     /// `name` inside the scratch directory.
