@@ -203,6 +203,9 @@ fn deps() -> Result<Vec<String>> {
             still.push("cargo-fuzz (cargo install cargo-fuzz --locked)".to_owned());
         }
     }
+    if still.is_empty() {
+        eprintln!("xtask deps: all {} tools the tests use are here, and cargo-fuzz", TOOLS.len());
+    }
     Ok(still)
 }
 
