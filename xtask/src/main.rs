@@ -60,7 +60,6 @@ fn main() -> ExitCode {
         Some("kernel-fixture") => kernel_fixture(),
         Some("deps") => deps().and_then(|missing| {
             if missing.is_empty() {
-                eprintln!("xtask deps: everything the tests need is here");
                 Ok(())
             } else {
                 bail!("missing {} (run as root to install)", missing.join(", "))
@@ -364,7 +363,7 @@ fn man() -> Result<()> {
     use clap::CommandFactory;
     let dir = workspace_root()?.join("target/man");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let command = lockyard::cli::Cli::command();
+    let command = lockyard_cli::cli::Cli::command();
     // lockyard(1), plus lockyard-locks(1) and friends for the subcommands.
     let mut pages = vec![("lockyard".to_owned(), command.clone())];
     for sub in command.get_subcommands() {

@@ -51,6 +51,9 @@
 mod error;
 mod fs_policy;
 pub mod holders;
+#[cfg(feature = "serde")]
+pub mod json;
+pub mod listing;
 mod lock;
 mod open;
 mod pidfile;

@@ -5,10 +5,10 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, ExitCode};
 
-use lockyard::cli::RunArgs;
+use lockyard_cli::cli::RunArgs;
 
-use lockyard::cli::RunKind;
 use lockyard::flock::{DirTrust, LockError, LockFile, LockGuard, LockKind, LockOptions, Pidfile, Wait};
+use lockyard_cli::cli::RunKind;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 

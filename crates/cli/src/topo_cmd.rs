@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::Result;
-use lockyard::cli::{ReserveArgs, ReserveMode};
 use lockyard::flock::Holders;
 use lockyard::topo::{Amount, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, cpu_lock_name};
-use lockyard::units::format_size;
+use lockyard_cli::cli::{ReserveArgs, ReserveMode};
+use lockyard_cli::units::format_size;
 use serde::Serialize;
 
 use crate::{emit, print_json};
@@ -41,7 +41,7 @@ struct TopoReport<'a> {
     held: BTreeMap<String, Holders>,
 }
 
-pub(crate) fn topo(args: &lockyard::cli::TopoArgs) -> Result<()> {
+pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Result<()> {
     let topology = Topology::read(Path::new("/"));
     let dir = lock_dir(args.lock_dir.as_deref());
     let names: Vec<String> = topology

@@ -1,10 +1,12 @@
-//! Paths in JSON output, losslessly.
+//! Paths in JSON, losslessly (with the `serde` feature).
 //!
-//! A Linux path is bytes, not text. In every JSON document of the
-//! command a path is a string when its bytes are UTF-8 (nearly always),
-//! and otherwise an array of its bytes as numbers (as `journalctl -o json`
-//! writes fields that are not text), so a reader can always recover the
-//! exact path: no byte is replaced by U+FFFD.
+//! A Linux path is bytes, not text. Where this crate serializes a path
+//! (the [`crate::listing`] rows), and in every JSON document of the
+//! `lockyard` command, a path is a string when its bytes are UTF-8 (nearly
+//! always), and otherwise an array of its bytes as numbers (as
+//! `journalctl -o json` writes fields that are not text), so a reader can
+//! always recover the exact path: no byte is replaced by U+FFFD. Use these
+//! functions with `#[serde(serialize_with = ...)]`.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ pub fn opt_path<S: Serializer>(value: &Option<PathBuf>, s: S) -> Result<S::Ok, S
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::ffi::OsStr;
 

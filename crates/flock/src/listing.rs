@@ -17,10 +17,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use lockyard_flock::holders::{descriptors, passes_over, processes};
-use lockyard_flock::{LockError, Snapshot};
 use lockyard_procfs::{Cmdline, FdInfo, LockKey, LockKind, LockRecord};
-use serde::Serialize;
+
+use crate::error::LockError;
+use crate::holders::{Snapshot, descriptors, passes_over, processes};
 
 /// How many characters of a command line are kept.
 const COMMAND_WIDTH: usize = 200;
@@ -39,7 +39,8 @@ pub struct ListOptions {
 }
 
 /// A process involved in a lock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Process {
     /// Its pid, `null` when unknown (an OFD lock outside exact mode).
     pub pid: Option<u32>,
@@ -50,7 +51,8 @@ pub struct Process {
 }
 
 /// One granted lock.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LockRow {
     /// `flock`, `posix`, `ofd`, `lease`, `delegation`, `access`, or the
     /// kernel's word in lower case.
@@ -68,7 +70,7 @@ pub struct LockRow {
     /// Path of the file as a holder opened it; `null` if no descriptor
     /// carrying the lock could be inspected. In JSON, a string, or the
     /// bytes when not UTF-8 ([`crate::json`]).
-    #[serde(serialize_with = "crate::json::opt_path")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::json::opt_path"))]
     pub path: Option<PathBuf>,
     /// The pid /proc/locks records (`null` for OFD locks: -1).
     pub pid: Option<u32>,
@@ -79,12 +81,13 @@ pub struct LockRow {
     pub holders: Vec<Process>,
     /// Processes blocked waiting for this lock.
     pub blocked: Vec<Process>,
-    #[serde(skip)]
+    #[cfg_attr(feature = "serde", serde(skip))]
     key: LockKey,
 }
 
 /// The result of [`list`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Listing {
     /// Always 1 for this layout.
     pub schema: u32,

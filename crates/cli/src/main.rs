@@ -9,10 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
-use lockyard::cli::{Cli, Command, KindFilter, LocksArgs, PidfileCommand, WhoArgs};
+use lockyard::flock::listing::{self, ListOptions, Listing};
 use lockyard::flock::{Holder, LockError, Pidfile, PidfileState, Snapshot};
-use lockyard::listing::{self, ListOptions, Listing};
-use lockyard::table::{self, Column, Style};
+use lockyard_cli::cli::{Cli, Command, KindFilter, LocksArgs, PidfileCommand, WhoArgs};
+use lockyard_cli::table::{self, Column, Style};
 use serde::Serialize;
 
 mod cache_cmd;
@@ -237,7 +237,7 @@ fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> Stri
 /// One file's answer in `lockyard who --json`.
 #[derive(Serialize)]
 struct WhoFile {
-    #[serde(serialize_with = "lockyard::json::path")]
+    #[serde(serialize_with = "lockyard::flock::json::path")]
     path: std::path::PathBuf,
     device: Option<String>,
     inode: Option<u64>,
@@ -388,7 +388,7 @@ fn alive(pid: u32) -> bool {
 #[derive(Serialize)]
 struct PidfileReport {
     schema: u32,
-    #[serde(serialize_with = "lockyard::json::path")]
+    #[serde(serialize_with = "lockyard::flock::json::path")]
     path: std::path::PathBuf,
     state: &'static str,
     pid: Option<u32>,

@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use lockyard::cache::{Cache, CacheError, CacheOptions, Clean, CleanPlan, Listed, NotACache};
-use lockyard::cli::{CacheArgs, CacheCommand};
-use lockyard::table::{self, Column, Style};
-use lockyard::units::{format_age, format_size, parse_duration, parse_size};
+use lockyard_cli::cli::{CacheArgs, CacheCommand};
+use lockyard_cli::table::{self, Column, Style};
+use lockyard_cli::units::{format_age, format_size, parse_duration, parse_size};
 use serde::Serialize;
 
 use crate::run::spawn_and_wait_code;

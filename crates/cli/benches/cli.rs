@@ -2,7 +2,7 @@
 //! floor: the kernel generating the text) and `lslocks`, with 1k, 10k and
 //! 100k locks held.
 //!
-//! `cargo bench -p lockyard --bench cli`; each figure is the median of
+//! `cargo bench -p lockyard-cli --bench cli`; each figure is the median of
 //! several runs of the whole command. `lslocks` is run at 1k locks (it
 //! rescans every descriptor for every lock, so 10k takes minutes; set
 //! `LOCKYARD_BENCH_LSLOCKS=1` to include it at 10k). `-- --test` (CI's

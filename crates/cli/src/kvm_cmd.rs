@@ -4,11 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use lockyard::cache::{Cache, CacheError, CacheOptions, NotACache};
-use lockyard::cli::{KernelArgs, PreflightArgs};
 use lockyard::kvm::{
     Candidate, Capability, ImageInfo, Preflight, ResolveError, Resolver, Source, SourceKind, Status,
 };
-use lockyard::units::format_size;
+use lockyard_cli::cli::{KernelArgs, PreflightArgs};
+use lockyard_cli::units::format_size;
 use serde::Serialize;
 
 use crate::{emit, print_json, sentence};
