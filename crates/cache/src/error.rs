@@ -211,6 +211,38 @@ pub enum CacheError {
     },
 }
 
+/// For `io::Result` code: `?` turns a [`CacheError`] into an
+/// [`io::Error`] of the matching kind, the cache error kept inside. Busy
+/// is `WouldBlock`, a timeout `TimedOut`, a cancelled wait `Interrupted`,
+/// a corrupt entry `InvalidData`, a bad key or a root that is not a cache
+/// `InvalidInput`, a read-only cache `ReadOnlyFilesystem`, something
+/// refused `PermissionDenied`, lock and I/O errors their own kind.
+impl From<CacheError> for io::Error {
+    fn from(err: CacheError) -> Self {
+        io::Error::new(err.io_kind(), err)
+    }
+}
+
+impl CacheError {
+    /// The [`io::ErrorKind`] this error stands for (see the
+    /// `From<CacheError> for io::Error` impl).
+    pub fn io_kind(&self) -> io::ErrorKind {
+        match self {
+            CacheError::Contended { .. } => io::ErrorKind::WouldBlock,
+            CacheError::Timeout { .. } => io::ErrorKind::TimedOut,
+            CacheError::Cancelled { .. } => io::ErrorKind::Interrupted,
+            CacheError::Corrupt { .. } => io::ErrorKind::InvalidData,
+            CacheError::InvalidKey { .. } | CacheError::NotACache { .. } => io::ErrorKind::InvalidInput,
+            CacheError::ReadOnly { .. } => io::ErrorKind::ReadOnlyFilesystem,
+            CacheError::UnsupportedFilesystem { .. } => io::ErrorKind::Unsupported,
+            CacheError::Refused { .. } => io::ErrorKind::PermissionDenied,
+            CacheError::Build { .. } => io::ErrorKind::Other,
+            CacheError::Lock(e) => e.io_kind(),
+            CacheError::Io { source, .. } => source.kind(),
+        }
+    }
+}
+
 impl CacheError {
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: impl Into<io::Error>) -> Self {
         CacheError::Io { path: path.into(), op, source: source.into() }
@@ -233,5 +265,38 @@ impl CacheError {
     /// later may succeed), as opposed to misuse or a broken cache.
     pub fn is_busy(&self) -> bool {
         matches!(self, CacheError::Contended { .. } | CacheError::Timeout { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_errors_become_io_errors_of_their_kind() {
+        let cases = [
+            (
+                CacheError::Contended { key: "k".into(), holders: Holders::default() },
+                io::ErrorKind::WouldBlock,
+            ),
+            (CacheError::ReadOnly { path: "/c".into() }, io::ErrorKind::ReadOnlyFilesystem),
+            (
+                CacheError::NotACache { path: "/c".into(), reason: NotACache::Missing },
+                io::ErrorKind::InvalidInput,
+            ),
+            (
+                CacheError::Corrupt { path: "/c/k".into(), reason: CorruptReason::DigestMismatch },
+                io::ErrorKind::InvalidData,
+            ),
+            (
+                CacheError::Lock(LockError::InvalidPath { path: "/".into(), reason: "no name" }),
+                io::ErrorKind::InvalidInput,
+            ),
+        ];
+        for (err, kind) in cases {
+            let io: io::Error = err.into();
+            assert_eq!(io.kind(), kind, "{io}");
+            assert!(io.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<CacheError>));
+        }
     }
 }

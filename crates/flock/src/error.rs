@@ -129,6 +129,37 @@ impl LockError {
     }
 }
 
+/// For `io::Result` code: `?` turns a [`LockError`] into an
+/// [`io::Error`] of the matching kind, the lock error kept as its inner
+/// error (and source). Busy is `WouldBlock`, as `std::fs::File::try_lock`
+/// says it; a timeout `TimedOut`; a cancelled wait `Interrupted`; a
+/// refused or untrusted path `PermissionDenied`; an unreliable filesystem
+/// `Unsupported`; a bad path `InvalidInput`; a malformed /proc file
+/// `InvalidData`; a failed system call keeps its own kind.
+impl From<LockError> for io::Error {
+    fn from(err: LockError) -> Self {
+        io::Error::new(err.io_kind(), err)
+    }
+}
+
+impl LockError {
+    /// The [`io::ErrorKind`] this error stands for (see the
+    /// `From<LockError> for io::Error` impl).
+    pub fn io_kind(&self) -> io::ErrorKind {
+        match self {
+            LockError::Contended { .. } => io::ErrorKind::WouldBlock,
+            LockError::Timeout { .. } => io::ErrorKind::TimedOut,
+            LockError::Cancelled { .. } => io::ErrorKind::Interrupted,
+            LockError::Refused { .. } | LockError::Untrusted { .. } => io::ErrorKind::PermissionDenied,
+            LockError::UnsupportedFilesystem { .. } => io::ErrorKind::Unsupported,
+            LockError::InvalidPath { .. } => io::ErrorKind::InvalidInput,
+            LockError::Unstable { .. } => io::ErrorKind::Other,
+            LockError::Io { source, .. } => source.kind(),
+            LockError::Proc(e) => e.io_kind(),
+        }
+    }
+}
+
 /// Why a directory is not trusted (see [`crate::DirTrust`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -262,6 +293,41 @@ impl fmt::Display for Found {
             }
             Found::HardLinked { links } => write!(f, "a file with {links} hard links"),
             Found::Other => f.write_str("a file of unknown type"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_for_io(err: LockError) -> io::Result<()> {
+        Err(err)?;
+        Ok(())
+    }
+
+    #[test]
+    fn question_mark_works_in_io_code_and_keeps_the_kind_and_the_error() {
+        let busy = LockError::Contended { path: "/tmp/x".into(), holders: Holders::default() };
+        let err = open_for_io(busy).expect_err("busy");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "as std's File::try_lock says it");
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<LockError>()).expect("the lock error inside");
+        assert!(inner.is_busy());
+        let cases = [
+            (
+                LockError::Timeout { path: "/x".into(), waited: Duration::ZERO, holders: Holders::default() },
+                io::ErrorKind::TimedOut,
+            ),
+            (LockError::Cancelled { path: "/x".into(), waited: Duration::ZERO }, io::ErrorKind::Interrupted),
+            (
+                LockError::Refused { path: "/x".into(), found: Found::Symlink },
+                io::ErrorKind::PermissionDenied,
+            ),
+            (LockError::InvalidPath { path: "/".into(), reason: "no name" }, io::ErrorKind::InvalidInput),
+            (LockError::io("/x", "open", io::Error::from(io::ErrorKind::NotFound)), io::ErrorKind::NotFound),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(io::Error::from(err).kind(), kind);
         }
     }
 }

@@ -34,6 +34,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The [`io::ErrorKind`] this error stands for: the read's own kind,
+    /// or `InvalidData` for a malformed line.
+    pub fn io_kind(&self) -> io::ErrorKind {
+        match self {
+            Error::Read { source, .. } => source.kind(),
+            Error::Parse { .. } => io::ErrorKind::InvalidData,
+        }
+    }
+
     /// Whether the error means the file does not exist, as when the process
     /// being inspected has exited.
     pub fn is_not_found(&self) -> bool {
@@ -75,6 +84,14 @@ pub enum Reason {
 /// Bytes from a malformed line, kept short and printable for messages.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Shown(String);
+
+/// For `io::Result` code: the error of the matching kind
+/// ([`Error::io_kind`]), this one kept inside.
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        io::Error::new(err.io_kind(), err)
+    }
+}
 
 impl Shown {
     const MAX: usize = 64;
@@ -119,4 +136,15 @@ pub(crate) fn invalid(
 
 pub(crate) fn missing(format: &'static str, line: usize, field: &'static str) -> Error {
     Error::Parse { file: PathBuf::from(format), line, reason: Reason::MissingField(field) }
+}
+
+#[cfg(test)]
+mod io_tests {
+    #[test]
+    fn a_malformed_file_is_invalid_data_and_a_failed_read_keeps_its_kind() {
+        let parse = crate::ProcLocks::parse(b"not a lock\n").expect_err("malformed");
+        assert_eq!(std::io::Error::from(parse).kind(), std::io::ErrorKind::InvalidData);
+        let read = crate::ProcLocks::read_from("/nonexistent/locks").expect_err("missing");
+        assert_eq!(std::io::Error::from(read).kind(), std::io::ErrorKind::NotFound);
+    }
 }

@@ -213,7 +213,31 @@ pub enum ReserveError {
     },
 }
 
+/// For `io::Result` code: `?` turns a [`ReserveError`] into an
+/// [`std::io::Error`] of the matching kind, the error kept inside: busy is
+/// `WouldBlock`, a timeout `TimedOut`, a cancelled wait `Interrupted`, a
+/// request that can never fit `InvalidInput`, lock and I/O errors their
+/// own kind.
+impl From<ReserveError> for std::io::Error {
+    fn from(err: ReserveError) -> Self {
+        std::io::Error::new(err.io_kind(), err)
+    }
+}
+
 impl ReserveError {
+    /// The [`std::io::ErrorKind`] this error stands for.
+    pub fn io_kind(&self) -> std::io::ErrorKind {
+        use std::io::ErrorKind;
+        match self {
+            ReserveError::Impossible { .. } => ErrorKind::InvalidInput,
+            ReserveError::Busy { .. } => ErrorKind::WouldBlock,
+            ReserveError::Timeout { .. } => ErrorKind::TimedOut,
+            ReserveError::Cancelled { .. } => ErrorKind::Interrupted,
+            ReserveError::Lock(e) => e.io_kind(),
+            ReserveError::Io { source, .. } => source.kind(),
+        }
+    }
+
     /// Whether waiting could help (busy, timed out, cancelled), as opposed
     /// to a request that can never fit or a broken lock directory.
     pub fn is_busy(&self) -> bool {

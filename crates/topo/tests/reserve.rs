@@ -76,6 +76,8 @@ fn a_benchmark_llc_keeps_everyone_out_and_busy_names_holders() {
         busy.iter().any(|(name, holders)| name == "llc-0" && holders.holding().any(|h| h.pid == Some(me))),
         "{err}"
     );
+    // In io::Result code, busy is WouldBlock, as std's try_lock says it.
+    assert_eq!(std::io::Error::from(err).kind(), std::io::ErrorKind::WouldBlock);
     drop(bench);
     let again = r.reserve(&Request::new(Amount::Llcs(1)).mode(Mode::ExclusiveLlc)).expect("freed by drop");
     assert_eq!(again.llcs(), [0]);
