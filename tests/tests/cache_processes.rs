@@ -210,12 +210,11 @@ fn clean_skips_an_entry_a_reader_holds_and_names_the_reader() {
     let root = dir.path("cache");
     let cache = cache(&root);
     for key in ["held", "free"] {
-        cache
-            .store(key, |d| {
-                std::fs::write(d.join("data"), key)?;
-                Ok(serde_json::Value::Null)
-            })
-            .expect("store");
+        let stored = cache.store(key, |d| {
+            std::fs::write(d.join("data"), key)?;
+            Ok(serde_json::Value::Null)
+        });
+        drop(stored.expect("store"));
     }
     let (reader, mut out) = start(helper(&root, &["hold", "held"]));
     assert_eq!(read_line(&mut out), "ready");

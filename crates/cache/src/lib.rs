@@ -80,6 +80,26 @@
 //!
 //! The library reads no environment variables: the root and every wait
 //! are values from the caller.
+//!
+//! # Example
+//!
+//! Build an entry once, whoever asks first, and read it while holding it:
+//!
+//! ```
+//! use lockyard_cache::{Cache, CacheOptions};
+//!
+//! let root = std::env::temp_dir().join(format!("lockyard-cache-doc-{}", std::process::id()));
+//! let cache = Cache::open(&root, CacheOptions::new())?;
+//! let entry = cache.ensure("greeting-v1", |staging| {
+//!     // Runs only if no process has published the key yet.
+//!     std::fs::write(staging.join("hello.txt"), "hello\n")?;
+//!     Ok(serde_json::json!({ "made_by": "the doc example" }))
+//! })?;
+//! assert_eq!(std::fs::read_to_string(entry.path().join("hello.txt"))?, "hello\n");
+//! drop(entry); // now it may be replaced or cleaned
+//! # std::fs::remove_dir_all(&root)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod at;
 mod entry;
@@ -255,6 +275,7 @@ impl CacheOptions {
 
 /// A published entry, held for reading: while this guard lives, nobody
 /// replaces or deletes the entry.
+#[must_use = "the entry may be replaced or removed as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct EntryGuard {
     path: PathBuf,

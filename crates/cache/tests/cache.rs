@@ -56,7 +56,7 @@ fn store_publishes_an_entry_with_its_metadata_and_a_cachedir_tag() {
 fn replacing_swaps_the_whole_entry_and_waits_for_readers() {
     let dir = Scratch::new("replace");
     let cache = open(&dir);
-    cache.store("k", writes("one")).expect("store");
+    drop(cache.store("k", writes("one")).expect("store"));
     let reader = cache.lookup("k").expect("lookup").expect("present");
     // A reader's guard keeps the entry: the replacement times out, and
     // leaves nothing behind.
@@ -76,7 +76,7 @@ fn replacing_swaps_the_whole_entry_and_waits_for_readers() {
 fn the_two_rename_fallback_replaces_too() {
     let dir = Scratch::new("fallback");
     let cache = Cache::open(dir.0.join("c"), CacheOptions::new().force_two_renames()).expect("open");
-    cache.store("k", writes("one")).expect("store");
+    drop(cache.store("k", writes("one")).expect("store"));
     let replaced = cache.store("k", writes("two")).expect("replace");
     assert_eq!(std::fs::read_to_string(replaced.path().join("data")).expect("data"), "two");
     drop(replaced);
@@ -126,7 +126,7 @@ fn a_failed_build_publishes_nothing_and_leaves_no_debris() {
 fn tampering_and_corruption_are_reported_by_kind() {
     let dir = Scratch::new("corrupt");
     let cache = open(&dir);
-    cache.store("tampered", writes("original")).expect("store");
+    drop(cache.store("tampered", writes("original")).expect("store"));
     std::fs::write(cache.entry_path("tampered").join("data"), "modified").expect("tamper");
     match cache.verify("tampered") {
         Err(CacheError::Corrupt { reason: CorruptReason::DigestMismatch, .. }) => {}
@@ -268,7 +268,7 @@ fn clean_policies_pick_by_age_use_and_size() {
     let dir = Scratch::new("policies");
     let cache = open(&dir);
     for key in ["a", "b", "c", "d"] {
-        cache.store(key, writes("0123456789")).expect("store");
+        drop(cache.store(key, writes("0123456789")).expect("store"));
     }
     // Use a and b again, so c and d are the least recently used.
     std::thread::sleep(Duration::from_millis(20));
@@ -296,7 +296,7 @@ fn a_planned_clean_removes_only_what_the_plan_saw_unchanged() {
     let dir = Scratch::new("planned");
     let cache = open(&dir);
     for key in ["used", "replaced", "idle"] {
-        cache.store(key, writes("0123456789")).expect("store");
+        drop(cache.store(key, writes("0123456789")).expect("store"));
     }
     std::thread::sleep(Duration::from_millis(20));
     let plan = cache.plan_clean(Clean::UnusedFor(Duration::from_millis(10))).expect("plan");

@@ -239,8 +239,13 @@ impl Dir {
                         }
                         rustix::fs::fchmod(&real, Mode::from_raw_mode(mode)).map_err(|e| io("chmod", e))?;
                     }
+                    // Its mode changed if we just made it; else `st` is it.
+                    cur_stat = if created {
+                        rustix::fs::fstat(&fd).map_err(|e| io("stat directory", e))?
+                    } else {
+                        st
+                    };
                     cur = fd;
-                    cur_stat = rustix::fs::fstat(&cur).map_err(|e| io("stat directory", e))?;
                     trust.check(&cur_stat, euid).map_err(|why| untrusted(&cur_path, &cur_stat, why))?;
                 }
                 _ => {

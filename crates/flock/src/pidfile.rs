@@ -46,6 +46,22 @@ use crate::lock::{LockFile, LockGuard, LockOptions};
 pub const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A pidfile at a path.
+///
+/// ```
+/// use lockyard_flock::{Pidfile, PidfileState};
+///
+/// let dir = std::env::temp_dir().join(format!("lockyard-pidfile-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let pidfile = Pidfile::new(dir.join("daemon.pid"));
+/// let claim = pidfile.claim()?; // fails with Contended if another instance runs
+/// // Another process asking sees us, by the lock we hold.
+/// let PidfileState::ClaimedBy(who) = pidfile.read()? else { unreachable!() };
+/// assert_eq!(who.pid, std::process::id());
+/// drop(claim); // released; the file stays
+/// assert!(matches!(pidfile.read()?, PidfileState::Unclaimed(_)));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Pidfile {
     path: PathBuf,

@@ -41,6 +41,29 @@
 //!
 //! The library reads no environment variables: device paths, cache roots
 //! and search directories are values from the caller.
+//!
+//! # Example
+//!
+//! Check KVM, skipping on host pressure rather than failing, then find
+//! the kernel to boot:
+//!
+//! ```
+//! use lockyard_kvm::{Preflight, ResolveError, Resolver, Source};
+//!
+//! let report = Preflight::new().run();
+//! match report.error() {
+//!     None => println!("KVM works: {} checks passed", report.checks.len()),
+//!     Some(e) if e.is_transient() => println!("host busy, skip this run: {e}"),
+//!     Some(e) => println!("no KVM here: {e}; {}", e.remedy()),
+//! }
+//! let release = lockyard_kvm::running_release();
+//! match Resolver::new().source(Source::Installed { root: "/".into(), release }).resolve() {
+//!     Ok(found) => println!("boot {}", found.path.display()),
+//!     Err(ResolveError::Unavailable { tried }) => println!("no bootable image ({} tried)", tried.len()),
+//!     Err(e) => return Err(e.into()),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod caps;
 mod host;

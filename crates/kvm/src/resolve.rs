@@ -103,7 +103,9 @@ impl fmt::Display for Candidate {
     }
 }
 
-/// The image to boot.
+/// The image to boot. A cached image stays held for reading while this
+/// lives (see [`Resolved::guard`]).
+#[must_use = "a cached image may be replaced once the result is dropped"]
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Resolved {

@@ -36,6 +36,31 @@
 //!
 //! Both are properties of the host, read the same way by every process.
 //! The one event that renames an LLC is its lowest CPU going offline.
+//!
+//! # Example
+//!
+//! Reserve two CPUs of this host (here in a private lock directory; on a
+//! shared host, one root-owned sticky directory all users share), run a
+//! command pinned to them, and release them when done:
+//!
+//! ```
+//! use std::path::Path;
+//! use std::process::Command;
+//! use lockyard_topo::{Amount, Request, Reserver, Topology};
+//!
+//! let topology = Topology::read(Path::new("/"));
+//! let allowed = topology.allowed();
+//! let dir = std::env::temp_dir().join(format!("lockyard-topo-doc-{}", std::process::id()));
+//! let reserver = Reserver::new(&dir, topology, &allowed)?;
+//! let cpus = allowed.len().min(2);
+//! let reservation = reserver.reserve(&Request::new(Amount::Cpus(cpus)))?;
+//! assert_eq!(reservation.cpus().len(), cpus);
+//! let status = reservation.spawn(Command::new("true").env("MAKEFLAGS", format!("-j{}", reservation.jobs())))?.wait()?;
+//! assert!(status.success());
+//! drop(reservation); // the CPUs are free again
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod reserve;
 

@@ -676,6 +676,7 @@ fn describe(request: &Request) -> String {
 }
 
 /// Reserved resources, released when dropped (or when the process dies).
+#[must_use = "the resources are released as soon as the reservation is dropped"]
 #[derive(Debug)]
 pub struct Reservation {
     mode: Mode,
