@@ -7,6 +7,7 @@
 
 mod common;
 
+use lockyard_cache::Wait;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -40,7 +41,7 @@ fn read_line(out: &mut BufReader<ChildStdout>) -> String {
 }
 
 fn cache(root: &Path) -> Cache {
-    Cache::open(root, CacheOptions::new().wait(Duration::from_secs(20))).expect("open cache")
+    Cache::open(root, CacheOptions::new().wait(Wait::timeout(Duration::from_secs(20)))).expect("open cache")
 }
 
 fn data(cache: &Cache, key: &str) -> Option<String> {

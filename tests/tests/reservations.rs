@@ -5,6 +5,7 @@
 
 mod common;
 
+use lockyard_topo::Wait;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -105,7 +106,8 @@ fn a_killed_reservers_resources_are_free_again_and_a_waiter_is_woken() {
     assert!(err.to_string().contains(&format!("pid={}", holder.id())), "names the holder: {err}");
 
     let waiter = std::thread::spawn(move || {
-        let got = reserver.reserve_wait(&Request::new(Amount::Cpus(4)), Some(Duration::from_secs(30)), None);
+        let got =
+            reserver.reserve_wait(&Request::new(Amount::Cpus(4)), &Wait::timeout(Duration::from_secs(30)));
         (got.map(|r| r.cpus().to_string()), Instant::now())
     });
     std::thread::sleep(Duration::from_millis(100));

@@ -114,8 +114,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockyard_flock::{
-    CancelToken, DirTrust, FsPolicy, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions,
-    Wait,
+    DirTrust, FsPolicy, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -123,6 +122,9 @@ use rustix::io::Errno;
 pub use entry::{EntryMeta, METADATA, SCHEMA};
 pub use error::{CacheError, CorruptReason, ForeignReason, NotACache};
 pub use key::{KeyError, MAX_KEY_LEN, validate as validate_key};
+/// How waits are given, from lockyard-flock (re-exported so this crate is
+/// usable alone).
+pub use lockyard_flock::{CancelToken, Wait};
 
 /// Directory of the lock files, under the root.
 pub const LOCKS_DIR: &str = ".locks";
@@ -164,8 +166,7 @@ pub enum Step {
 /// How a [`Cache`] waits and locks.
 #[derive(Clone)]
 pub struct CacheOptions {
-    wait: Duration,
-    cancel: Option<CancelToken>,
+    wait: Wait,
     fs_policy: FsPolicy,
     trust: DirTrust,
     read_only: bool,
@@ -178,8 +179,7 @@ pub struct CacheOptions {
 impl Default for CacheOptions {
     fn default() -> Self {
         CacheOptions {
-            wait: Duration::from_secs(60),
-            cancel: None,
+            wait: Wait::timeout(Duration::from_secs(60)),
             fs_policy: FsPolicy::default(),
             trust: DirTrust::private(),
             read_only: false,
@@ -209,19 +209,13 @@ impl CacheOptions {
         Self::default()
     }
 
-    /// The longest any one operation waits for a lock (a reader for a
-    /// writer, an `ensure` for a builder); `Duration::MAX` waits as long
-    /// as it takes.
+    /// How any one operation waits for a lock (a reader for a writer, an
+    /// `ensure` for a builder): at most its timeout (60 s unless set;
+    /// [`Wait::default`] waits as long as it takes), and until its
+    /// [`CancelToken`], if any, is cancelled.
     #[must_use]
-    pub fn wait(mut self, wait: Duration) -> Self {
+    pub fn wait(mut self, wait: Wait) -> Self {
         self.wait = wait;
-        self
-    }
-
-    /// Cancel every wait when `token` is cancelled.
-    #[must_use]
-    pub fn cancel(mut self, token: CancelToken) -> Self {
-        self.cancel = Some(token);
         self
     }
 
@@ -555,17 +549,13 @@ impl Cache {
         }
     }
 
-    /// When a wait starting now gives up; `None` (no limit) for a wait
-    /// too long to represent, such as `Duration::MAX`.
+    /// When a wait starting now gives up; `None` for no limit.
     fn deadline(&self) -> Option<Instant> {
-        Instant::now().checked_add(self.options.wait)
+        self.options.wait.deadline_from(Instant::now())
     }
 
     fn waiting(&self, deadline: Option<Instant>) -> Wait {
-        Wait {
-            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
-            cancel: self.options.cancel.clone(),
-        }
+        self.options.wait.until(deadline)
     }
 
     fn lock(

@@ -4,6 +4,7 @@
 
 #![allow(clippy::print_stderr)]
 
+use lockyard_cache::Wait;
 use lockyard_test_support::{Scratch, tree};
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use lockyard_cache::{
 };
 
 fn open(dir: &Scratch) -> Cache {
-    Cache::open(dir.0.join("c"), CacheOptions::new().wait(Duration::from_millis(300))).expect("open")
+    Cache::open(dir.0.join("c"), CacheOptions::new().wait(Wait::timeout(Duration::from_millis(300))))
+        .expect("open")
 }
 
 fn writes(text: &'static str) -> impl FnOnce(&Path) -> BuildResult {
@@ -321,7 +323,8 @@ fn a_planned_clean_removes_only_what_the_plan_saw_unchanged() {
 #[test]
 fn an_unbounded_wait_is_accepted() {
     let dir = Scratch::new("unbounded");
-    let cache = Cache::open(dir.0.join("c"), CacheOptions::new().wait(Duration::MAX)).expect("open");
+    let cache =
+        Cache::open(dir.0.join("c"), CacheOptions::new().wait(Wait::timeout(Duration::MAX))).expect("open");
     drop(cache.store("k", writes("x")).expect("store"));
     assert!(cache.lookup("k").expect("lookup").is_some());
     assert_eq!(cache.clean(Clean::All).expect("clean").removed, ["k"]);

@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use lockyard::cache::{Cache, CacheError, CacheOptions, Clean, CleanPlan, Listed, NotACache};
+use lockyard::cache::{Cache, CacheError, CacheOptions, Clean, CleanPlan, Listed, NotACache, Wait};
 use lockyard_cli::cli::{CacheArgs, CacheCommand};
 use lockyard_cli::table::{self, Column, Style};
 use lockyard_cli::units::{format_age, format_size, parse_duration, parse_size};
@@ -36,8 +36,8 @@ pub(crate) fn cache(args: &CacheArgs) -> ExitCode {
 
 fn dispatch(args: &CacheArgs) -> Result<u8> {
     let root = root(args.dir.as_deref(), |name| std::env::var_os(name))?;
-    let wait = args.wait.unwrap_or(Duration::MAX);
-    let options = CacheOptions::new().wait(wait);
+    // Without -w, as long as it takes (like flock(1)).
+    let options = CacheOptions::new().wait(args.wait.map_or_else(Wait::default, Wait::timeout));
     // Looking creates nothing, and neither does removing from a cache
     // that is not there: those open read-only first.
     let stores = matches!(args.command, CacheCommand::Put { .. } | CacheCommand::Ensure { .. });

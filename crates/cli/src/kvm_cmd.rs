@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use lockyard::cache::{Cache, CacheError, CacheOptions, NotACache};
+use lockyard::cache::{Cache, CacheError, CacheOptions, NotACache, Wait};
 use lockyard::kvm::{
     Candidate, Capability, ImageInfo, Preflight, ResolveError, Resolver, Source, SourceKind, Status,
 };
@@ -83,7 +83,7 @@ fn run_kernel(args: &KernelArgs) -> Result<u8> {
     if let Some(version) = &args.version {
         let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
         // Looking up creates nothing; no cache yet is no cached kernel.
-        match Cache::open(&root, CacheOptions::new().wait(args.wait).read_only()) {
+        match Cache::open(&root, CacheOptions::new().wait(Wait::timeout(args.wait)).read_only()) {
             Ok(cache) => resolver = resolver.source(Source::Cache { cache, key: version.clone() }),
             Err(CacheError::NotACache { reason: NotACache::Missing | NotACache::Empty, .. }) => {}
             Err(e) => return Err(e.into()),

@@ -9,7 +9,9 @@ use std::process::{Command, ExitCode};
 
 use anyhow::Result;
 use lockyard::flock::Holders;
-use lockyard::topo::{Amount, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, cpu_lock_name};
+use lockyard::topo::{
+    Amount, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, Wait, cpu_lock_name,
+};
 use lockyard_cli::cli::{ReserveArgs, ReserveMode};
 use lockyard_cli::units::format_size;
 use serde::Serialize;
@@ -161,16 +163,13 @@ pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
     if args.smt_apart {
         request = request.smt(Smt::Apart);
     }
-    let timeout = args.wait;
+    // Without -w, as long as it takes (like flock(1)).
+    let wait = args.wait.map_or_else(Wait::default, Wait::timeout);
     let topology = Topology::read(Path::new("/"));
     let allowed = topology.allowed();
     let dir = lock_dir(args.lock_dir.as_deref());
     let reserved = Reserver::new(&dir, topology, &allowed).and_then(|reserver| {
-        if args.nonblock {
-            reserver.reserve(&request)
-        } else {
-            reserver.reserve_wait(&request, timeout, None)
-        }
+        if args.nonblock { reserver.reserve(&request) } else { reserver.reserve_wait(&request, &wait) }
     });
     let reservation = match reserved {
         Ok(reservation) => reservation,

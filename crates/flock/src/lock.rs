@@ -203,7 +203,11 @@ impl LockOptions {
     }
 }
 
-/// How long to wait for a lock.
+/// How long to wait for a lock, and what can stop the wait early: the one
+/// way every lockyard crate takes a wait ([`LockFile::lock_with`], the
+/// cache's `CacheOptions::wait`, topo's `Reserver::reserve_wait`).
+/// `Wait::default()` waits as long as it takes; a timeout too long to
+/// represent as an instant (`Duration::MAX`) is no limit either.
 #[derive(Debug, Clone, Default)]
 pub struct Wait {
     /// Give up with [`LockError::Timeout`] after this long; `None` waits
@@ -224,6 +228,21 @@ impl Wait {
     pub fn cancel(mut self, token: CancelToken) -> Self {
         self.cancel = Some(token);
         self
+    }
+
+    /// When this wait, started at `start`, gives up (`None`: never).
+    pub fn deadline_from(&self, start: Instant) -> Option<Instant> {
+        self.timeout.and_then(|t| start.checked_add(t))
+    }
+
+    /// What is left of this wait until `deadline` (from
+    /// [`Wait::deadline_from`]), with the same cancellation: for one wait
+    /// shared by several locks taken in turn.
+    pub fn until(&self, deadline: Option<Instant>) -> Wait {
+        Wait {
+            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            cancel: self.cancel.clone(),
+        }
     }
 }
 

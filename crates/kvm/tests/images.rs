@@ -4,6 +4,7 @@
 
 #![allow(clippy::print_stderr)]
 
+use lockyard_cache::Wait;
 use lockyard_test_support::Scratch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -147,8 +148,9 @@ fn a_cached_image_is_found_by_version_and_its_guard_blocks_a_replace() {
         Arch::X86_64 => ("bzImage", bzimage(0x020F, "6.10.0-cached")),
         Arch::Aarch64 => ("Image", arm64_image()),
     };
-    let cache = Cache::open(dir.0.join("cache"), CacheOptions::new().wait(Duration::from_millis(200)))
-        .expect("cache");
+    let cache =
+        Cache::open(dir.0.join("cache"), CacheOptions::new().wait(Wait::timeout(Duration::from_millis(200))))
+            .expect("cache");
     drop(
         cache
             .store("6.10.0-cached", |d| {
@@ -173,7 +175,8 @@ fn a_cached_image_is_found_by_version_and_its_guard_blocks_a_replace() {
 
     // While the VM would boot from it, a writer cannot replace it.
     let writer =
-        Cache::open(cache.root(), CacheOptions::new().wait(Duration::from_millis(100))).expect("open");
+        Cache::open(cache.root(), CacheOptions::new().wait(Wait::timeout(Duration::from_millis(100))))
+            .expect("open");
     let err = writer.store("6.10.0-cached", |_| Ok(serde_json::Value::Null)).expect_err("held by the guard");
     assert!(matches!(err, CacheError::Timeout { .. }), "{err}");
     drop(resolved);

@@ -17,6 +17,7 @@
 
 #![allow(clippy::print_stdout)]
 
+use lockyard_topo::Wait;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -74,11 +75,8 @@ fn handoff(rounds: usize) {
         let waiter = {
             let reserver = reserver.clone();
             std::thread::spawn(move || {
-                let got = reserver.reserve_wait(
-                    &Request::new(Amount::Cpus(8)),
-                    Some(Duration::from_secs(10)),
-                    None,
-                );
+                let got = reserver
+                    .reserve_wait(&Request::new(Amount::Cpus(8)), &Wait::timeout(Duration::from_secs(10)));
                 let reservation = got.expect("handed off");
                 let woke = Instant::now();
                 drop(reservation);

@@ -70,6 +70,9 @@ use std::path::{Path, PathBuf};
 use lockyard_procfs::CpuList;
 use serde::{Deserialize, Serialize};
 
+/// How waits are given, from lockyard-flock (re-exported so this crate is
+/// usable alone).
+pub use lockyard_flock::{CancelToken, Wait};
 pub use reserve::{Amount, Mode, Placement, Request, Reservation, ReserveError, Reserver, Smt};
 
 /// One online CPU.

@@ -44,8 +44,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockyard_flock::{
-    CancelToken, DirTrust, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot,
-    Wait,
+    DirTrust, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot, Wait,
 };
 use lockyard_procfs::{CpuList, LockKey};
 
@@ -332,26 +331,19 @@ impl Reserver {
     }
 
     /// Reserve, waiting until it can be had (see the module docs for the
-    /// fairness policy), at most `timeout` (`None`: no limit), or until
-    /// `cancel` is cancelled. Do not call it while holding a reservation:
-    /// a waiter at the gate may be waiting for that one.
+    /// fairness policy), as `wait` says: at most its timeout (none for
+    /// [`Wait::default`]), and until its token, if any, is cancelled. Do
+    /// not call it while holding a reservation: a waiter at the gate may
+    /// be waiting for that one.
     ///
     /// # Errors
     /// [`ReserveError::Impossible`] at once; [`ReserveError::Timeout`] or
     /// [`ReserveError::Cancelled`].
-    pub fn reserve_wait(
-        &self,
-        request: &Request,
-        timeout: Option<Duration>,
-        cancel: Option<&CancelToken>,
-    ) -> Result<Reservation, ReserveError> {
+    pub fn reserve_wait(&self, request: &Request, wait: &Wait) -> Result<Reservation, ReserveError> {
         self.check_possible(request)?;
         let started = Instant::now();
-        let deadline = timeout.and_then(|t| started.checked_add(t));
-        let wait = || Wait {
-            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
-            cancel: cancel.cloned(),
-        };
+        let deadline = wait.deadline_from(started);
+        let wait = || wait.until(deadline);
         let stopped = |e: LockError, busy: Vec<String>| match e {
             LockError::Timeout { .. } => ReserveError::Timeout {
                 wanted: describe(request),

@@ -2,6 +2,7 @@
 //! are lock files, so a 128-CPU host can be reserved from a 2-CPU VM;
 //! only pinning needs the CPUs to exist).
 
+use lockyard_topo::Wait;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -95,7 +96,7 @@ fn impossible_requests_fail_at_once() {
         Request::new(Amount::Cpus(0)),
     ] {
         let started = Instant::now();
-        let err = r.reserve_wait(&request, Some(Duration::from_secs(30)), None).expect_err("impossible");
+        let err = r.reserve_wait(&request, &Wait::timeout(Duration::from_secs(30))).expect_err("impossible");
         assert!(matches!(err, ReserveError::Impossible { .. }), "{err}");
         assert!(!err.is_busy());
         assert!(started.elapsed() < Duration::from_secs(5), "not after a wait");
@@ -131,13 +132,13 @@ fn a_waiter_gets_what_a_release_frees() {
     let r = reserver(&dir, topology(1, 1, 4, false));
     let holder = r.reserve(&Request::new(Amount::Cpus(4))).expect("all of it");
     let err = r
-        .reserve_wait(&Request::new(Amount::Cpus(2)), Some(Duration::from_millis(50)), None)
+        .reserve_wait(&Request::new(Amount::Cpus(2)), &Wait::timeout(Duration::from_millis(50)))
         .expect_err("busy");
     assert!(matches!(err, ReserveError::Timeout { .. }), "{err}");
     let waiter = {
         let r = r.clone();
         std::thread::spawn(move || {
-            let got = r.reserve_wait(&Request::new(Amount::Cpus(2)), Some(Duration::from_secs(20)), None);
+            let got = r.reserve_wait(&Request::new(Amount::Cpus(2)), &Wait::timeout(Duration::from_secs(20)));
             (got.map(|g| g.cpus().clone()), Instant::now())
         })
     };
@@ -158,7 +159,7 @@ fn a_waiter_gets_what_a_release_frees() {
     let waiter = {
         let r = r.clone();
         std::thread::spawn(move || {
-            r.reserve_wait(&Request::new(Amount::Cpus(3)), Some(Duration::from_secs(20)), None)
+            r.reserve_wait(&Request::new(Amount::Cpus(3)), &Wait::timeout(Duration::from_secs(20)))
                 .map(|g| g.cpus().clone())
         })
     };
@@ -176,7 +177,7 @@ fn a_waiting_large_request_is_not_starved_by_small_ones() {
     let big = {
         let r = r.clone();
         std::thread::spawn(move || {
-            r.reserve_wait(&Request::new(Amount::Cpus(4)), Some(Duration::from_secs(20)), None).map(drop)
+            r.reserve_wait(&Request::new(Amount::Cpus(4)), &Wait::timeout(Duration::from_secs(20))).map(drop)
         })
     };
     // Once the big request waits at the gate, small ones are held back

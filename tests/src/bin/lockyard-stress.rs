@@ -25,6 +25,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use lockyard_cache::Wait;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -819,8 +820,11 @@ fn cache_soak(load: &CacheLoad) -> Result<bool> {
 fn cache_worker(args: &WorkerArgs) -> Result<()> {
     use lockyard_cache::{Cache, CacheError, CacheOptions, Clean};
     let mut rng = fastrand::Rng::with_seed(args.seed);
-    let cache = Cache::open(args.dir.join("cache"), CacheOptions::new().wait(Duration::from_millis(500)))
-        .map_err(|e| e.to_string())?;
+    let cache = Cache::open(
+        args.dir.join("cache"),
+        CacheOptions::new().wait(Wait::timeout(Duration::from_millis(500))),
+    )
+    .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(args.rounds as u64);
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     let build = |len: usize| {

@@ -13,6 +13,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use lockyard_cache::Wait;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -64,7 +65,7 @@ fn store(root: &str, key: &str, text: &str, rest: &[&str]) -> Result<(), String>
         Step::Published => "published",
         _ => "other",
     };
-    let mut options = CacheOptions::new().wait(Duration::from_secs(30));
+    let mut options = CacheOptions::new().wait(Wait::timeout(Duration::from_secs(30)));
     if let Some(at) = die_at {
         let at = at.to_owned();
         options = options.on_step(move |step| {
@@ -96,8 +97,8 @@ fn store(root: &str, key: &str, text: &str, rest: &[&str]) -> Result<(), String>
 }
 
 fn ensure(root: &str, key: &str, count: &str, block: bool) -> Result<(), String> {
-    let cache =
-        Cache::open(root, CacheOptions::new().wait(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let cache = Cache::open(root, CacheOptions::new().wait(Wait::timeout(Duration::from_secs(30))))
+        .map_err(|e| e.to_string())?;
     let guard = cache
         .ensure(key, |dir: &Path| -> BuildResult {
             let mut log = std::fs::OpenOptions::new().append(true).create(true).open(count)?;

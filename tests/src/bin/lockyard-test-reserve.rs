@@ -12,6 +12,7 @@
 
 #![allow(clippy::print_stdout)]
 
+use lockyard_topo::Wait;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,7 +45,7 @@ fn main() {
         } else {
             Request::new(Amount::Cpus(fastrand::usize(1..=6)))
         };
-        let held = reserver.reserve_wait(&request, Some(Duration::from_secs(60)), None).expect("reserve");
+        let held = reserver.reserve_wait(&request, &Wait::timeout(Duration::from_secs(60))).expect("reserve");
         let start = now_ns();
         std::thread::sleep(hold);
         let end = now_ns();
