@@ -12,7 +12,7 @@ use rustix::io::Errno;
 
 use serde::{Deserialize, Serialize};
 
-use crate::at;
+use crate::dirfd;
 use crate::error::{CacheError, CorruptReason};
 
 /// Name of the metadata file inside every entry (reserved: a build that
@@ -97,7 +97,7 @@ struct Level {
 }
 
 fn sorted_names(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<std::ffi::OsString>, CacheError> {
-    let mut names = at::names(dir, path)?;
+    let mut names = dirfd::names(dir, path)?;
     names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
     Ok(names)
 }
@@ -106,7 +106,7 @@ impl Walker<'_> {
     fn walk_tree(&mut self, top: BorrowedFd<'_>, top_path: &Path) -> Result<(), CacheError> {
         let mut todo = sorted_names(top, top_path)?;
         todo.retain(|name| name != METADATA);
-        let mut levels = vec![Level { id: at::identity(top, top_path)?, todo }];
+        let mut levels = vec![Level { id: dirfd::identity(top, top_path)?, todo }];
         // `None` while at the top, which the caller owns.
         let mut cur: Option<std::os::fd::OwnedFd> = None;
         let mut path = top_path.to_owned();
@@ -121,9 +121,9 @@ impl Walker<'_> {
                 match FileType::from_raw_mode(st.st_mode) {
                     FileType::Directory => {
                         item(self.hasher, b'd', &child_rel);
-                        let child = at::open_dir(dir, name.as_os_str())
+                        let child = dirfd::open_dir(dir, name.as_os_str())
                             .map_err(|e| CacheError::io(&child_path, "open", e))?;
-                        let id = at::identity(&child, &child_path)?;
+                        let id = dirfd::identity(&child, &child_path)?;
                         let todo = sorted_names(child.as_fd(), &child_path)?;
                         levels.push(Level { id, todo });
                         cur = Some(child);
@@ -148,7 +148,7 @@ impl Walker<'_> {
             }
             levels.pop();
             let Some(up) = levels.last() else { break };
-            cur = if levels.len() == 1 { None } else { Some(at::parent(dir, up.id, &path)?) };
+            cur = if levels.len() == 1 { None } else { Some(dirfd::parent(dir, up.id, &path)?) };
             path.pop();
             rel.pop();
         }
@@ -156,7 +156,7 @@ impl Walker<'_> {
     }
 
     fn file(&mut self, dir: BorrowedFd<'_>, name: &OsStr, path: &Path, rel: &Path) -> Result<(), CacheError> {
-        let fd = at::open_file(dir, name).map_err(|e| CacheError::io(path, "open", e))?;
+        let fd = dirfd::open_file(dir, name).map_err(|e| CacheError::io(path, "open", e))?;
         // What was opened is what counts: the name may have been swapped.
         let st = rustix::fs::fstat(&fd).map_err(|e| CacheError::io(path, "stat", e))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -225,7 +225,7 @@ fn item(hasher: &mut blake3::Hasher, kind: u8, rel: &Path) {
 
 /// Read and check an entry's `entry.json`.
 pub(crate) fn read_meta(entry: impl AsFd, key: &str) -> Result<EntryMeta, CorruptReason> {
-    match at::open_file(entry, METADATA) {
+    match dirfd::open_file(entry, METADATA) {
         Ok(fd) => read_meta_from(&fd, key),
         Err(Errno::NOENT) => Err(CorruptReason::MissingMetadata),
         Err(_) => Err(CorruptReason::Unreadable),

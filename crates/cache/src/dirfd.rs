@@ -1,4 +1,5 @@
-//! Everything under the root, reached relative to a directory descriptor.
+//! Everything under the root, reached relative to a directory descriptor
+//! (hence the name: every call here is an `*at` call on a held `dirfd`).
 //!
 //! The root is opened once with lockyard-flock's hardening; from there
 //! every name is one component looked up in a directory we already hold,
