@@ -98,7 +98,7 @@ fn look(cache: &Cache, command: &CacheCommand) -> Result<Option<u8>> {
 /// What each command says where no cache exists yet (a missing or empty
 /// root), without creating one.
 fn nothing_there(root: &Path, command: &CacheCommand) -> Result<u8> {
-    let shown = crate::escape(&root.display().to_string()).into_owned();
+    let shown = table::escape_path(root);
     match command {
         CacheCommand::List { json: true } => {
             print_json(&ListReport { schema: 1, root: root.display().to_string(), entries: &[] })?;
@@ -566,7 +566,7 @@ fn remove(cache: &Cache, names: &[String]) -> Result<u8> {
         match cache.remove(name) {
             Ok(true) => emit(&format!("removed {shown}\n"))?,
             Ok(false) => {
-                eprintln!("lockyard: no {shown} in {}", crate::escape(&cache.root().display().to_string()));
+                eprintln!("lockyard: no {shown} in {}", table::escape_path(cache.root()));
                 code = code.max(1);
             }
             Err(e) if e.is_busy() => {

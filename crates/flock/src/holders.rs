@@ -369,16 +369,7 @@ impl Snapshot {
                     Err(e) => return Err(LockError::io(link, "stat", e)),
                 };
                 let Some(indexes) = wanted.get(&(st.st_dev, st.st_ino)) else { continue };
-                let info = match FdInfo::read_fd(pid, fd) {
-                    Ok(info) => info,
-                    Err(lockyard_procfs::Error::Read { source, .. }) if passes_over(&source) => continue,
-                    Err(e @ lockyard_procfs::Error::Read { .. }) => return Err(e.into()),
-                    // Not what fdinfo looks like; nothing to learn from it.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "skipping unreadable fdinfo");
-                        continue;
-                    }
-                };
+                let Some(info) = fdinfo(pid, fd)? else { continue };
                 for &i in indexes {
                     for record in info.locks.iter().filter(|r| r.key() == Some(files[i].key)) {
                         out[i].0.push(Holder::from_record(record, Some(pid), Some(fd), Attribution::Exact));
@@ -459,6 +450,25 @@ pub fn in_initial_pid_namespace() -> Option<bool> {
 pub fn passes_over(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
         || e.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// The fdinfo of `pid`'s descriptor `fd`; `None` if the process or the
+/// descriptor is gone, may not be inspected, or does not read as fdinfo
+/// (nothing to learn from it).
+///
+/// # Errors
+/// Any other failure to read it (out of descriptors or memory): an
+/// answer built without it would be wrong, not partial.
+pub(crate) fn fdinfo(pid: u32, fd: u32) -> Result<Option<FdInfo>, LockError> {
+    match FdInfo::read_fd(pid, fd) {
+        Ok(info) => Ok(Some(info)),
+        Err(lockyard_procfs::Error::Read { source, .. }) if passes_over(&source) => Ok(None),
+        Err(e @ lockyard_procfs::Error::Read { .. }) => Err(e.into()),
+        Err(e) => {
+            tracing::debug!(error = %e, "skipping unreadable fdinfo");
+            Ok(None)
+        }
+    }
 }
 
 /// Every process visible in this process's `/proc` (thread-group leaders).

@@ -17,10 +17,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use lockyard_procfs::{Cmdline, FdInfo, LockKey, LockKind, LockRecord};
+use lockyard_procfs::{Cmdline, LockKey, LockKind, LockRecord};
 
 use crate::error::LockError;
-use crate::holders::{Snapshot, descriptors, passes_over, processes};
+use crate::holders::{Snapshot, descriptors, fdinfo, processes};
 
 /// How many characters of a command line are kept.
 const COMMAND_WIDTH: usize = 200;
@@ -251,13 +251,7 @@ fn scan(
     }
     for pid in pids {
         for fd in descriptors(pid)? {
-            let info = match FdInfo::read_fd(pid, fd) {
-                Ok(info) => info,
-                Err(lockyard_procfs::Error::Read { source, .. }) if passes_over(&source) => continue,
-                Err(e @ lockyard_procfs::Error::Read { .. }) => return Err(e.into()),
-                // Not what fdinfo looks like: nothing to learn from it.
-                Err(_) => continue,
-            };
+            let Some(info) = fdinfo(pid, fd)? else { continue };
             for record in info.locks {
                 let Some(key) = record.key().filter(|k| keys.contains(k)) else { continue };
                 let slot = found.entry(key).or_default();

@@ -98,8 +98,20 @@ impl DirTrust {
         DirTrust { any_owner: true, group: None }
     }
 
+    /// Refuse the directory `dir` (with this `stat`, on the way to `path`)
+    /// unless this trust accepts it.
+    fn check(&self, st: &Stat, euid: u32, path: &Path, dir: &Path) -> Result<(), LockError> {
+        self.why_not(st, euid).map_err(|why| LockError::Untrusted {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+            uid: st.st_uid,
+            mode: st.st_mode & 0o7777,
+            why,
+        })
+    }
+
     /// Why the directory with this `stat` may not be used, if it may not.
-    fn check(&self, st: &Stat, euid: u32) -> Result<(), Untrusted> {
+    fn why_not(&self, st: &Stat, euid: u32) -> Result<(), Untrusted> {
         if self.any_owner {
             return Ok(());
         }
@@ -161,14 +173,7 @@ impl Dir {
         let mut cur = open_start()?;
         let mut cur_path = PathBuf::from(start);
         let mut cur_stat = rustix::fs::fstat(&cur).map_err(|e| io("stat directory", e))?;
-        let untrusted = |dir: &Path, st: &Stat, why| LockError::Untrusted {
-            path: path.to_owned(),
-            dir: dir.to_owned(),
-            uid: st.st_uid,
-            mode: st.st_mode & 0o7777,
-            why,
-        };
-        trust.check(&cur_stat, euid).map_err(|why| untrusted(&cur_path, &cur_stat, why))?;
+        trust.check(&cur_stat, euid, path, &cur_path)?;
         let mut queue: VecDeque<OsString> = components(path).collect();
         let mut hops = 0;
         while let Some(name) = queue.pop_front() {
@@ -246,7 +251,7 @@ impl Dir {
                         st
                     };
                     cur = fd;
-                    trust.check(&cur_stat, euid).map_err(|why| untrusted(&cur_path, &cur_stat, why))?;
+                    trust.check(&cur_stat, euid, path, &cur_path)?;
                 }
                 _ => {
                     return Err(LockError::InvalidPath {
@@ -277,16 +282,7 @@ impl Dir {
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
             return Err(LockError::Refused { path, found: Found::from_mode(st.st_mode) });
         }
-        let euid = rustix::process::geteuid().as_raw();
-        if let Err(why) = self.trust.check(&st, euid) {
-            return Err(LockError::Untrusted {
-                dir: path.clone(),
-                path,
-                uid: st.st_uid,
-                mode: st.st_mode & 0o7777,
-                why,
-            });
-        }
+        self.trust.check(&st, rustix::process::geteuid().as_raw(), &path, &path)?;
         Ok(Dir {
             fd,
             shared: st.st_mode & libc::S_IWOTH != 0,
