@@ -13,10 +13,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Scratch, eventually, give_link_to_nobody, hold, is_root, spawn};
-use lockyard_flock::procfs::{FdInfo, LockKind as ProcKind, LockMode as ProcMode};
+use lockyard_flock::procfs::FdInfo;
 use lockyard_flock::{
     Attribution, ByteRange, CancelToken, Found, FsPolicy, FsType, LockError, LockFile, LockKind, LockMode,
-    LockOptions, Snapshot, Wait, holders_of, holders_of_many,
+    LockOptions, RecordKind, Snapshot, Wait, holders_of, holders_of_many,
 };
 
 fn exclusive(path: &Path) -> LockFile {
@@ -43,7 +43,7 @@ fn shared_readers_coexist_and_exclude_a_writer() {
     let mut expected = vec![first.pid(), second.pid(), std::process::id()];
     expected.sort_unstable();
     assert_eq!(pids, expected);
-    assert!(holders.holding().all(|h| h.mode == ProcMode::Read && h.kind == ProcKind::Flock));
+    assert!(holders.holding().all(|h| h.mode == Some(LockMode::Shared) && h.kind == RecordKind::Flock));
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn exclusive_lock_excludes_other_process_and_names_it() {
     let named: Vec<_> = holders.holding().collect();
     assert_eq!(named.len(), 1, "{holders}");
     assert_eq!(named[0].pid, Some(holder.pid()));
-    assert_eq!(named[0].mode, ProcMode::Write);
+    assert_eq!(named[0].mode, Some(LockMode::Exclusive));
     assert!(named[0].start_time.is_some());
     assert!(named[0].cmdline.as_deref().is_some_and(|c| c.contains("lockyard-test-holder")));
     let message = err.to_string();
@@ -172,7 +172,7 @@ fn ofd_holder_from_python_is_found_only_by_exact_attribution() {
     let id = snapshot.file_id(&path).expect("id");
     let cheap = snapshot.holders(id.key);
     assert_eq!(cheap.0.len(), 1);
-    assert_eq!((cheap.0[0].pid, cheap.0[0].kind), (None, ProcKind::Ofd), "/proc/locks records pid -1");
+    assert_eq!((cheap.0[0].pid, cheap.0[0].kind), (None, RecordKind::Ofd), "/proc/locks records pid -1");
 
     let exact = snapshot.exact_holders(&[id]).expect("scan /proc");
     let holder = &exact[0].0[0];
@@ -202,7 +202,10 @@ fn posix_holder_from_python_is_recorded_with_its_pid_and_range() {
     eventually("python to lock", || !holders_of(&path).expect("holders").is_empty());
     let holders = holders_of(&path).expect("holders");
     let holder = &holders.0[0];
-    assert_eq!((holder.pid, holder.kind, holder.mode), (Some(python.pid()), ProcKind::Posix, ProcMode::Read));
+    assert_eq!(
+        (holder.pid, holder.kind, holder.mode),
+        (Some(python.pid()), RecordKind::Posix, Some(LockMode::Shared))
+    );
     assert_eq!((holder.start, holder.end), (50, Some(149)));
 
     // Bytes outside the range are free; inside, a writer is refused.

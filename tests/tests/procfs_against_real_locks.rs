@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{Scratch, spawn};
-use lockyard_procfs::{FdInfo, LockKey, LockKind, LockMode, MountInfo, ProcLocks};
+use lockyard_procfs::{FdInfo, LockKey, MountInfo, ProcLocks, RecordKind, RecordMode};
 
 /// The /proc/locks key of `path`, from its mount id (via fdinfo) and inode.
 fn key_of(path: &Path) -> LockKey {
     let file = std::fs::File::open(path).expect("open");
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
     let info = FdInfo::read_fd(std::process::id(), u32::try_from(fd).expect("fd")).expect("fdinfo");
-    let mounts = MountInfo::read_self().expect("mountinfo");
+    let mounts = MountInfo::read().expect("mountinfo");
     let mount = mounts.by_id(info.mnt_id.expect("mnt_id")).expect("mount listed");
     LockKey::new(mount.device, file.metadata().expect("stat").ino())
 }
@@ -47,10 +47,10 @@ fn flock_holder_and_waiter_are_parsed_with_pids() {
     let on: Vec<_> = locks.on(key).collect();
     assert_eq!(on.len(), 2, "{on:?}");
     let granted = on.iter().find(|r| !r.is_waiter()).expect("granted lock");
-    assert_eq!((granted.kind(), granted.mode()), (LockKind::Flock, LockMode::Write));
+    assert_eq!((granted.kind(), granted.mode()), (RecordKind::Flock, RecordMode::Write));
     assert_eq!(granted.pid_hint(), Some(holder.pid()));
     let queued = on.iter().find(|r| r.is_waiter()).expect("waiter");
-    assert_eq!(queued.mode(), LockMode::Read);
+    assert_eq!(queued.mode(), RecordMode::Read);
     assert_eq!(queued.pid_hint(), Some(waiter.pid()));
     let blocker = &locks.records()[queued.blocker().expect("tied to its blocker")];
     assert_eq!(blocker.pid_hint(), Some(holder.pid()));
@@ -73,7 +73,7 @@ fn ofd_lock_from_python_shows_pid_minus_one_and_its_range() {
     let key = key_of(&file);
     let locks = wait_for_locks(key, 1);
     let ofd = locks.on(key).next().expect("ofd lock");
-    assert_eq!(ofd.kind(), LockKind::Ofd);
+    assert_eq!(ofd.kind(), RecordKind::Ofd);
     assert_eq!(ofd.pid(), -1);
     assert_eq!((ofd.start(), ofd.end()), (100, Some(149)));
 }

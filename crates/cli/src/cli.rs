@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use lockyard::flock::RecordKind;
 
 /// Crash-safe locks on a shared host, and who holds them.
 #[derive(Debug, Parser)]
@@ -240,17 +241,24 @@ pub struct LocksArgs {
     pub json: bool,
 }
 
-/// Lock kinds for `--kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KindFilter {
-    /// flock(2) locks.
-    Flock,
-    /// Process-associated fcntl locks.
-    Posix,
-    /// Open-file-description fcntl locks.
-    Ofd,
-    /// Leases.
-    Lease,
+/// A lock kind for `--kind`, named as [`RecordKind::name`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindFilter(pub RecordKind);
+
+impl ValueEnum for KindFilter {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            KindFilter(RecordKind::Flock),
+            KindFilter(RecordKind::Posix),
+            KindFilter(RecordKind::Ofd),
+            KindFilter(RecordKind::Lease),
+            KindFilter(RecordKind::Delegation),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        self.0.name().map(clap::builder::PossibleValue::new)
+    }
 }
 
 /// Options of `lockyard who`.

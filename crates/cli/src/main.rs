@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use lockyard::flock::listing::{self, ListOptions, Listing};
 use lockyard::flock::{Holder, LockError, Pidfile, PidfileState, Snapshot};
-use lockyard_cli::cli::{Cli, Command, KindFilter, LocksArgs, PidfileCommand, WhoArgs};
+use lockyard_cli::cli::{Cli, Command, LocksArgs, PidfileCommand, WhoArgs};
 use lockyard_cli::table::{self, Column, Style};
 use serde::Serialize;
 
@@ -162,19 +162,7 @@ fn locks(args: &LocksArgs) -> Result<()> {
         exact: args.exact,
         pids: args.pids.clone(),
         paths: args.paths.clone(),
-        kinds: args
-            .kinds
-            .iter()
-            .map(|k| {
-                match k {
-                    KindFilter::Flock => "flock",
-                    KindFilter::Posix => "posix",
-                    KindFilter::Ofd => "ofd",
-                    KindFilter::Lease => "lease",
-                }
-                .to_owned()
-            })
-            .collect(),
+        kinds: args.kinds.iter().map(|k| k.0).collect(),
     };
     let listing = listing::list(&options).context("cannot list locks")?;
     warn_if_nested_pid_namespace();

@@ -164,7 +164,7 @@ fn who_exit_status_tells_held_free_and_error() {
 
     let doc = json(&lockyard(&["who", p, free.to_str().expect("utf-8"), "--json"]));
     assert_eq!(doc["schema"], 1);
-    assert_eq!(doc["files"][0]["holders"][0]["mode"], "read");
+    assert_eq!(doc["files"][0]["holders"][0]["mode"], "shared");
     assert_eq!(doc["files"][1]["holders"].as_array().map(Vec::len), Some(0));
 }
 

@@ -40,12 +40,11 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use lockyard_procfs::{
-    Cmdline, FdInfo, LockKey, LockKind, LockMode, LockRecord, MountInfo, ProcLocks, ProcessStat,
-};
+use lockyard_procfs::{Cmdline, FdInfo, LockKey, LockRecord, MountInfo, ProcLocks, ProcessStat, RecordKind};
 use rustix::fs::{AtFlags, StatxFlags};
 
 use crate::error::LockError;
+use crate::lock::LockMode;
 
 /// How many characters of a holder's command line are kept.
 pub const CMDLINE_WIDTH: usize = 100;
@@ -106,10 +105,12 @@ pub struct Holder {
     /// Start time of the process in clock ticks after boot, to tell it
     /// from a later process that reuses the pid.
     pub start_time: Option<u64>,
-    /// Which lock.
-    pub kind: LockKind,
-    /// Shared (`Read`) or exclusive (`Write`).
-    pub mode: LockMode,
+    /// Which mechanism (`/proc/locks`' kind: holders may hold leases and
+    /// delegations, which are not a [`crate::LockKind`] one can take).
+    pub kind: RecordKind,
+    /// Shared or exclusive; `None` for neither (a lease being broken to
+    /// `UNLCK`, a word this version does not know).
+    pub mode: Option<LockMode>,
     /// First locked byte.
     pub start: u64,
     /// Last locked byte, `None` for to the end of the file.
@@ -129,7 +130,7 @@ impl Holder {
             cmdline,
             start_time,
             kind: record.kind(),
-            mode: record.mode(),
+            mode: LockMode::try_from(record.mode()).ok(),
             start: record.start(),
             end: record.end(),
             waiting: record.is_waiter(),
@@ -140,8 +141,8 @@ impl Holder {
 
 /// Command line and start time of `pid`, each `None` if unreadable.
 fn describe(pid: u32) -> (Option<String>, Option<u64>) {
-    let cmdline = Cmdline::read(pid).ok().flatten().map(|c| c.display(CMDLINE_WIDTH));
-    let start = ProcessStat::read(pid).ok().map(|s| s.start_time);
+    let cmdline = Cmdline::read_pid(pid).ok().flatten().map(|c| c.display(CMDLINE_WIDTH));
+    let start = ProcessStat::read_pid(pid).ok().map(|s| s.start_time);
     (cmdline, start)
 }
 
@@ -158,19 +159,11 @@ impl fmt::Display for Holder {
             Some(cmd) => write!(f, " cmd={cmd:?}")?,
             None => f.write_str(" cmd=?")?,
         }
-        let mode = match self.mode {
-            LockMode::Read => "shared",
-            LockMode::Write => "exclusive",
-            _ => "",
-        };
-        let kind = match self.kind {
-            LockKind::Flock => "flock",
-            LockKind::Posix => "posix",
-            LockKind::Ofd => "ofd",
-            LockKind::Lease => "lease",
-            _ => "lock",
-        };
-        write!(f, " ({mode} {kind}")?;
+        let kind = self.kind.name().unwrap_or("lock");
+        match self.mode {
+            Some(mode) => write!(f, " ({mode} {kind}")?,
+            None => write!(f, " ({kind}")?,
+        }
         if self.kind.has_range() && (self.start != 0 || self.end.is_some()) {
             match self.end {
                 Some(end) => write!(f, " bytes {}-{end}", self.start)?,
@@ -240,7 +233,7 @@ impl Snapshot {
     /// # Errors
     /// [`LockError::Proc`] if either cannot be read.
     pub fn read() -> Result<Self, LockError> {
-        let (mounts, bad_mounts) = MountInfo::read_self_lenient()?;
+        let (mounts, bad_mounts) = MountInfo::read_lenient()?;
         let (locks, bad_locks) = ProcLocks::read_lenient()?;
         let skipped: Vec<String> = bad_mounts.iter().chain(&bad_locks).map(ToString::to_string).collect();
         for line in &skipped {

@@ -76,3 +76,5 @@ pub use rustix::process::Signal;
 
 /// The `/proc` parsers this crate builds on.
 pub use lockyard_procfs as procfs;
+/// The mechanism of a lock as `/proc/locks` shows it ([`Holder::kind`]).
+pub use lockyard_procfs::RecordKind;

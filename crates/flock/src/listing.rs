@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use lockyard_procfs::{Cmdline, LockKey, LockKind, LockRecord};
+use lockyard_procfs::{Cmdline, LockKey, LockRecord, RecordKind};
 
 use crate::error::LockError;
 use crate::holders::{Snapshot, descriptors, fdinfo, processes};
@@ -34,8 +34,8 @@ pub struct ListOptions {
     pub pids: Vec<u32>,
     /// Only locks on these files.
     pub paths: Vec<PathBuf>,
-    /// Only locks of these kinds (`flock`, `posix`, `ofd`, `lease`, ...).
-    pub kinds: Vec<String>,
+    /// Only locks of these kinds.
+    pub kinds: Vec<RecordKind>,
 }
 
 /// A process involved in a lock.
@@ -125,8 +125,7 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
     let keep = |r: &LockRecord| {
         !r.is_waiter()
             && r.key().is_some_and(|k| wanted_keys.as_ref().is_none_or(|w| w.contains(&k)))
-            && (options.kinds.is_empty()
-                || options.kinds.iter().any(|k| k.eq_ignore_ascii_case(&kind_name(r))))
+            && (options.kinds.is_empty() || options.kinds.contains(&r.kind()))
     };
     let granted: Vec<usize> = (0..records.len()).filter(|&i| keep(&records[i])).collect();
     let keys: HashSet<LockKey> = granted.iter().filter_map(|&i| records[i].key()).collect();
@@ -187,7 +186,7 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
             })
             .collect();
         locks.push(LockRow {
-            kind: kind_name(record),
+            kind: record.kind_name().into_owned(),
             mode: record.mode_str().to_ascii_lowercase(),
             start: record.start(),
             end: record.end(),
@@ -213,19 +212,6 @@ impl LockRow {
     /// The /proc/locks key of the locked file.
     pub fn key(&self) -> LockKey {
         self.key
-    }
-}
-
-/// The lower-case kind name used in output.
-fn kind_name(record: &LockRecord) -> String {
-    match record.kind() {
-        LockKind::Flock => "flock".to_owned(),
-        LockKind::Posix => "posix".to_owned(),
-        LockKind::Ofd => "ofd".to_owned(),
-        LockKind::Lease => "lease".to_owned(),
-        LockKind::Delegation => "delegation".to_owned(),
-        LockKind::Access => "access".to_owned(),
-        _ => record.kind_str().to_ascii_lowercase(),
     }
 }
 
@@ -273,7 +259,7 @@ impl CommandCache {
     fn get(&mut self, pid: u32) -> Option<String> {
         self.0
             .entry(pid)
-            .or_insert_with(|| Cmdline::read(pid).ok().flatten().map(|c| c.display(COMMAND_WIDTH)))
+            .or_insert_with(|| Cmdline::read_pid(pid).ok().flatten().map(|c| c.display(COMMAND_WIDTH)))
             .clone()
     }
 }

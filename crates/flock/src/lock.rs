@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lockyard_procfs::{RecordKind, RecordMode};
 use rustix::fs::{AtFlags, FlockOperation};
 use rustix::io::Errno;
 
@@ -52,13 +53,37 @@ pub enum LockKind {
     Posix,
 }
 
+/// The lower-case name (`flock`, `ofd`, `posix`), as
+/// [`RecordKind::name`] spells it.
 impl fmt::Display for LockKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LockKind::Flock => "flock",
-            LockKind::Ofd => "ofd",
-            LockKind::Posix => "posix",
-        })
+        f.write_str(RecordKind::from(*self).name().unwrap_or_default())
+    }
+}
+
+/// How `/proc/locks` shows a lock of this kind.
+impl From<LockKind> for RecordKind {
+    fn from(kind: LockKind) -> Self {
+        match kind {
+            LockKind::Flock => RecordKind::Flock,
+            LockKind::Ofd => RecordKind::Ofd,
+            LockKind::Posix => RecordKind::Posix,
+        }
+    }
+}
+
+/// The kind to take for a lock `/proc/locks` shows; leases, delegations
+/// and unknown kinds are not locks one can take and come back as `Err`.
+impl TryFrom<RecordKind> for LockKind {
+    type Error = RecordKind;
+
+    fn try_from(kind: RecordKind) -> Result<Self, RecordKind> {
+        match kind {
+            RecordKind::Flock => Ok(LockKind::Flock),
+            RecordKind::Ofd => Ok(LockKind::Ofd),
+            RecordKind::Posix => Ok(LockKind::Posix),
+            other => Err(other),
+        }
     }
 }
 
@@ -72,6 +97,20 @@ pub enum LockMode {
     /// One holder, nobody else.
     #[default]
     Exclusive,
+}
+
+/// `READ` is shared and `WRITE` exclusive; anything else (a lease being
+/// broken to `UNLCK`, an unknown word) is neither and comes back as `Err`.
+impl TryFrom<RecordMode> for LockMode {
+    type Error = RecordMode;
+
+    fn try_from(mode: RecordMode) -> Result<Self, RecordMode> {
+        match mode {
+            RecordMode::Read => Ok(LockMode::Shared),
+            RecordMode::Write => Ok(LockMode::Exclusive),
+            other => Err(other),
+        }
+    }
 }
 
 impl fmt::Display for LockMode {

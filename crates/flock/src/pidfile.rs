@@ -205,8 +205,8 @@ impl Pidfile {
                          (it may be in another pid namespace)",
             })?,
         };
-        let stat = lockyard_procfs::ProcessStat::read(pid).ok();
-        let cmdline = lockyard_procfs::Cmdline::read(pid)
+        let stat = lockyard_procfs::ProcessStat::read_pid(pid).ok();
+        let cmdline = lockyard_procfs::Cmdline::read_pid(pid)
             .ok()
             .flatten()
             .map(|c| c.display(crate::holders::CMDLINE_WIDTH));
@@ -296,7 +296,7 @@ impl Claimant {
         let pid = Pid::from_raw(i32::try_from(self.pid).map_err(|_| gone("pid out of range"))?)
             .ok_or(gone("pid 0 is not a process"))?;
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|e| io("pidfd_open", e))?;
-        let now = lockyard_procfs::ProcessStat::read(self.pid).ok().map(|s| s.start_time);
+        let now = lockyard_procfs::ProcessStat::read_pid(self.pid).ok().map(|s| s.start_time);
         if now.is_none() || now != self.start_time {
             return Err(gone("the claimant exited and its pid now names another process; no signal sent"));
         }

@@ -30,7 +30,7 @@ impl Cmdline {
     ///
     /// # Errors
     /// [`Error::Read`]; [`Error::is_not_found`] if the process is gone.
-    pub fn read(pid: u32) -> Result<Option<Self>, Error> {
+    pub fn read_pid(pid: u32) -> Result<Option<Self>, Error> {
         Ok(Self::parse(&crate::read_all(format!("/proc/{pid}/cmdline"))?))
     }
 

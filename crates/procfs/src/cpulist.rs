@@ -11,8 +11,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::digits;
 use crate::error::{Error, invalid};
-use crate::scan;
 
 const FORMAT: &str = "cpu list";
 
@@ -51,7 +51,7 @@ impl CpuList {
                 None => (item, item),
             };
             let cpu = |digits: &[u8]| {
-                scan::dec_u32(digits).filter(|&n| n <= Self::MAX_CPU).ok_or_else(|| {
+                digits::dec_u32(digits).filter(|&n| n <= Self::MAX_CPU).ok_or_else(|| {
                     invalid(FORMAT, 1, "cpu", item, "a CPU number or an ascending range like 0-3")
                 })
             };
@@ -69,7 +69,7 @@ impl CpuList {
     ///
     /// # Errors
     /// [`Error::Read`] or [`Error::Parse`].
-    pub fn read(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+    pub fn read_from(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         Self::parse(&crate::read_all(path)?).map_err(|e| e.in_file(path))
     }

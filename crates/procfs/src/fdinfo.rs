@@ -17,9 +17,9 @@
 
 use std::path::Path;
 
+use crate::digits;
 use crate::error::{Error, invalid, missing};
 use crate::locks::{self, LockRecord};
-use crate::scan;
 
 const FORMAT: &str = "fdinfo";
 
@@ -66,15 +66,15 @@ impl FdInfo {
                 parse(value).ok_or_else(|| invalid(FORMAT, line_no, field, value, expected))
             };
             match key {
-                b"pos" => pos = Some(number(scan::dec_u64, "pos", "a decimal offset")?),
+                b"pos" => pos = Some(number(digits::dec_u64, "pos", "a decimal offset")?),
                 b"flags" => {
                     flags = Some(
-                        scan::oct_u32(value)
+                        digits::oct_u32(value)
                             .ok_or_else(|| invalid(FORMAT, line_no, "flags", value, "octal flags"))?,
                     );
                 }
-                b"mnt_id" => mnt_id = Some(number(scan::dec_u64, "mnt_id", "a decimal mount id")?),
-                b"ino" => ino = Some(number(scan::dec_u64, "ino", "a decimal inode number")?),
+                b"mnt_id" => mnt_id = Some(number(digits::dec_u64, "mnt_id", "a decimal mount id")?),
+                b"ino" => ino = Some(number(digits::dec_u64, "ino", "a decimal inode number")?),
                 b"lock" => lock_lines.push(locks::parse_line(value, line_no, FORMAT)?),
                 _ => {}
             }
@@ -93,7 +93,7 @@ impl FdInfo {
     /// # Errors
     /// [`Error::Read`] (check [`Error::is_not_found`]: descriptors close and
     /// processes exit while being inspected) or [`Error::Parse`].
-    pub fn read(path: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn read_from(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         Self::parse(&crate::read_all(path)?).map_err(|e| e.in_file(path))
     }
@@ -101,9 +101,9 @@ impl FdInfo {
     /// Read `/proc/PID/fdinfo/FD`.
     ///
     /// # Errors
-    /// As [`FdInfo::read`].
+    /// As [`FdInfo::read_from`].
     pub fn read_fd(pid: u32, fd: u32) -> Result<Self, Error> {
-        Self::read(format!("/proc/{pid}/fdinfo/{fd}"))
+        Self::read_from(format!("/proc/{pid}/fdinfo/{fd}"))
     }
 
     /// Whether the descriptor is closed on `exec`.

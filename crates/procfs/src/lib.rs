@@ -1,9 +1,15 @@
 //! Parsers for the `/proc` files that describe locks and mounts.
 //!
 //! `lockyard-procfs` turns the kernel's text into typed records and does
-//! nothing else: bytes in, records out. Each format has a `parse` function
-//! over bytes (for fixtures, fuzzing, or bytes you read yourself) and a thin
-//! `read` helper that reads the real file once and parses it.
+//! nothing else: bytes in, records out. Every type is read the same way:
+//!
+//! - `parse(bytes)`: bytes you have (fixtures, fuzzing, another host's
+//!   files); `parse_lenient` where one bad line should not lose the rest;
+//! - `read()`: the one file of the running system (`/proc/locks`,
+//!   `/proc/self/mountinfo`);
+//! - `read_pid(pid)` (`read_fd(pid, fd)` for fdinfo): the file of one
+//!   process;
+//! - `read_from(path)`: any path (a copy, a sysfs CPU list).
 //!
 //! | file | type |
 //! |---|---|
@@ -46,11 +52,11 @@
 
 mod cmdline;
 mod cpulist;
+mod digits;
 mod error;
 mod fdinfo;
 mod locks;
 mod mountinfo;
-mod scan;
 #[cfg(feature = "serde")]
 mod serde_bytes;
 mod stat;
@@ -59,7 +65,7 @@ pub use cmdline::Cmdline;
 pub use cpulist::CpuList;
 pub use error::{Error, Reason, Shown};
 pub use fdinfo::FdInfo;
-pub use locks::{Device, LockKey, LockKind, LockMode, LockQualifier, LockRecord, ProcLocks};
+pub use locks::{Device, LockKey, LockRecord, ProcLocks, RecordKind, RecordMode, RecordQualifier};
 pub use mountinfo::{MountEntry, MountInfo, OptionalField, Options};
 pub use stat::ProcessStat;
 

@@ -29,8 +29,8 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::digits;
 use crate::error::{Error, invalid, missing};
-use crate::scan;
 
 const FORMAT: &str = "/proc/locks";
 
@@ -60,7 +60,10 @@ impl Device {
     /// Parse mountinfo's decimal `major:minor`.
     pub(crate) fn parse_decimal(bytes: &[u8]) -> Option<Self> {
         let colon = bytes.iter().position(|&b| b == b':')?;
-        Some(Device { major: scan::dec_u32(&bytes[..colon])?, minor: scan::dec_u32(&bytes[colon + 1..])? })
+        Some(Device {
+            major: digits::dec_u32(&bytes[..colon])?,
+            minor: digits::dec_u32(&bytes[colon + 1..])?,
+        })
     }
 }
 
@@ -96,9 +99,9 @@ impl LockKey {
     /// Parse the `MAJ:MIN:INODE` text of `/proc/locks`.
     pub fn parse(bytes: &[u8]) -> Option<Self> {
         let mut parts = bytes.splitn(3, |&b| b == b':');
-        let major = scan::hex_u32(parts.next()?)?;
-        let minor = scan::hex_u32(parts.next()?)?;
-        let inode = scan::dec_u64(parts.next()?)?;
+        let major = digits::hex_u32(parts.next()?)?;
+        let minor = digits::hex_u32(parts.next()?)?;
+        let inode = digits::dec_u64(parts.next()?)?;
         Some(LockKey::new(Device::new(major, minor), inode))
     }
 }
@@ -149,7 +152,7 @@ macro_rules! column {
 
 column! {
     /// Which mechanism took the lock.
-    LockKind {
+    RecordKind {
         /// `flock(2)`: whole file, owned by the open file description.
         Flock = b"FLOCK",
         /// Process-associated `fcntl(F_SETLK)` byte-range lock.
@@ -167,7 +170,7 @@ column! {
 
 column! {
     /// The second column: enforcement for locks, state for leases.
-    LockQualifier {
+    RecordQualifier {
         /// `ADVISORY`: every lock on kernels since 5.15.
         Advisory = b"ADVISORY",
         /// `MANDATORY`: mandatory locking (removed in 5.15).
@@ -185,7 +188,7 @@ column! {
 
 column! {
     /// Shared or exclusive.
-    LockMode {
+    RecordMode {
         /// `READ`: shared.
         Read = b"READ",
         /// `WRITE`: exclusive.
@@ -197,11 +200,40 @@ column! {
     }
 }
 
-impl LockKind {
+impl RecordKind {
     /// Whether the kernel prints a byte range for this kind (the fcntl
     /// kinds); other kinds always show `0 EOF`.
     pub fn has_range(self) -> bool {
-        matches!(self, LockKind::Posix | LockKind::Ofd | LockKind::Access)
+        matches!(self, RecordKind::Posix | RecordKind::Ofd | RecordKind::Access)
+    }
+
+    /// The lower-case name lockyard shows and accepts (`flock`, `posix`,
+    /// `ofd`, `lease`, `delegation`, `access`), or `None` for
+    /// [`Self::Other`], whose record keeps the kernel's word
+    /// ([`LockRecord::kind_name`]).
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            RecordKind::Flock => "flock",
+            RecordKind::Posix => "posix",
+            RecordKind::Ofd => "ofd",
+            RecordKind::Lease => "lease",
+            RecordKind::Delegation => "delegation",
+            RecordKind::Access => "access",
+            RecordKind::Other => return None,
+        })
+    }
+
+    /// The kind whose [`Self::name`] is `name` (ASCII case ignored).
+    pub fn from_name(name: &str) -> Option<Self> {
+        const KNOWN: [RecordKind; 6] = [
+            RecordKind::Flock,
+            RecordKind::Posix,
+            RecordKind::Ofd,
+            RecordKind::Lease,
+            RecordKind::Delegation,
+            RecordKind::Access,
+        ];
+        KNOWN.into_iter().find(|k| k.name().is_some_and(|n| n.eq_ignore_ascii_case(name)))
     }
 }
 
@@ -221,9 +253,9 @@ pub struct LockRecord {
     /// Inclusive end, `EOF` for "to the end of the file".
     end: u64,
     depth: u16,
-    kind: LockKind,
-    qualifier: LockQualifier,
-    mode: LockMode,
+    kind: RecordKind,
+    qualifier: RecordQualifier,
+    mode: RecordMode,
     has_key: bool,
     unknown: Option<Box<UnknownWords>>,
 }
@@ -266,23 +298,32 @@ impl LockRecord {
     }
 
     /// Which mechanism took the lock.
-    pub fn kind(&self) -> LockKind {
+    pub fn kind(&self) -> RecordKind {
         self.kind
     }
 
     /// Advisory/mandatory, or the lease state.
-    pub fn qualifier(&self) -> LockQualifier {
+    pub fn qualifier(&self) -> RecordQualifier {
         self.qualifier
     }
 
     /// Shared or exclusive.
-    pub fn mode(&self) -> LockMode {
+    pub fn mode(&self) -> RecordMode {
         self.mode
     }
 
     /// The kind as the kernel printed it, known or not.
     pub fn kind_str(&self) -> &str {
         self.kind.as_str().or(self.unknown.as_ref().map(|u| &*u.kind)).unwrap_or_default()
+    }
+
+    /// The kind's lower-case name: [`RecordKind::name`], or the kernel's
+    /// word in lower case for a kind this crate does not know.
+    pub fn kind_name(&self) -> std::borrow::Cow<'_, str> {
+        match self.kind.name() {
+            Some(name) => name.into(),
+            None => self.kind_str().to_ascii_lowercase().into(),
+        }
     }
 
     /// The qualifier as the kernel printed it, known or not.
@@ -372,46 +413,46 @@ pub(crate) fn parse_line(line: &[u8], line_no: usize, format: &'static str) -> R
 /// saves a separate pass over the file.
 #[inline(always)]
 fn parse_common(line: &[u8]) -> Option<(LockRecord, usize)> {
-    let (ordinal, len) = scan::leading_dec(line)?;
+    let (ordinal, len) = digits::leading_dec(line)?;
     let rest = line[len..].strip_prefix(b": ")?;
     let (depth, rest) = match rest.strip_prefix(b"-> ") {
         Some(after) => (1, after),
         None => (0, rest),
     };
     let (kind, rest) = if let Some(after) = rest.strip_prefix(b"FLOCK  ADVISORY  ") {
-        (LockKind::Flock, after)
+        (RecordKind::Flock, after)
     } else if let Some(after) = rest.strip_prefix(b"POSIX  ADVISORY  ") {
-        (LockKind::Posix, after)
+        (RecordKind::Posix, after)
     } else {
-        (LockKind::Ofd, rest.strip_prefix(b"OFDLCK ADVISORY  ")?)
+        (RecordKind::Ofd, rest.strip_prefix(b"OFDLCK ADVISORY  ")?)
     };
     let mut pos = line.len() - rest.len();
     let (mode, skip) = if rest.starts_with(b"WRITE ") {
-        (LockMode::Write, 6)
+        (RecordMode::Write, 6)
     } else if rest.starts_with(b"READ ") {
-        (LockMode::Read, 5)
+        (RecordMode::Read, 5)
     } else {
         return None;
     };
     pos += skip;
     let negative = line.get(pos) == Some(&b'-');
     pos += usize::from(negative);
-    let (magnitude, len) = scan::leading_dec(&line[pos..])?;
+    let (magnitude, len) = digits::leading_dec(&line[pos..])?;
     pos += len;
     let pid = i32::try_from(magnitude).ok()?;
     let pid = if negative { -pid } else { pid };
     pos = expect(line, pos, b' ')?;
-    let (major, len) = scan::leading_hex(&line[pos..])?;
+    let (major, len) = digits::leading_hex(&line[pos..])?;
     pos = expect(line, pos + len, b':')?;
-    let (minor, len) = scan::leading_hex(&line[pos..])?;
+    let (minor, len) = digits::leading_hex(&line[pos..])?;
     pos = expect(line, pos + len, b':')?;
-    let (inode, len) = scan::leading_dec(&line[pos..])?;
+    let (inode, len) = digits::leading_dec(&line[pos..])?;
     pos = expect(line, pos + len, b' ')?;
-    let (start, len) = scan::leading_dec(&line[pos..])?;
+    let (start, len) = digits::leading_dec(&line[pos..])?;
     pos = expect(line, pos + len, b' ')?;
     let (end, len) = match line[pos..].strip_prefix(b"EOF") {
         Some(_) => (EOF, 3),
-        None => scan::leading_dec(&line[pos..]).filter(|&(end, _)| end != EOF)?,
+        None => digits::leading_dec(&line[pos..]).filter(|&(end, _)| end != EOF)?,
     };
     pos += len;
     let used = match line.get(pos) {
@@ -428,7 +469,7 @@ fn parse_common(line: &[u8]) -> Option<(LockRecord, usize)> {
         end,
         depth,
         kind,
-        qualifier: LockQualifier::Advisory,
+        qualifier: RecordQualifier::Advisory,
         mode,
         has_key: true,
         unknown: None,
@@ -464,8 +505,10 @@ fn parse_any(line: &[u8], line_no: usize, format: &'static str) -> Result<LockRe
 
     let words = [cur.word("kind")?, cur.word("qualifier")?, cur.word("mode")?];
     let (kind, qualifier, mode) =
-        (LockKind::parse(words[0]), LockQualifier::parse(words[1]), LockMode::parse(words[2]));
-    let unknown = (kind == LockKind::Other || qualifier == LockQualifier::Other || mode == LockMode::Other)
+        (RecordKind::parse(words[0]), RecordQualifier::parse(words[1]), RecordMode::parse(words[2]));
+    let unknown = (kind == RecordKind::Other
+        || qualifier == RecordQualifier::Other
+        || mode == RecordMode::Other)
         .then(|| {
             let text = |w: &[u8]| String::from_utf8_lossy(w).into();
             Box::new(UnknownWords { kind: text(words[0]), qualifier: text(words[1]), mode: text(words[2]) })
@@ -560,7 +603,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn number(&mut self, field: &'static str, expected: &'static str) -> Result<u64, Error> {
-        match scan::leading_dec(self.rest()) {
+        match digits::leading_dec(self.rest()) {
             Some((value, len)) => {
                 self.pos += len;
                 Ok(value)
@@ -572,7 +615,7 @@ impl<'a> Cursor<'a> {
 
     /// A hex number (a device's major or minor), at most eight digits.
     fn hex(&mut self) -> Option<u32> {
-        let (value, len) = scan::leading_hex(self.rest())?;
+        let (value, len) = digits::leading_hex(self.rest())?;
         self.pos += len;
         Some(value)
     }
@@ -607,10 +650,10 @@ impl fmt::Display for LockRecord {
         }
         let (kind, qualifier) = (self.kind_str(), self.qualifier_str());
         match self.kind {
-            LockKind::Posix => write!(f, "POSIX  {qualifier:<9} ")?,
+            RecordKind::Posix => write!(f, "POSIX  {qualifier:<9} ")?,
             // Padding to 9 and then a space, not to 10: an unknown word
             // longer than the column must still end before the mode.
-            LockKind::Flock | LockKind::Lease | LockKind::Delegation => {
+            RecordKind::Flock | RecordKind::Lease | RecordKind::Delegation => {
                 write!(f, "{kind:<5}  {qualifier:<9} ")?;
             }
             _ => write!(f, "{kind} {qualifier:<9} ")?,

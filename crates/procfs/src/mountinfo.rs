@@ -25,9 +25,9 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::digits;
 use crate::error::{Error, invalid, missing};
 use crate::locks::Device;
-use crate::scan;
 
 const FORMAT: &str = "mountinfo";
 
@@ -106,7 +106,7 @@ impl MountInfo {
     /// # Errors
     /// [`Error::Read`] if the file cannot be read, [`Error::Parse`] naming
     /// the path and line otherwise.
-    pub fn read(path: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn read_from(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         Self::parse(&crate::read_all(path)?).map_err(|e| e.in_file(path))
     }
@@ -114,9 +114,9 @@ impl MountInfo {
     /// Read the calling process's mount table.
     ///
     /// # Errors
-    /// As [`MountInfo::read`].
-    pub fn read_self() -> Result<Self, Error> {
-        Self::read(Self::SELF_PATH)
+    /// As [`MountInfo::read_from`].
+    pub fn read() -> Result<Self, Error> {
+        Self::read_from(Self::SELF_PATH)
     }
 
     /// Read the calling process's mount table, parsed as
@@ -124,7 +124,7 @@ impl MountInfo {
     ///
     /// # Errors
     /// [`Error::Read`] only: malformed lines are returned, not fatal.
-    pub fn read_self_lenient() -> Result<(Self, Vec<Error>), Error> {
+    pub fn read_lenient() -> Result<(Self, Vec<Error>), Error> {
         let (mounts, skipped) = Self::parse_lenient(&crate::read_all(Self::SELF_PATH)?);
         Ok((mounts, skipped.into_iter().map(|e| e.in_file(Self::SELF_PATH)).collect()))
     }
@@ -133,9 +133,10 @@ impl MountInfo {
     /// namespace.
     ///
     /// # Errors
-    /// As [`MountInfo::read`]; [`Error::is_not_found`] if the process is gone.
+    /// As [`MountInfo::read_from`]; [`Error::is_not_found`] if the process
+    /// is gone.
     pub fn read_pid(pid: u32) -> Result<Self, Error> {
-        Self::read(format!("/proc/{pid}/mountinfo"))
+        Self::read_from(format!("/proc/{pid}/mountinfo"))
     }
 
     /// Every mount, in the kernel's order.
@@ -209,7 +210,7 @@ impl<'a> Fields<'a> {
 
     fn number(&mut self, name: &'static str) -> Result<u64, Error> {
         let field = self.next(name)?;
-        scan::dec_u64(field).ok_or_else(|| invalid(FORMAT, self.line_no, name, field, "a decimal number"))
+        digits::dec_u64(field).ok_or_else(|| invalid(FORMAT, self.line_no, name, field, "a decimal number"))
     }
 }
 
@@ -281,7 +282,7 @@ impl MountEntry {
         let mut ends = [0u32; FIELDS];
         let mut push = |index: usize, raw: &[u8], decode: bool| {
             if decode {
-                scan::unescape_into(raw, &mut text);
+                digits::unescape_into(raw, &mut text);
             } else {
                 text.extend_from_slice(raw);
             }
@@ -354,9 +355,9 @@ impl MountEntry {
         let mut out = Vec::with_capacity(self.text.len() + 48);
         out.extend_from_slice(format!("{} {} {} ", self.mount_id, self.parent_id, self.device).as_bytes());
         const PATH_SPECIAL: &[u8] = b" \t\n";
-        scan::escape_into(self.field(ROOT), PATH_SPECIAL, &mut out);
+        digits::escape_into(self.field(ROOT), PATH_SPECIAL, &mut out);
         out.push(b' ');
-        scan::escape_into(self.field(MOUNT_POINT), PATH_SPECIAL, &mut out);
+        digits::escape_into(self.field(MOUNT_POINT), PATH_SPECIAL, &mut out);
         out.push(b' ');
         out.extend_from_slice(self.field(MOUNT_OPTIONS));
         out.push(b' ');
@@ -365,9 +366,9 @@ impl MountEntry {
             out.push(b' ');
         }
         out.extend_from_slice(b"- ");
-        scan::escape_into(self.field(FS_TYPE), PATH_SPECIAL, &mut out);
+        digits::escape_into(self.field(FS_TYPE), PATH_SPECIAL, &mut out);
         out.push(b' ');
-        scan::escape_into(self.field(SOURCE), PATH_SPECIAL, &mut out);
+        digits::escape_into(self.field(SOURCE), PATH_SPECIAL, &mut out);
         out.push(b' ');
         out.extend_from_slice(self.field(SUPER_OPTIONS));
         out
@@ -429,7 +430,7 @@ impl<'a> Options<'a> {
 }
 
 fn decode(bytes: &[u8]) -> Cow<'_, OsStr> {
-    match scan::unescape(bytes) {
+    match digits::unescape(bytes) {
         Cow::Borrowed(b) => Cow::Borrowed(OsStr::from_bytes(b)),
         Cow::Owned(v) => Cow::Owned(std::os::unix::ffi::OsStringExt::from_vec(v)),
     }
@@ -461,7 +462,7 @@ pub enum OptionalField<'a> {
 
 impl<'a> OptionalField<'a> {
     fn parse(field: &'a [u8]) -> Self {
-        let tagged = |tag: &[u8]| field.strip_prefix(tag).and_then(scan::dec_u64);
+        let tagged = |tag: &[u8]| field.strip_prefix(tag).and_then(digits::dec_u64);
         if let Some(n) = tagged(b"shared:") {
             OptionalField::Shared(n)
         } else if let Some(n) = tagged(b"master:") {

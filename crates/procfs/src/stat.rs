@@ -13,8 +13,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
+use crate::digits;
 use crate::error::{Error, invalid, missing};
-use crate::scan;
 
 const FORMAT: &str = "stat";
 
@@ -47,8 +47,8 @@ impl ProcessStat {
         let close =
             memchr::memrchr(b')', line).filter(|&c| c > open).ok_or_else(|| missing(FORMAT, 1, "comm"))?;
         let pid_field = line[..open].trim_ascii();
-        let pid =
-            scan::dec_u32(pid_field).ok_or_else(|| invalid(FORMAT, 1, "pid", pid_field, "a decimal pid"))?;
+        let pid = digits::dec_u32(pid_field)
+            .ok_or_else(|| invalid(FORMAT, 1, "pid", pid_field, "a decimal pid"))?;
         let mut fields = line[close + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty());
         // Fields 3.. follow the command name; `nth` counts from field 3.
         let state_field = fields.next().ok_or_else(|| missing(FORMAT, 1, "state"))?;
@@ -57,10 +57,10 @@ impl ProcessStat {
             _ => return Err(invalid(FORMAT, 1, "state", state_field, "one letter")),
         };
         let ppid_field = fields.next().ok_or_else(|| missing(FORMAT, 1, "ppid"))?;
-        let ppid = scan::dec_u32(ppid_field)
+        let ppid = digits::dec_u32(ppid_field)
             .ok_or_else(|| invalid(FORMAT, 1, "ppid", ppid_field, "a decimal pid"))?;
         let start_field = fields.nth(17).ok_or_else(|| missing(FORMAT, 1, "starttime"))?;
-        let start_time = scan::dec_u64(start_field)
+        let start_time = digits::dec_u64(start_field)
             .ok_or_else(|| invalid(FORMAT, 1, "starttime", start_field, "a decimal tick count"))?;
         Ok(ProcessStat { pid, state, ppid, start_time, comm: line[open + 1..close].into() })
     }
@@ -70,7 +70,7 @@ impl ProcessStat {
     /// # Errors
     /// [`Error::Read`] ([`Error::is_not_found`] if the process is gone) or
     /// [`Error::Parse`].
-    pub fn read(pid: u32) -> Result<Self, Error> {
+    pub fn read_pid(pid: u32) -> Result<Self, Error> {
         let path = format!("/proc/{pid}/stat");
         Self::parse(&crate::read_all(&path)?).map_err(|e| e.in_file(path))
     }
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn live_stat_of_this_process() {
-        let stat = ProcessStat::read(std::process::id()).expect("read");
+        let stat = ProcessStat::read_pid(std::process::id()).expect("read");
         assert_eq!(stat.pid, std::process::id());
         assert!(stat.start_time > 0);
     }

@@ -4,8 +4,8 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use lockyard_procfs::{
-    Device, Error, FdInfo, LockKey, LockKind, LockMode, LockQualifier, MountInfo, OptionalField, ProcLocks,
-    Reason,
+    Device, Error, FdInfo, LockKey, MountInfo, OptionalField, ProcLocks, Reason, RecordKind, RecordMode,
+    RecordQualifier,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -155,9 +155,9 @@ fn read_errors_name_the_real_path() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     let file = dir.join("mountinfo");
     std::fs::write(&file, b"not a mount line\n").expect("write");
-    let err = MountInfo::read(&file).expect_err("malformed");
+    let err = MountInfo::read_from(&file).expect_err("malformed");
     assert!(err.to_string().starts_with(&format!("{}: line 1:", file.display())), "{err}");
-    let missing = MountInfo::read(dir.join("absent")).expect_err("absent");
+    let missing = MountInfo::read_from(dir.join("absent")).expect_err("absent");
     assert!(missing.is_not_found());
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
@@ -167,33 +167,33 @@ fn locks_every_kind_qualifier_and_mode() {
     let locks = ProcLocks::parse(&fixture("locks-shapes.txt")).expect("parse");
     let r = locks.records();
     assert_eq!(r.len(), 16);
-    assert_eq!(r[0].kind(), LockKind::Posix);
-    assert_eq!(r[0].qualifier(), LockQualifier::Advisory);
-    assert_eq!(r[0].mode(), LockMode::Write);
+    assert_eq!(r[0].kind(), RecordKind::Posix);
+    assert_eq!(r[0].qualifier(), RecordQualifier::Advisory);
+    assert_eq!(r[0].mode(), RecordMode::Write);
     assert_eq!(r[0].pid(), 3769);
     assert_eq!(r[0].key(), Some(LockKey::new(Device::new(0xfe, 0), 382_079)));
     assert_eq!((r[0].start(), r[0].end()), (0, None));
     assert_eq!((r[1].start(), r[1].end()), (5, Some(14)));
 
     let ofd = &r[7];
-    assert_eq!(ofd.kind(), LockKind::Ofd);
+    assert_eq!(ofd.kind(), RecordKind::Ofd);
     assert_eq!(ofd.pid(), -1);
     assert_eq!(ofd.pid_hint(), None);
     assert_eq!((ofd.start(), ofd.end()), (0, Some(9)));
 
     assert_eq!(r[8].key().map(|k| k.device), Some(Device::new(0, 0x2c)));
-    assert_eq!((r[9].kind(), r[9].qualifier()), (LockKind::Lease, LockQualifier::Active));
-    assert_eq!((r[10].qualifier(), r[10].mode()), (LockQualifier::Breaking, LockMode::Unlocked));
-    assert_eq!((r[11].qualifier(), r[11].key()), (LockQualifier::Breaker, None));
-    assert_eq!(r[12].kind(), LockKind::Delegation);
+    assert_eq!((r[9].kind(), r[9].qualifier()), (RecordKind::Lease, RecordQualifier::Active));
+    assert_eq!((r[10].qualifier(), r[10].mode()), (RecordQualifier::Breaking, RecordMode::Unlocked));
+    assert_eq!((r[11].qualifier(), r[11].key()), (RecordQualifier::Breaker, None));
+    assert_eq!(r[12].kind(), RecordKind::Delegation);
     assert_eq!(r[12].pid_hint(), None, "pid 0: owner outside our pid namespace");
     assert_eq!(r[12].key(), Some(LockKey::new(Device::new(0x103, 2), 1_181_425)));
-    assert_eq!(r[13].qualifier(), LockQualifier::Mandatory);
+    assert_eq!(r[13].qualifier(), RecordQualifier::Mandatory);
     assert_eq!(r[13].end(), Some(9_223_372_036_854_775_806));
-    assert_eq!(r[14].kind(), LockKind::Access);
-    assert_eq!(r[15].kind(), LockKind::Other);
-    assert_eq!(r[15].qualifier(), LockQualifier::Other);
-    assert_eq!(r[15].mode(), LockMode::Other);
+    assert_eq!(r[14].kind(), RecordKind::Access);
+    assert_eq!(r[15].kind(), RecordKind::Other);
+    assert_eq!(r[15].qualifier(), RecordQualifier::Other);
+    assert_eq!(r[15].mode(), RecordMode::Other);
     assert_eq!((r[15].kind_str(), r[15].qualifier_str(), r[15].mode_str()), ("FANCY", "FUTURE", "SHINY"));
     assert_eq!((r[14].kind_str(), r[14].mode_str()), ("ACCESS", "READ"));
 }
@@ -272,7 +272,7 @@ fn fdinfo_of_a_flock_holder() {
     assert_eq!((info.pos, info.flags, info.mnt_id, info.ino), (0, 0o2100002, Some(27), Some(10_010_710)));
     assert!(info.is_cloexec());
     assert_eq!(info.locks.len(), 1);
-    assert_eq!(info.locks[0].kind(), LockKind::Flock);
+    assert_eq!(info.locks[0].kind(), RecordKind::Flock);
     assert_eq!(info.locks[0].key(), Some(LockKey::new(Device::new(0xfe, 0), 10_010_710)));
 }
 
@@ -281,7 +281,7 @@ fn fdinfo_with_several_ranges_and_foreign_keys() {
     let info = FdInfo::parse(&fixture("fdinfo-posix-ranges.txt")).expect("parse");
     assert!(!info.is_cloexec());
     let ranges: Vec<_> = info.locks.iter().map(|l| (l.mode(), l.start(), l.end())).collect();
-    assert_eq!(ranges, [(LockMode::Write, 0, Some(9)), (LockMode::Read, 100, None)]);
+    assert_eq!(ranges, [(RecordMode::Write, 0, Some(9)), (RecordMode::Read, 100, None)]);
 
     let eventfd = FdInfo::parse(&fixture("fdinfo-eventfd.txt")).expect("parse");
     assert!(eventfd.locks.is_empty());

@@ -4,8 +4,8 @@
 use std::os::unix::ffi::OsStrExt;
 
 use lockyard_procfs::{
-    Cmdline, CpuList, Device, FdInfo, LockKey, LockKind, LockMode, LockQualifier, LockRecord, MountInfo,
-    ProcLocks,
+    Cmdline, CpuList, Device, FdInfo, LockKey, LockRecord, MountInfo, ProcLocks, RecordKind, RecordMode,
+    RecordQualifier,
 };
 use proptest::prelude::*;
 
@@ -107,18 +107,22 @@ impl Mount {
 }
 
 fn lock_record() -> impl Strategy<Value = LockRecord> {
-    let kind =
-        prop_oneof![Just(LockKind::Flock), Just(LockKind::Posix), Just(LockKind::Ofd), Just(LockKind::Lease)];
+    let kind = prop_oneof![
+        Just(RecordKind::Flock),
+        Just(RecordKind::Posix),
+        Just(RecordKind::Ofd),
+        Just(RecordKind::Lease)
+    ];
     (
         kind,
-        prop_oneof![Just(LockMode::Read), Just(LockMode::Write), Just(LockMode::Unlocked)],
+        prop_oneof![Just(RecordMode::Read), Just(RecordMode::Write), Just(RecordMode::Unlocked)],
         (1u64..100_000, any::<i32>(), prop::option::of((any::<u32>(), any::<u32>(), any::<u64>()))),
         (any::<u64>(), prop::option::of(any::<u64>())),
     )
         .prop_map(|(kind, mode, (ordinal, pid, key), (start, end))| {
             let qualifier = match kind {
-                LockKind::Lease => LockQualifier::Breaking,
-                _ => LockQualifier::Advisory,
+                RecordKind::Lease => RecordQualifier::Breaking,
+                _ => RecordQualifier::Advisory,
             };
             let text = format!(
                 "{ordinal}: {} {} {} {pid} {} {start} {}",

@@ -160,7 +160,7 @@ impl Topology {
     /// host).
     pub fn read(root: &Path) -> Topology {
         let cpu_dir = root.join("sys/devices/system/cpu");
-        let online = match CpuList::read(cpu_dir.join("online")) {
+        let online = match CpuList::read_from(cpu_dir.join("online")) {
             Ok(list) => list,
             Err(e) => {
                 tracing::warn!(error = %e, "no online CPU list; using every cpuN directory");
@@ -270,7 +270,7 @@ fn cgroup_cpuset() -> Option<CpuList> {
     let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
     let file =
         PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("cpuset.cpus.effective");
-    let list = CpuList::read(&file).ok()?;
+    let list = CpuList::read_from(&file).ok()?;
     // An empty effective set means the controller is not enabled here.
     (!list.is_empty()).then_some(list)
 }
@@ -323,7 +323,7 @@ fn read_llc(cache: &Path, cpu: u32) -> Option<Llc> {
 
 fn read_nodes(dir: &Path) -> Vec<Node> {
     let ids = numbered(dir, "node");
-    let with_memory = CpuList::read(dir.join("has_memory")).ok();
+    let with_memory = CpuList::read_from(dir.join("has_memory")).ok();
     let mut nodes = Vec::new();
     for &id in &ids {
         let node_dir = dir.join(format!("node{id}"));

@@ -473,7 +473,7 @@ impl Reserver {
         for record in snapshot.locks().records() {
             if let (false, Some(key)) = (record.is_waiter(), record.key()) {
                 let entry = by_key.entry(key).or_default();
-                entry.0 |= record.mode() == lockyard_procfs::LockMode::Write;
+                entry.0 |= record.mode() == lockyard_procfs::RecordMode::Write;
                 entry.1 += 1;
             }
         }
