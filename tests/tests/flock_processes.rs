@@ -659,3 +659,62 @@ fn create_makes_missing_directories_with_the_mode_asked_for() {
     std::fs::write(dir.path("file"), "").expect("file");
     assert!(LockDir::create(dir.path("file/locks"), 0o755, &DirTrust::private()).is_err());
 }
+
+/// The listing names each locked file right however its name changed:
+/// many locks in one directory (found by listing the directory), one
+/// renamed after it was locked, one deleted (only the holder's descriptor
+/// knows it, as `(deleted)`), one in another directory, and an unlocked
+/// file with a locked one's former name.
+#[test]
+fn the_listing_names_every_locked_file_after_renames_and_deletions() {
+    let dir = Scratch::new("listing-names");
+    let other = Scratch::new("listing-names-other");
+    let names: Vec<String> = (0..40).map(|i| format!("{i:03}.lock")).collect();
+    let mut paths: Vec<std::path::PathBuf> = names.iter().map(|n| dir.path(n)).collect();
+    paths.push(other.path("elsewhere.lock"));
+    let list =
+        paths.iter().map(|p| format!("{:?}", p.to_str().expect("utf-8"))).collect::<Vec<_>>().join(",");
+    let script = format!(
+        "import fcntl, sys\n\
+         fs = [open(p, 'w') for p in [{list}]]\n\
+         [fcntl.flock(f, fcntl.LOCK_EX) for f in fs]\n\
+         print('locked', flush=True)\n\
+         sys.stdin.read()\n"
+    );
+    let mut python = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(python.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("ready");
+    assert_eq!(line.trim(), "locked");
+
+    let renamed = dir.path("renamed.lock");
+    std::fs::rename(&paths[1], &renamed).expect("rename");
+    std::fs::write(&paths[1], b"").expect("an unlocked file under the old name");
+    let deleted_ino = std::fs::metadata(&paths[2]).expect("stat").ino();
+    std::fs::remove_file(&paths[2]).expect("delete");
+
+    let options = lockyard_flock::listing::ListOptions { pids: vec![python.id()], ..Default::default() };
+    let listing = lockyard_flock::listing::list(&options).expect("list");
+    assert_eq!(listing.locks.len(), paths.len(), "{listing:?}");
+    for row in &listing.locks {
+        let path = row.path.as_deref().unwrap_or_else(|| panic!("no path for {row:?}"));
+        if row.inode == deleted_ino {
+            assert!(path.to_string_lossy().ends_with(" (deleted)"), "{path:?}");
+            continue;
+        }
+        assert_eq!(std::fs::metadata(path).expect("named file exists").ino(), row.inode, "{path:?}");
+        assert_ne!(path, paths[1], "the unlocked file under the old name");
+    }
+    assert!(listing.locks.iter().any(|r| r.path.as_deref() == Some(renamed.as_path())));
+    assert!(listing.locks.iter().any(|r| r.path.as_deref() == Some(paths[40].as_path())));
+    drop(python.stdin.take());
+    python.wait().expect("python exits");
+}

@@ -1,5 +1,7 @@
 //! Aligned plain-text tables that fit the terminal.
 
+use std::borrow::Cow;
+
 /// How to print a table.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Style {
@@ -83,15 +85,14 @@ pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String 
         }
         return out;
     }
-    let rows: Vec<Vec<String>> =
-        rows.iter().map(|row| row.iter().map(|cell| escape(cell, false).into_owned()).collect()).collect();
-    let len = |s: &str| s.chars().count();
+    let rows: Vec<Vec<Cow<'_, str>>> =
+        rows.iter().map(|row| row.iter().map(|cell| escape(cell, false)).collect()).collect();
     let mut widths: Vec<usize> = columns
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let heading = if style.noheadings { 0 } else { c.name.len() };
-            rows.iter().map(|r| len(&r[i])).max().unwrap_or(0).max(heading)
+            rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(heading)
         })
         .collect();
     if let Some(limit) = style.width {
@@ -106,38 +107,39 @@ pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String 
         }
     }
     let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
+        let start = out.len();
         for (i, cell) in cells.enumerate() {
             if i > 0 {
-                text.push(' ');
+                out.push(' ');
             }
-            let cell = fit(cell, widths[i]);
-            if i + 1 == columns.len() {
-                text.push_str(&cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}", width = widths[i]));
+            let shown = fit(cell, widths[i]);
+            out.push_str(&shown);
+            if i + 1 < columns.len() {
+                let pad = widths[i].saturating_sub(shown.chars().count());
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        out.push_str(text.trim_end());
+        let kept = out[start..].trim_end().len();
+        out.truncate(start + kept);
         out.push('\n');
     };
     if !style.noheadings {
         line(&mut columns.iter().map(|c| c.name));
     }
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
+    for row in &rows {
+        line(&mut row.iter().map(|cell| &**cell));
     }
     out
 }
 
 /// `text` shortened to `width` characters with a final `…`.
-fn fit(text: &str, width: usize) -> String {
+fn fit(text: &str, width: usize) -> Cow<'_, str> {
     if text.chars().count() <= width {
-        return text.to_owned();
+        return Cow::Borrowed(text);
     }
     let mut short: String = text.chars().take(width.saturating_sub(1)).collect();
     short.push('…');
-    short
+    Cow::Owned(short)
 }
 
 #[cfg(test)]

@@ -35,12 +35,16 @@
 //! not exclude each other, and `/proc/locks` shows them on different
 //! devices. A key names one view; ask about each path you care about.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use lockyard_procfs::{Cmdline, FdInfo, LockKey, LockRecord, MountInfo, ProcLocks, ProcessStat, RecordKind};
+use lockyard_procfs::{
+    Cmdline, Descriptors, FdInfo, LockKey, LockRecord, MountInfo, OpenFile, ProcLocks, ProcessStat,
+    RecordKind,
+};
 use rustix::fs::{AtFlags, StatxFlags};
 
 use crate::error::LockError;
@@ -353,23 +357,20 @@ impl Snapshot {
         if wanted.is_empty() {
             return Ok(out);
         }
-        for pid in processes()? {
-            for fd in descriptors(pid)? {
-                let link = format!("/proc/{pid}/fd/{fd}");
-                let st = match rustix::fs::stat(&link) {
-                    Ok(st) => st,
-                    Err(e) if passes_over(&e.into()) => continue,
-                    Err(e) => return Err(LockError::io(link, "stat", e)),
-                };
-                let Some(indexes) = wanted.get(&(st.st_dev, st.st_ino)) else { continue };
-                let Some(info) = fdinfo(pid, fd)? else { continue };
-                for &i in indexes {
-                    for record in info.locks.iter().filter(|r| r.key() == Some(files[i].key)) {
-                        out[i].0.push(Holder::from_record(record, Some(pid), Some(fd), Attribution::Exact));
-                    }
+        let inodes: HashSet<u64> = wanted.keys().map(|&(_, ino)| ino).collect();
+        scan_descriptors(lockyard_procfs::pids()?, &inodes, |descriptors, fd, file| {
+            let Some(indexes) = wanted.get(&(file.dev, file.ino)) else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            let Some(info) = or_pass(descriptors.fdinfo(fd))? else { return Ok(ControlFlow::Continue(())) };
+            let pid = descriptors.pid();
+            for &i in indexes {
+                for record in info.locks.iter().filter(|r| r.key() == Some(files[i].key)) {
+                    out[i].0.push(Holder::from_record(record, Some(pid), Some(fd), Attribution::Exact));
                 }
             }
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         for holders in &mut out {
             holders.0.sort_by_key(|h| (h.waiting, h.pid, h.fd));
         }
@@ -436,72 +437,83 @@ pub fn in_initial_pid_namespace() -> Option<bool> {
     Some(link.as_os_str() == INITIAL_PID_NAMESPACE)
 }
 
-/// Whether failing to read a process's entries in `/proc` only means that
-/// process is to be passed over (it exited, or belongs to another user
-/// and we lack the privilege), rather than that the answer would be
-/// incomplete (out of descriptors or memory, `/proc` unreadable).
-pub fn passes_over(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
-        || e.raw_os_error() == Some(libc::ESRCH)
-}
-
-/// The fdinfo of `pid`'s descriptor `fd`; `None` if the process or the
-/// descriptor is gone, may not be inspected, or does not read as fdinfo
-/// (nothing to learn from it).
-///
-/// # Errors
-/// Any other failure to read it (out of descriptors or memory): an
-/// answer built without it would be wrong, not partial.
-pub(crate) fn fdinfo(pid: u32, fd: u32) -> Result<Option<FdInfo>, LockError> {
-    match FdInfo::read_fd(pid, fd) {
-        Ok(info) => Ok(Some(info)),
-        Err(lockyard_procfs::Error::Read { source, .. }) if passes_over(&source) => Ok(None),
-        Err(e @ lockyard_procfs::Error::Read { .. }) => Err(e.into()),
-        Err(e) => {
-            tracing::debug!(error = %e, "skipping unreadable fdinfo");
-            Ok(None)
+/// Whether a failure to read a process's entries in `/proc` only means
+/// that process or descriptor is to be passed over (it exited or closed
+/// it, or it belongs to another user and we lack the privilege), rather
+/// than that the answer would be incomplete (out of descriptors or
+/// memory, `/proc` unreadable): `Ok(())` to pass over, the error
+/// otherwise. A file that does not parse teaches nothing and is passed
+/// over too.
+fn pass_over(e: lockyard_procfs::Error) -> Result<(), LockError> {
+    match &e {
+        lockyard_procfs::Error::Read { source, .. }
+            if e.is_gone() || source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Ok(())
+        }
+        lockyard_procfs::Error::Read { .. } => Err(e.into()),
+        _ => {
+            tracing::debug!(error = %e, "passing over an unreadable /proc entry");
+            Ok(())
         }
     }
 }
 
-/// Every process visible in this process's `/proc` (thread-group leaders).
+/// One pass over the open descriptors of `pids`: `visit` is called for
+/// each descriptor whose file's inode number is in `inodes` (one cached
+/// `statx` per descriptor decides; fdinfo and links are read only for
+/// those `visit` asks about), and ends the pass early by returning
+/// `Break`. Processes and descriptors that go away or may not be
+/// inspected meanwhile are passed over, and `visit` may pass over its
+/// own reads the same way with [`or_pass`].
 ///
-/// # Errors
-/// `/proc` cannot be listed (not mounted, out of descriptors).
-pub fn processes() -> Result<Vec<u32>, LockError> {
-    let io = |e| LockError::io("/proc", "list", e);
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").map_err(io)? {
-        if let Some(pid) = entry.map_err(io)?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) {
-            pids.push(pid);
+/// This is the one descriptor walk behind [`Snapshot::exact_holders`] and
+/// [`crate::listing::list`].
+pub(crate) fn scan_descriptors(
+    pids: impl IntoIterator<Item = u32>,
+    inodes: &HashSet<u64>,
+    mut visit: impl FnMut(&mut Descriptors, u32, OpenFile) -> Result<ControlFlow<()>, LockError>,
+) -> Result<(), LockError> {
+    if inodes.is_empty() {
+        return Ok(());
+    }
+    for pid in pids {
+        let mut descriptors = match Descriptors::open(pid) {
+            Ok(descriptors) => descriptors,
+            Err(e) => {
+                pass_over(e)?;
+                continue;
+            }
+        };
+        while let Some(fd) = descriptors.next_fd() {
+            let fd = match fd {
+                Ok(fd) => fd,
+                Err(e) => {
+                    pass_over(e)?;
+                    break;
+                }
+            };
+            match descriptors.file(fd) {
+                Ok(file) if inodes.contains(&file.ino) => {
+                    if visit(&mut descriptors, fd, file)?.is_break() {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => pass_over(e)?,
+            }
         }
     }
-    Ok(pids)
+    Ok(())
 }
 
-/// The open descriptors of `pid`; none if it is gone or may not be
-/// inspected (another user's, without privilege).
-///
-/// # Errors
-/// Any other failure to list them, such as running out of descriptors:
-/// an answer built without them would be wrong, not partial.
-pub fn descriptors(pid: u32) -> Result<Vec<u32>, LockError> {
-    let dir = format!("/proc/{pid}/fd");
-    let fail = |e: std::io::Error| {
-        if passes_over(&e) { Ok(Vec::new()) } else { Err(LockError::io(&dir, "list", e)) }
-    };
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) => return fail(e),
-    };
-    let mut fds = Vec::new();
-    for entry in entries {
-        match entry {
-            Ok(entry) => fds.extend(entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok())),
-            Err(e) => return fail(e),
-        }
+/// Turn a read of one descriptor into `Some`, or `None` when it is to be
+/// passed over (see [`pass_over`]).
+pub(crate) fn or_pass<T>(read: Result<T, lockyard_procfs::Error>) -> Result<Option<T>, LockError> {
+    match read {
+        Ok(value) => Ok(Some(value)),
+        Err(e) => pass_over(e).map(|()| None),
     }
-    Ok(fds)
 }
 
 /// How many reads of `/proc/locks` must agree before a lock is called

@@ -2,25 +2,33 @@
 //! `lockyard locks` prints.
 //!
 //! One reading of mountinfo and `/proc/locks`, then one pass over the
-//! descriptors of the processes that matter, reading each descriptor's
-//! fdinfo once: its `lock:` lines say which locks it carries, and its
-//! `/proc/PID/fd` link says where the file is. The cost grows with the
+//! descriptors of the processes that matter (the walk
+//! [`crate::Snapshot::exact_holders`] uses too). The cost grows with the
 //! number of locks plus the number of descriptors scanned, never with
 //! their product (lslocks rescans every descriptor for every lock).
 //!
 //! By default only the processes `/proc/locks` names are scanned, and all
 //! others only if some lock still has no path (OFD locks record pid -1; a
-//! flock inherited by a child records its exited parent). With `exact`
-//! every process is scanned and each lock is attributed to the processes
-//! that hold a descriptor carrying it.
+//! flock inherited by a child records its exited parent). A descriptor's
+//! file is matched to a lock by `statx` where that is exact, by its
+//! fdinfo's `lock:` lines where it is not; the first locked file found in
+//! a directory has that directory listed for the others, and the walk
+//! ends once every lock has a path. A path is then a name that reaches
+//! the locked file from this process, or the holder's own link target
+//! (`... (deleted)` for a file since removed).
+//!
+//! With `exact` every process is scanned and each lock is attributed to
+//! the processes that hold a descriptor whose fdinfo carries it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::ops::ControlFlow;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
-use lockyard_procfs::{Cmdline, LockKey, LockRecord, RecordKind};
+use lockyard_procfs::{Cmdline, Device, LockKey, LockRecord, RecordKind};
 
 use crate::error::LockError;
-use crate::holders::{Snapshot, descriptors, fdinfo, processes};
+use crate::holders::{Snapshot, or_pass, scan_descriptors};
 
 /// How many characters of a command line are kept.
 const COMMAND_WIDTH: usize = 200;
@@ -133,15 +141,17 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
     // Scan the recorded pids first; everyone if exact, or if a lock still
     // has no path.
     let recorded: HashSet<u32> = granted.iter().filter_map(|&i| records[i].pid_hint()).collect();
-    let mut found: HashMap<LockKey, Found> = HashMap::new();
+    let mut search = Search::new(&keys, &snapshot);
     if options.exact {
-        scan(processes()?.into_iter(), &keys, &mut found)?;
+        search.scan(lockyard_procfs::pids()?, true)?;
     } else {
-        scan(recorded.iter().copied(), &keys, &mut found)?;
-        if keys.iter().any(|k| found.get(k).is_none_or(|f| f.path.is_none())) {
-            scan(processes()?.into_iter().filter(|p| !recorded.contains(p)), &keys, &mut found)?;
+        search.scan(recorded.iter().copied(), false)?;
+        if search.missing > 0 {
+            let others = lockyard_procfs::pids()?.into_iter().filter(|p| !recorded.contains(p));
+            search.scan(others, false)?;
         }
     }
+    let found = search.found;
 
     // Waiters by the line they wait on, in one pass (asking ProcLocks per
     // lock would rescan every line for every lock).
@@ -225,30 +235,140 @@ fn same_lock(a: &LockRecord, b: &LockRecord) -> bool {
         && a.pid() == b.pid()
 }
 
-/// Read the fdinfo of every descriptor of `pids`, recording which carry
-/// locks on `keys` and where their files are.
-fn scan(
-    pids: impl Iterator<Item = u32>,
-    keys: &HashSet<LockKey>,
-    found: &mut HashMap<LockKey, Found>,
-) -> Result<(), LockError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    for pid in pids {
-        for fd in descriptors(pid)? {
-            let Some(info) = fdinfo(pid, fd)? else { continue };
-            for record in info.locks {
-                let Some(key) = record.key().filter(|k| keys.contains(k)) else { continue };
-                let slot = found.entry(key).or_default();
-                if slot.path.is_none() {
-                    slot.path = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
-                }
-                slot.carriers.push((pid, fd, record));
-            }
+/// What the scans are looking for, and what they found.
+struct Search<'a> {
+    keys: &'a HashSet<LockKey>,
+    /// The superblock device of each mount in this mount namespace, by id.
+    devices: HashMap<u64, Device>,
+    found: HashMap<LockKey, Found>,
+    /// Keys still without a path.
+    missing: usize,
+    /// Directories already listed by [`Search::sweep`].
+    swept: HashSet<PathBuf>,
+}
+
+impl<'a> Search<'a> {
+    fn new(keys: &'a HashSet<LockKey>, snapshot: &Snapshot) -> Self {
+        Search {
+            keys,
+            devices: snapshot.mounts().iter().map(|m| (m.mount_id, m.device)).collect(),
+            found: HashMap::new(),
+            missing: keys.len(),
+            swept: HashSet::new(),
         }
     }
-    Ok(())
+
+    /// The key of a file from its `statx`, where that is unambiguous: its
+    /// mount is in this mount namespace, and `stat` reports the
+    /// superblock's own device. Where it does not (btrfs subvolumes, some
+    /// overlayfs setups), two files can share a key, and only a
+    /// descriptor's fdinfo says which one is locked.
+    fn key_of(&self, mount_id: Option<u64>, dev: u64, ino: u64) -> Option<LockKey> {
+        let device = *self.devices.get(&mount_id?)?;
+        (rustix::fs::makedev(device.major, device.minor) == dev).then(|| LockKey::new(device, ino))
+    }
+
+    /// Record `path` for `key` unless it has one.
+    fn set_path(
+        &mut self,
+        key: LockKey,
+        path: impl FnOnce() -> Result<Option<PathBuf>, LockError>,
+    ) -> Result<(), LockError> {
+        let slot = self.found.entry(key).or_default();
+        if slot.path.is_none() {
+            slot.path = path()?;
+            if slot.path.is_some() {
+                self.missing -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Look through the descriptors of `pids` for files locked under the
+    /// keys: the path of each (from the first descriptor found open on
+    /// it) and, with `exact`, every descriptor whose fdinfo carries a lock
+    /// on it.
+    ///
+    /// A descriptor's key comes from `statx` (its mount id gives the
+    /// device /proc/locks prints, its inode the rest). Where that is not
+    /// certain ([`Search::key_of`]: the mount is in another mount
+    /// namespace, the kernel predates `STATX_MNT_ID`, or the filesystem
+    /// reports another device than its superblock's), its fdinfo names the
+    /// keys instead. Without `exact`, the first path found in a
+    /// directory has the directory swept for the other locked files
+    /// ([`Search::sweep`]), and the scan stops once every key has a path.
+    fn scan(&mut self, pids: impl IntoIterator<Item = u32>, exact: bool) -> Result<(), LockError> {
+        let inodes: HashSet<u64> = self.keys.iter().map(|k| k.inode).collect();
+        scan_descriptors(pids, &inodes, |descriptors, fd, file| {
+            if let (false, Some(key)) = (exact, self.key_of(file.mount_id, file.dev, file.ino)) {
+                if self.keys.contains(&key) && self.found.get(&key).is_none_or(|f| f.path.is_none()) {
+                    self.set_path(key, || or_pass(descriptors.link(fd)))?;
+                    let dir = self.found[&key].path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+                    if let Some(dir) = dir {
+                        self.sweep(&dir)?;
+                    }
+                }
+                return Ok(if self.missing == 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                });
+            }
+            let Some(info) = or_pass(descriptors.fdinfo(fd))? else { return Ok(ControlFlow::Continue(())) };
+            for record in info.locks {
+                let Some(key) = record.key().filter(|k| self.keys.contains(k)) else { continue };
+                self.set_path(key, || or_pass(descriptors.link(fd)))?;
+                if exact {
+                    self.found.entry(key).or_default().carriers.push((descriptors.pid(), fd, record));
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+    }
+
+    /// Give every locked file still without a path that has a name in
+    /// `dir` that name: one listing of the directory, then one `statx` of
+    /// each entry whose inode number is a locked one, which checks the
+    /// device too. Lock files gather in a few directories, so this turns
+    /// a `statx` and a `readlink` through `/proc` per lock into a
+    /// directory read and a plain `statx` per lock. A name found this way
+    /// is one that reaches the locked file from this process's mount
+    /// namespace; nothing found is no error (the directory may be gone,
+    /// unreadable, or another namespace's).
+    fn sweep(&mut self, dir: &Path) -> Result<(), LockError> {
+        use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+        if self.missing == 0 || !self.swept.insert(dir.to_owned()) {
+            return Ok(());
+        }
+        let wanted: HashSet<u64> = self
+            .keys
+            .iter()
+            .filter(|k| self.found.get(k).is_none_or(|f| f.path.is_none()))
+            .map(|k| k.inode)
+            .collect();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::open(dir, flags, Mode::empty()) else { return Ok(()) };
+        let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) else { return Ok(()) };
+        let mut names = Vec::new();
+        while let Some(Ok(entry)) = entries.read() {
+            if wanted.contains(&entry.ino()) {
+                names.push(entry.file_name().to_owned());
+            }
+        }
+        let mask = StatxFlags::INO | StatxFlags::MNT_ID;
+        for name in names {
+            let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC;
+            let Ok(stx) = rustix::fs::statx(&fd, &name, flags, mask) else { continue };
+            let mount = (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id);
+            let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+            let Some(key) = self.key_of(mount, dev, stx.stx_ino).filter(|k| self.keys.contains(k)) else {
+                continue;
+            };
+            let path = dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            self.set_path(key, || Ok(Some(path)))?;
+        }
+        Ok(())
+    }
 }
 
 /// Command lines, each read once.

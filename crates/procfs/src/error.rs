@@ -49,6 +49,14 @@ impl Error {
         matches!(self, Error::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 
+    /// Whether the error means the process or descriptor being inspected
+    /// went away (`ENOENT`, or `ESRCH` through a directory descriptor of a
+    /// process that exited).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Error::Read { source, .. }
+            if source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()))
+    }
+
     /// Re-label a parse error with the path its bytes were read from.
     pub(crate) fn in_file(self, path: impl Into<PathBuf>) -> Self {
         match self {

@@ -18,6 +18,7 @@
 //! | `/proc/PID/fdinfo/FD` | [`FdInfo`] |
 //! | `/proc/PID/cmdline` | [`Cmdline`] |
 //! | `/proc/PID/stat` (pid, state, parent, start time) | [`ProcessStat`] |
+//! | `/proc`, `/proc/PID/fd` (processes, descriptors) | [`pids`], [`Descriptors`] |
 //! | CPU lists (`0-3,8`) in sysfs and `status` | [`CpuList`] |
 //!
 //! ```
@@ -57,6 +58,7 @@ mod error;
 mod fdinfo;
 mod locks;
 mod mountinfo;
+mod process;
 #[cfg(feature = "serde")]
 mod serde_bytes;
 mod stat;
@@ -67,9 +69,9 @@ pub use error::{Error, Reason, Shown};
 pub use fdinfo::FdInfo;
 pub use locks::{Device, LockKey, LockRecord, ProcLocks, RecordKind, RecordMode, RecordQualifier};
 pub use mountinfo::{MountEntry, MountInfo, OptionalField, Options};
+pub use process::{Descriptors, OpenFile, pids};
 pub use stat::ProcessStat;
 
-use std::io::Read;
 use std::path::Path;
 
 /// Lines of a /proc file with their 0-based index; a missing final newline
@@ -93,20 +95,6 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
 /// nothing; skipping it matters when thousands of fdinfo files are read.
 fn read_all(path: impl AsRef<Path>) -> Result<Vec<u8>, Error> {
     let path = path.as_ref();
-    let mut file = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
-    let mut bytes = vec![0; 4096];
-    let mut len = 0;
-    loop {
-        if len == bytes.len() {
-            bytes.resize(bytes.len() * 2, 0);
-        }
-        match file.read(&mut bytes[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::read(path, e)),
-        }
-    }
-    bytes.truncate(len);
-    Ok(bytes)
+    let file = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+    process::read_to_end(file).map_err(|e| Error::read(path, e))
 }
