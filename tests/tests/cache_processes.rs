@@ -197,7 +197,7 @@ fn sweep_keeps_a_live_writer_whose_pid_matches_dead_debris() {
     let report = cache(&root).sweep().expect("sweep");
     assert_eq!(report.removed, [dead, "stray"], "{report:?}");
     assert_eq!(report.kept.len(), 1, "{report:?}");
-    assert_eq!(report.kept[0].0, live[0]);
+    assert_eq!(report.kept.0[0].name, live[0]);
     assert!(staging.join(&live[0]).exists(), "the live writer's staging was swept");
 
     assert!(writer.finish().success());
@@ -222,7 +222,7 @@ fn clean_skips_an_entry_a_reader_holds_and_names_the_reader() {
     let report = cache.clean(Clean::All).expect("clean");
     assert_eq!(report.removed, ["free"]);
     assert_eq!(report.busy.len(), 1);
-    let (key, holders) = &report.busy[0];
+    let (key, holders) = (&report.busy.0[0].name, &report.busy.0[0].holders);
     assert_eq!(key, "held");
     assert!(holders.holding().any(|h| h.pid == Some(reader.pid())), "{holders}");
     assert_eq!(data(&cache, "held").as_deref(), Some("held"));

@@ -27,7 +27,7 @@ pub struct CleanReport {
     /// Bytes freed (of valid entries).
     pub freed: u64,
     /// Keys skipped because they were in use, with who holds them.
-    pub busy: Vec<(String, Holders)>,
+    pub busy: Busy,
     /// Keys skipped because they were replaced or used after the plan
     /// was made (see [`Cache::clean_planned`]).
     pub changed: Vec<String>,
@@ -185,7 +185,7 @@ impl Cache {
             let key = victim.key.as_str();
             let file = self.lock_file(&self.locks, &entry_lock_name(key), LockOptions::new().exclusive())?;
             match file.try_lock().map_err(CacheError::Lock)? {
-                None => busy.push((key.to_owned(), self.lock_path(key))),
+                None => busy.push(key),
                 Some(lock) if !self.as_planned(victim, &lock, plan.policy != Clean::All) => {
                     report.changed.push(key.to_owned());
                 }
@@ -197,7 +197,7 @@ impl Cache {
             }
             progress(victim);
         }
-        report.busy = name_holders(busy);
+        report.busy = self.locks.holders(&busy);
         if and_sweep {
             self.sweep()?;
         }

@@ -261,8 +261,10 @@ impl CacheError {
         }
     }
 
-    /// Whether another process's use of the cache caused this (retrying
-    /// later may succeed), as opposed to misuse or a broken cache.
+    /// Whether another process holds what was asked for: contended now,
+    /// or still held when a wait ran out, as
+    /// [`LockError::is_busy`](lockyard_flock::LockError::is_busy) means it
+    /// (not misuse, a broken cache, or a cancelled wait).
     pub fn is_busy(&self) -> bool {
         matches!(self, CacheError::Contended { .. } | CacheError::Timeout { .. })
     }

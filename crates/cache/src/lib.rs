@@ -123,7 +123,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockyard_flock::{
-    DirTrust, FsPolicy, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions,
+    Busy, DirTrust, FsPolicy, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -241,7 +241,7 @@ impl Cache {
 
     /// The lock file guarding `key`'s entry (for `lockyard who`).
     pub fn lock_path(&self, key: &str) -> PathBuf {
-        self.locks.path().join(entry_lock_name(key))
+        self.locks.lock_path(key)
     }
 
     fn lock_file(&self, dir: &LockDir, name: &str, options: LockOptions) -> Result<LockFile, CacheError> {
@@ -305,19 +305,6 @@ impl Cache {
 
 fn entry_lock_name(key: &str) -> String {
     format!("{key}.lock")
-}
-
-/// The holders of each busy lock, with one read of /proc for all of them
-/// (empty where /proc could not say).
-fn name_holders(busy: Vec<(String, PathBuf)>) -> Vec<(String, Holders)> {
-    if busy.is_empty() {
-        return Vec::new();
-    }
-    let paths: Vec<&Path> = busy.iter().map(|(_, path)| path.as_path()).collect();
-    let mut found = lockyard_flock::holders_of_many(&paths, false).unwrap_or_default().into_iter();
-    busy.into_iter()
-        .map(|(name, _)| (name, found.next().and_then(|(_, h)| h.ok()).unwrap_or_default()))
-        .collect()
 }
 
 fn check_key(key: &str) -> Result<(), CacheError> {

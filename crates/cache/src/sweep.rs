@@ -9,7 +9,7 @@ pub struct SweepReport {
     /// Staging names whose writer was dead, now removed.
     pub removed: Vec<String>,
     /// Staging names whose writer is alive, with who holds them.
-    pub kept: Vec<(String, Holders)>,
+    pub kept: Busy,
 }
 
 impl Cache {
@@ -37,14 +37,14 @@ impl Cache {
                     slot.discard()?;
                     report.removed.push(base.to_owned());
                 }
-                Ok(None) => live.push((base.to_owned(), staging_path.join(name))),
+                Ok(None) => live.push(base),
                 // Swept by someone else meanwhile.
                 Err(lockyard_flock::LockError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(CacheError::Lock(e)),
             }
         }
-        report.kept = name_holders(live);
+        report.kept = self.staging.holders(&live);
         // A tree without a lock file has no writer: writers create and
         // lock the lock file before the tree, and sweeps remove the tree
         // before the lock file.

@@ -520,8 +520,8 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
     let n = report.removed.len();
     let entries = if n == 1 { "entry" } else { "entries" };
     let mut out = format!("removed {n} {entries}, freed {}\n", format_size(report.freed));
-    for (key, holders) in &report.busy {
-        out.push_str(&crate::escape(&format!("kept {key}: in use, held by {holders}")));
+    for busy in &report.busy {
+        out.push_str(&crate::escape(&format!("kept {}: in use, held by {}", busy.name, busy.holders)));
         out.push('\n');
     }
     for key in &report.changed {
@@ -585,8 +585,8 @@ fn sweep(cache: &Cache) -> Result<u8> {
     for name in &report.removed {
         out.push_str(&format!("removed {name}: its writer is gone\n"));
     }
-    for (name, holders) in &report.kept {
-        out.push_str(&format!("kept {name}: its writer is alive, held by {holders}\n"));
+    for kept in &report.kept {
+        out.push_str(&format!("kept {}: its writer is alive, held by {}\n", kept.name, kept.holders));
     }
     out.push_str(&format!("swept {}, kept {}\n", report.removed.len(), report.kept.len()));
     emit(&out)?;

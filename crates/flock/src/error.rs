@@ -122,10 +122,12 @@ impl LockError {
         LockError::Io { path: path.into(), op, source: source.into() }
     }
 
-    /// Whether the error only means "someone else has it now" (contended,
-    /// timed out or cancelled), as opposed to a misconfiguration.
+    /// Whether another process holds what was asked for: contended now,
+    /// or still held when a wait ran out. Trying again later may succeed;
+    /// a cancelled wait is the caller's own doing and not busy. (Every
+    /// lockyard crate's `is_busy` means this.)
     pub fn is_busy(&self) -> bool {
-        matches!(self, LockError::Contended { .. } | LockError::Timeout { .. } | LockError::Cancelled { .. })
+        matches!(self, LockError::Contended { .. } | LockError::Timeout { .. })
     }
 }
 

@@ -66,7 +66,9 @@ pub use holders::{
     Attribution, FileId, Holder, Holders, KeySource, PathHolders, Snapshot, holders_of, holders_of_many,
     in_initial_pid_namespace,
 };
-pub use lock::{ByteRange, LockDir, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait};
+pub use lock::{
+    Busy, BusyLock, ByteRange, LockDir, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait,
+};
 pub use open::DirTrust;
 pub use pidfile::{Claimant, PROBE_GRACE, Pidfile, PidfileGuard, PidfileState};
 pub use wait::CancelToken;

@@ -285,6 +285,65 @@ impl Wait {
     }
 }
 
+/// Locks other processes hold, each with its holders as /proc showed
+/// them: what a busy error or a report of what was left alone carries
+/// (see [`LockDir::holders`]).
+///
+/// Prints as `NAME held by HOLDERS; NAME held by HOLDERS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
+pub struct Busy(pub Vec<BusyLock>);
+
+/// One busy lock: the resource's name and who holds its lock file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct BusyLock {
+    /// The resource's name (its lock file is `NAME.lock`).
+    pub name: String,
+    /// Who holds it.
+    pub holders: Holders,
+}
+
+impl Busy {
+    /// Whether nothing is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many locks are listed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The busy locks.
+    pub fn iter(&self) -> std::slice::Iter<'_, BusyLock> {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Busy {
+    type Item = &'a BusyLock;
+    type IntoIter = std::slice::Iter<'a, BusyLock>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, lock) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{} held by {}", lock.name, lock.holders)?;
+        }
+        Ok(())
+    }
+}
+
 /// A directory of lock files, opened once with the hardening rules (see the
 /// crate docs). Lock files made from it share its descriptor, so making
 /// one costs no path walk: for callers that lock many names in one
@@ -330,6 +389,44 @@ impl LockDir {
     /// The directory's path as given.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The path of the lock file of resource `name`: `NAME.lock` in this
+    /// directory, the convention every lockyard lock directory follows (a
+    /// cache entry's key, a CPU's or LLC's name).
+    pub fn lock_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.lock"))
+    }
+
+    /// The lock file of resource `name` ([`LockDir::lock_path`]), as
+    /// [`LockDir::file`] opens it.
+    ///
+    /// # Errors
+    /// As [`LockDir::file`].
+    pub fn lock_file(&self, name: &str, options: LockOptions) -> Result<LockFile, LockError> {
+        self.file(format!("{name}.lock"), options)
+    }
+
+    /// Who holds the lock file of each of `names` ([`LockDir::lock_path`]),
+    /// from one reading of /proc for all of them: for the error or report
+    /// that says what was busy. A name /proc says nothing about (its file
+    /// gone, /proc unreadable) gets empty holders, which print as "nobody
+    /// visible"; being busy was already established by the lock attempt.
+    pub fn holders<S: AsRef<str>>(&self, names: &[S]) -> Busy {
+        if names.is_empty() {
+            return Busy::default();
+        }
+        let paths: Vec<PathBuf> = names.iter().map(|n| self.lock_path(n.as_ref())).collect();
+        let mut found = crate::holders::holders_of_many(&paths, false).unwrap_or_default().into_iter();
+        Busy(
+            names
+                .iter()
+                .map(|name| BusyLock {
+                    name: name.as_ref().to_owned(),
+                    holders: found.next().and_then(|(_, h)| h.ok()).unwrap_or_default(),
+                })
+                .collect(),
+        )
     }
 
     /// The directory `name` inside this one, opened relative to this

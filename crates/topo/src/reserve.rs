@@ -44,7 +44,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockyard_flock::{
-    DirTrust, Holders, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot, Wait,
+    Busy, DirTrust, LockDir, LockError, LockFile, LockGuard, LockMode, LockOptions, Snapshot, Wait,
 };
 use lockyard_procfs::{CpuList, LockKey};
 
@@ -178,7 +178,7 @@ pub enum ReserveError {
         /// The request, in words.
         wanted: String,
         /// Each busy resource's lock name with its holders.
-        busy: Vec<(String, Holders)>,
+        busy: Busy,
     },
     /// A wait ran out.
     #[error("cannot reserve {wanted} within {waited:.1?}: {}", busy_list(busy))]
@@ -188,7 +188,7 @@ pub enum ReserveError {
         /// How long was waited.
         waited: Duration,
         /// What was still busy.
-        busy: Vec<(String, Holders)>,
+        busy: Busy,
     },
     /// The wait was cancelled.
     #[error("reserving {wanted}: cancelled")]
@@ -237,21 +237,17 @@ impl ReserveError {
         }
     }
 
-    /// Whether waiting could help (busy, timed out, cancelled), as opposed
-    /// to a request that can never fit or a broken lock directory.
+    /// Whether other processes hold what was asked for: busy now, or
+    /// still busy when a wait ran out, as [`LockError::is_busy`] means it
+    /// (not a request that can never fit, a broken lock directory, or a
+    /// cancelled wait).
     pub fn is_busy(&self) -> bool {
-        matches!(
-            self,
-            ReserveError::Busy { .. } | ReserveError::Timeout { .. } | ReserveError::Cancelled { .. }
-        )
+        matches!(self, ReserveError::Busy { .. } | ReserveError::Timeout { .. })
     }
 }
 
-fn busy_list(busy: &[(String, Holders)]) -> String {
-    if busy.is_empty() {
-        return "contended while trying".to_owned();
-    }
-    busy.iter().map(|(name, holders)| format!("{name} held by {holders}")).collect::<Vec<_>>().join("; ")
+fn busy_list(busy: &Busy) -> String {
+    if busy.is_empty() { "contended while trying".to_owned() } else { busy.to_string() }
 }
 
 /// Attempts at a plan before giving up as busy: each failed one re-reads
@@ -324,7 +320,7 @@ impl Reserver {
         let Some(_gate) = gate.try_lock()? else {
             return Err(ReserveError::Busy {
                 wanted: describe(request),
-                busy: self.holders_of(&["gate".to_owned()]),
+                busy: self.dir.holders(&["gate".to_owned()]),
             });
         };
         self.attempt(request)
@@ -348,7 +344,7 @@ impl Reserver {
             LockError::Timeout { .. } => ReserveError::Timeout {
                 wanted: describe(request),
                 waited: started.elapsed(),
-                busy: self.holders_of(&busy),
+                busy: self.dir.holders(&busy),
             },
             LockError::Cancelled { .. } => ReserveError::Cancelled { wanted: describe(request) },
             e => ReserveError::Lock(e),
@@ -404,7 +400,7 @@ impl Reserver {
 
     /// Plan and try, a bounded number of times.
     fn attempt(&self, request: &Request) -> Result<Reservation, ReserveError> {
-        let mut last_busy = Vec::new();
+        let mut last_busy = Busy::default();
         for _ in 0..ATTEMPTS {
             let usage = self.usage()?;
             let plan = match self.plan(request, &usage, false) {
@@ -431,7 +427,7 @@ impl Reserver {
                 // Someone took it since the snapshot: let go, look again.
                 Some(name) => {
                     drop(guards);
-                    last_busy = self.holders_of(&[name]);
+                    last_busy = self.dir.holders(&[name]);
                 }
             }
         }
@@ -441,27 +437,7 @@ impl Reserver {
     fn file(&self, name: &str, mode: LockMode) -> Result<LockFile, ReserveError> {
         // Every user's reservations live side by side in this directory.
         let options = LockOptions::new().mode(mode).permissions(0o666).allow_foreign_owner();
-        Ok(self.dir.file(format!("{name}.lock"), options)?)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.lock"))
-    }
-
-    /// Who holds each named lock (one read of /proc for all).
-    fn holders_of(&self, names: &[String]) -> Vec<(String, Holders)> {
-        let paths: Vec<PathBuf> = names.iter().map(|n| self.path(n)).collect();
-        let found = lockyard_flock::holders_of_many(&paths, false).unwrap_or_default();
-        names
-            .iter()
-            .cloned()
-            .zip(
-                found
-                    .into_iter()
-                    .map(|(_, h)| h.unwrap_or_default())
-                    .chain(std::iter::repeat_with(Holders::default)),
-            )
-            .collect()
+        Ok(self.dir.lock_file(name, options)?)
     }
 
     /// How every LLC and CPU is held now, from one snapshot of /proc/locks:
@@ -478,7 +454,7 @@ impl Reserver {
             }
         }
         let held = |name: &str| -> (bool, usize) {
-            let Ok(id) = snapshot.file_id(&self.path(name)) else { return (false, 0) };
+            let Ok(id) = snapshot.file_id(&self.dir.lock_path(name)) else { return (false, 0) };
             by_key.get(&id.key).copied().unwrap_or_default()
         };
         let llc = self.topology.llcs.iter().map(|l| held(&l.lock_name())).collect();
@@ -605,7 +581,7 @@ impl Reserver {
         }
         names.extend(usage.cpu.iter().filter(|(_, held)| **held).map(|(c, _)| cpu_lock_name(*c)));
         names.sort();
-        ReserveError::Busy { wanted: describe(request), busy: self.holders_of(&names) }
+        ReserveError::Busy { wanted: describe(request), busy: self.dir.holders(&names) }
     }
 
     fn order_smt(&self, cpus: &mut [u32], smt: Smt) {

@@ -74,7 +74,7 @@ fn a_benchmark_llc_keeps_everyone_out_and_busy_names_holders() {
     let ReserveError::Busy { busy, .. } = &err else { panic!("{err}") };
     let me = std::process::id();
     assert!(
-        busy.iter().any(|(name, holders)| name == "llc-0" && holders.holding().any(|h| h.pid == Some(me))),
+        busy.iter().any(|b| b.name == "llc-0" && b.holders.holding().any(|h| h.pid == Some(me))),
         "{err}"
     );
     // In io::Result code, busy is WouldBlock, as std's try_lock says it.
@@ -185,7 +185,7 @@ fn a_waiting_large_request_is_not_starved_by_small_ones() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match r.reserve(&Request::new(Amount::Cpus(1))) {
-            Err(ReserveError::Busy { busy, .. }) if busy.iter().any(|(n, _)| n == "gate") => break,
+            Err(ReserveError::Busy { busy, .. }) if busy.iter().any(|b| b.name == "gate") => break,
             Ok(extra) => drop(extra),
             Err(e) => panic!("{e}"),
         }
