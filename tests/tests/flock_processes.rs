@@ -718,3 +718,36 @@ fn the_listing_names_every_locked_file_after_renames_and_deletions() {
     drop(python.stdin.take());
     python.wait().expect("python exits");
 }
+
+/// A descriptor the caller opened (as a shell's `exec 9>file`) is locked
+/// in place: contended and timed-out attempts name the holder, and the
+/// lock stays with the descriptor after `into_fd`.
+#[test]
+fn an_already_open_descriptor_is_locked_in_place() {
+    use lockyard_flock::LockGuard;
+    let dir = Scratch::new("flock-lock-fd");
+    let path = dir.path("fd.lock");
+    let open = || std::os::fd::OwnedFd::from(std::fs::File::create(&path).expect("open"));
+    let holder = hold(&path, &[]);
+
+    let err =
+        LockGuard::lock_fd(open(), &LockOptions::new(), &Wait::timeout(Duration::ZERO)).expect_err("held");
+    let LockError::Contended { holders, path: named } = &err else { panic!("{err:?}") };
+    assert_eq!(named, &path, "named by its /proc/self/fd link");
+    assert_eq!(holders.holding().next().and_then(|h| h.pid), Some(holder.pid()));
+    let err = LockGuard::lock_fd(open(), &LockOptions::new(), &Wait::timeout(Duration::from_millis(30)))
+        .expect_err("still held");
+    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+
+    let fd = open();
+    let waiting = std::thread::spawn(move || LockGuard::lock_fd(fd, &LockOptions::new(), &Wait::default()));
+    assert!(holder.finish().success());
+    let guard = waiting.join().expect("join").expect("locked after the holder let go");
+    let kept = guard.into_fd();
+    assert!(
+        LockFile::new(&path).expect("file").try_lock().expect("try").is_none(),
+        "kept with the descriptor"
+    );
+    drop(kept);
+    assert!(LockFile::new(&path).expect("file").try_lock().expect("try").is_some());
+}

@@ -162,3 +162,25 @@ fn a_claim_never_writes_through_a_hard_link() {
 fn pidfile_holder(path: &std::path::Path) -> common::Proc {
     helper(&["--pidfile", path.to_str().expect("utf-8")])
 }
+
+#[test]
+fn claim_wait_takes_over_when_the_previous_instance_exits_and_times_out_otherwise() {
+    use lockyard_flock::Wait;
+    use std::time::Duration;
+    let dir = Scratch::new("pidfile-claim-wait");
+    let path = dir.path("daemon.pid");
+    let p = path.to_str().expect("utf-8");
+    let old = helper(&["--pidfile", p]);
+    let err = Pidfile::new(&path).claim_wait(7, &Wait::timeout(Duration::from_millis(50))).expect_err("held");
+    let LockError::Timeout { holders, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(holders.holding().next().and_then(|h| h.pid), Some(old.pid()));
+
+    let waiter = std::thread::spawn(move || {
+        Pidfile::new(&path).claim_wait(7, &Wait::timeout(Duration::from_secs(30)))
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(old.finish().success());
+    let guard = waiter.join().expect("join").expect("claimed once the old instance let go");
+    assert_eq!(std::fs::read_to_string(dir.path("daemon.pid")).expect("read"), "7\n");
+    drop(guard);
+}

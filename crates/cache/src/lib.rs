@@ -93,7 +93,7 @@
 //! let entry = cache.ensure("greeting-v1", |staging| {
 //!     // Runs only if no process has published the key yet.
 //!     std::fs::write(staging.join("hello.txt"), "hello\n")?;
-//!     Ok(serde_json::json!({ "made_by": "the doc example" }))
+//!     Ok(())
 //! })?;
 //! assert_eq!(std::fs::read_to_string(entry.path().join("hello.txt"))?, "hello\n");
 //! drop(entry); // now it may be replaced or cleaned
@@ -160,8 +160,13 @@ const TAG_CONTENT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by lockyard-cache.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
 
-/// What a build function returns: its own metadata for `entry.json`.
-pub type BuildResult = Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>>;
+/// Why a build function failed: any error, boxed.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a build function returns: its own metadata for `entry.json`, any
+/// `Serialize` value (`()` for none, which is stored as `null`; a struct
+/// of your own; or a `serde_json::Value`), or why it failed.
+pub type BuildResult<M = serde_json::Value> = Result<M, BuildError>;
 
 /// A cache root. Cheap to clone (clones share three directory descriptors).
 #[derive(Debug, Clone)]

@@ -12,19 +12,19 @@ impl Cache {
     /// # Errors
     /// [`CacheError::Build`] if `build` fails (nothing is published),
     /// [`CacheError::InvalidKey`], timeouts, lock and I/O errors.
-    pub fn store(
+    pub fn store<M: serde::Serialize>(
         &self,
         key: &str,
-        build: impl FnOnce(&Path) -> BuildResult,
+        build: impl FnOnce(&Path) -> BuildResult<M>,
     ) -> Result<EntryGuard, CacheError> {
         check_key(key)?;
         self.store_until(key, build, self.deadline())
     }
 
-    pub(crate) fn store_until(
+    pub(crate) fn store_until<M: serde::Serialize>(
         &self,
         key: &str,
-        build: impl FnOnce(&Path) -> BuildResult,
+        build: impl FnOnce(&Path) -> BuildResult<M>,
         deadline: Option<Instant>,
     ) -> Result<EntryGuard, CacheError> {
         self.writable()?;
@@ -44,14 +44,16 @@ impl Cache {
         Ok(guard)
     }
 
-    pub(crate) fn fill_and_publish(
+    pub(crate) fn fill_and_publish<M: serde::Serialize>(
         &self,
         key: &str,
-        build: impl FnOnce(&Path) -> BuildResult,
+        build: impl FnOnce(&Path) -> BuildResult<M>,
         slot: &Slot<'_>,
     ) -> Result<EntryGuard, CacheError> {
         let path = slot.path();
-        let user = build(&path).map_err(|source| CacheError::Build { key: key.to_owned(), source })?;
+        let user = build(&path)
+            .and_then(|meta| serde_json::to_value(meta).map_err(BuildError::from))
+            .map_err(|source| CacheError::Build { key: key.to_owned(), source })?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::Built);
         // The build had the path; from here on, its directory by descriptor.
@@ -141,10 +143,10 @@ impl Cache {
     ///
     /// # Errors
     /// As [`Cache::lookup`] and [`Cache::store`].
-    pub fn ensure(
+    pub fn ensure<M: serde::Serialize>(
         &self,
         key: &str,
-        build: impl FnOnce(&Path) -> BuildResult,
+        build: impl FnOnce(&Path) -> BuildResult<M>,
     ) -> Result<EntryGuard, CacheError> {
         check_key(key)?;
         let deadline = self.deadline();

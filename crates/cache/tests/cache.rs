@@ -111,7 +111,7 @@ fn a_failed_build_publishes_nothing_and_leaves_no_debris() {
     let cache = open(&dir);
     let err = cache.store("k", |d| {
         std::fs::write(d.join("partial"), "x")?;
-        Err("compiler crashed".into())
+        Err::<(), _>("compiler crashed".into())
     });
     assert!(matches!(err, Err(CacheError::Build { .. })), "{err:?}");
     assert!(cache.lookup("k").expect("lookup").is_none());

@@ -339,6 +339,10 @@ pub enum PidfileCommand {
         /// lockyard is killed) or what it started still runs.
         #[arg(short = 'o', long)]
         close: bool,
+        /// Wait up to SECS for the previous instance to let go (a restart
+        /// overlapping its shutdown) instead of failing at once.
+        #[arg(short = 'w', long, value_name = "SECS", value_parser = crate::units::parse_wait)]
+        wait: Option<std::time::Duration>,
         /// The pidfile (created if missing, never removed).
         path: PathBuf,
         /// The command and its arguments.

@@ -46,8 +46,8 @@ fn main() -> ExitCode {
         Command::Who(args) => who(&args),
         Command::Run(args) => run::run(&args),
         Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
-        Command::Pidfile(PidfileCommand::Claim { path, command, close }) => {
-            run::pidfile_claim(&path, &command, close)
+        Command::Pidfile(PidfileCommand::Claim { path, command, close, wait }) => {
+            run::pidfile_claim(&path, &command, close, wait)
         }
         Command::Cache(args) => cache_cmd::cache(&args),
         Command::Topo(args) => report(topo_cmd::topo(&args), 0),

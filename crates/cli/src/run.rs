@@ -140,11 +140,20 @@ pub(crate) fn spawn_with_and_wait(
     }
 }
 
-pub(crate) fn pidfile_claim(path: &std::path::Path, argv: &[OsString], close: bool) -> ExitCode {
+pub(crate) fn pidfile_claim(
+    path: &std::path::Path,
+    argv: &[OsString],
+    close: bool,
+    wait: Option<std::time::Duration>,
+) -> ExitCode {
     let pidfile = Pidfile::new(path);
-    let guard = match pidfile.claim() {
+    let claimed = match wait {
+        Some(wait) => pidfile.claim_wait(std::process::id(), &Wait::timeout(wait)),
+        None => pidfile.claim(),
+    };
+    let guard = match claimed {
         Ok(guard) => guard,
-        Err(err @ LockError::Contended { .. }) => {
+        Err(err) if err.is_busy() => {
             eprintln!("lockyard: {}", crate::escape(&err.to_string()));
             return ExitCode::from(1);
         }

@@ -2,7 +2,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -777,6 +777,76 @@ impl LockGuard {
             kind,
             mode: file.options.mode,
             range: file.options.range,
+        }
+    }
+
+    /// Lock a descriptor the caller already has open: a file of its own,
+    /// or one inherited from a shell (`exec 9>file; flock 9`). The kind,
+    /// mode and range of `options` apply, and its filesystem policy; the
+    /// rest of `options` is about opening, which the caller did. `wait`
+    /// says how long to wait (see [`LockFile::lock_with`]; with a zero
+    /// timeout, one attempt).
+    ///
+    /// There is no path to re-check, so a file replaced under its name
+    /// meanwhile is not noticed: the lock is on what `fd` refers to. The
+    /// guard owns `fd` and unlocks it when dropped; [`LockGuard::into_fd`]
+    /// keeps the lock for as long as the descriptor (or any copy sharing
+    /// its open file description) lives. Messages name the file by its
+    /// `/proc/self/fd` link.
+    ///
+    /// # Errors
+    /// [`LockError::Contended`] (zero timeout) or [`LockError::Timeout`]
+    /// naming the holders, [`LockError::Cancelled`],
+    /// [`LockError::UnsupportedFilesystem`], or the lock call's own
+    /// error (`EBADF` for a descriptor open for neither reading nor
+    /// writing with an `fcntl` kind).
+    pub fn lock_fd(fd: OwnedFd, options: &LockOptions, wait: &Wait) -> Result<LockGuard, LockError> {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap_or_else(|_| PathBuf::from(format!("descriptor {}", fd.as_raw_fd())));
+        let statfs = rustix::fs::fstatfs(&fd).map_err(|e| LockError::io(&path, "statfs", e))?;
+        // `f_type` is signed on some targets; the magic numbers are u32.
+        #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+        let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
+        options
+            .fs_policy
+            .check(magic)
+            .map_err(|fs| LockError::UnsupportedFilesystem { path: path.clone(), fs })?;
+        let started = Instant::now();
+        let once = wait.timeout.is_some_and(|t| t.is_zero());
+        let deadline = wait.timeout.and_then(|t| started.checked_add(t));
+        let mut waiter = Waiter::new(deadline, wait.cancel.as_ref());
+        let mut kind = options.kind;
+        let mut watching = false;
+        loop {
+            match apply(fd.as_fd(), &mut kind, Some(options.mode), options.range) {
+                Ok(()) => {
+                    return Ok(LockGuard {
+                        fd: Some(fd),
+                        path,
+                        kind,
+                        mode: options.mode,
+                        range: options.range,
+                    });
+                }
+                Err(Errno::WOULDBLOCK | Errno::ACCESS) => {}
+                Err(e) => return Err(LockError::io(&path, lock_op(kind), e)),
+            }
+            let holders = || crate::holders::holders_of(&path).unwrap_or_default();
+            if once {
+                return Err(LockError::Contended { holders: holders(), path });
+            }
+            if !watching {
+                waiter.watch(fd.as_fd());
+                watching = true;
+                continue;
+            }
+            match waiter.sleep().map_err(|e| LockError::io(&path, "wait", e))? {
+                Wake::Retry | Wake::Replaced => {}
+                Wake::Cancelled => return Err(LockError::Cancelled { path, waited: started.elapsed() }),
+                Wake::Deadline => {
+                    return Err(LockError::Timeout { holders: holders(), path, waited: started.elapsed() });
+                }
+            }
         }
     }
 

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::error::LockError;
-use crate::lock::{LockFile, LockGuard, LockOptions};
+use crate::lock::{LockFile, LockGuard, LockOptions, Wait};
 
 /// How long a claim waits for a lock that may only be held by a
 /// [`Pidfile::read`] probing it, before calling it claimed.
@@ -152,6 +152,23 @@ impl Pidfile {
                 Err(e) => return Err(e),
             },
         };
+        Self::finish_claim(lock, pid)
+    }
+
+    /// Claim the pidfile for `pid`, waiting as `wait` says for the
+    /// previous instance to let go (a restart that overlaps the old
+    /// process's shutdown).
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`] naming the claimant still there when the
+    /// wait ran out, [`LockError::Cancelled`], or as
+    /// [`Pidfile::claim_for`].
+    pub fn claim_wait(&self, pid: u32, wait: &Wait) -> Result<PidfileGuard, LockError> {
+        let file = LockFile::with_options(&self.path, self.options.clone())?;
+        Self::finish_claim(file.lock_with(wait)?, pid)
+    }
+
+    fn finish_claim(lock: LockGuard, pid: u32) -> Result<PidfileGuard, LockError> {
         let guard = PidfileGuard { lock };
         guard.check_ours()?;
         guard.write_pid(pid)?;
