@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -17,24 +17,11 @@ use lockyard_cli::table::{self, Column, Style};
 use lockyard_cli::units::{format_age, format_size, parse_duration, parse_size};
 use serde::Serialize;
 
-use crate::run::spawn_and_wait_code;
-use crate::{emit, print_json, sentence};
+use crate::exit::{Exit, Outcome, sentence};
+use crate::run::spawn_and_wait;
+use crate::{SCHEMA, emit, print_json};
 
-pub(crate) fn cache(args: &CacheArgs) -> ExitCode {
-    match dispatch(args) {
-        Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            eprintln!("lockyard: {}", sentence(&err));
-            let busy = err.chain().any(|e| {
-                e.downcast_ref::<CacheError>()
-                    .is_some_and(|c| c.is_busy() || matches!(c, CacheError::Cancelled { .. }))
-            });
-            ExitCode::from(if busy { 1 } else { 2 })
-        }
-    }
-}
-
-fn dispatch(args: &CacheArgs) -> Result<u8> {
+pub(crate) fn cache(args: &CacheArgs) -> Outcome {
     let root = root(args.dir.as_deref(), |name| std::env::var_os(name))?;
     // Without -w, as long as it takes (like flock(1)).
     let options = CacheOptions::new().wait(args.wait.map_or_else(Wait::default, Wait::timeout));
@@ -86,7 +73,7 @@ fn dispatch(args: &CacheArgs) -> Result<u8> {
 
 /// The commands that only look, on a cache opened read-only; `None` for
 /// the others.
-fn look(cache: &Cache, command: &CacheCommand) -> Result<Option<u8>> {
+fn look(cache: &Cache, command: &CacheCommand) -> Result<Option<Exit>> {
     Ok(Some(match command {
         CacheCommand::List { json } => list(cache, *json)?,
         CacheCommand::Show { key, json } => show(cache, key, *json)?,
@@ -97,28 +84,32 @@ fn look(cache: &Cache, command: &CacheCommand) -> Result<Option<u8>> {
 
 /// What each command says where no cache exists yet (a missing or empty
 /// root), without creating one.
-fn nothing_there(root: &Path, command: &CacheCommand) -> Result<u8> {
+fn nothing_there(root: &Path, command: &CacheCommand) -> Outcome {
     let shown = table::escape_path(root);
     match command {
         CacheCommand::List { json: true } => {
-            print_json(&ListReport { schema: 1, root: root.display().to_string(), entries: &[] })?;
+            print_json(&ListReport { schema: SCHEMA, root: root.display().to_string(), entries: &[] })?;
         }
         CacheCommand::Verify { key: None, json: true } => {
-            print_json(&VerifyReport { schema: 1, root: root.display().to_string(), entries: Vec::new() })?;
+            print_json(&VerifyReport {
+                schema: SCHEMA,
+                root: root.display().to_string(),
+                entries: Vec::new(),
+            })?;
         }
         CacheCommand::Show { key, .. } | CacheCommand::Verify { key: Some(key), .. } => {
             eprintln!("lockyard: no entry {key:?}: no cache at {shown} yet");
-            return Ok(1);
+            return Ok(Exit::NO);
         }
         CacheCommand::Remove { names } => {
             for name in names {
                 eprintln!("lockyard: no {name:?}: no cache at {shown} yet");
             }
-            return Ok(1);
+            return Ok(Exit::NO);
         }
         _ => eprintln!("lockyard: no cache at {shown} yet; nothing to do"),
     }
-    Ok(0)
+    Ok(Exit::SUCCESS)
 }
 
 /// The cache root: `--dir`, else `LOCKYARD_CACHE_DIR`, else
@@ -160,11 +151,15 @@ struct ListReport<'a> {
     entries: &'a [Listed],
 }
 
-fn list(cache: &Cache, json: bool) -> Result<u8> {
+fn list(cache: &Cache, json: bool) -> Outcome {
     let entries = cache.list()?;
     if json {
-        print_json(&ListReport { schema: 1, root: cache.root().display().to_string(), entries: &entries })?;
-        return Ok(0);
+        print_json(&ListReport {
+            schema: SCHEMA,
+            root: cache.root().display().to_string(),
+            entries: &entries,
+        })?;
+        return Ok(Exit::SUCCESS);
     }
     let rows: Vec<Vec<String>> = entries
         .iter()
@@ -200,7 +195,7 @@ fn list(cache: &Cache, json: bool) -> Result<u8> {
         column("DIGEST", true),
     ];
     emit(&table::render(&columns, &rows, Style { width: crate::stdout_width(), ..Style::default() }))?;
-    Ok(0)
+    Ok(Exit::SUCCESS)
 }
 
 #[derive(Serialize)]
@@ -213,10 +208,10 @@ struct ShowReport<'a> {
     readers: Vec<lockyard::flock::Holder>,
 }
 
-fn show(cache: &Cache, key: &str, json: bool) -> Result<u8> {
+fn show(cache: &Cache, key: &str, json: bool) -> Outcome {
     let Some(guard) = cache.inspect(key)? else {
         eprintln!("lockyard: no entry {key:?} in {}", cache.root().display());
-        return Ok(1);
+        return Ok(Exit::NO);
     };
     let meta = guard.meta().clone();
     let last_used_ns = guard.last_used_ns();
@@ -228,14 +223,14 @@ fn show(cache: &Cache, key: &str, json: bool) -> Result<u8> {
     let path = cache.entry_path(key);
     if json {
         print_json(&ShowReport {
-            schema: 1,
+            schema: SCHEMA,
             path: path.display().to_string(),
             lock: lock.display().to_string(),
             last_used_ns,
             meta: &meta,
             readers,
         })?;
-        return Ok(0);
+        return Ok(Exit::SUCCESS);
     }
     let mut text = format!(
         "key:       {key}\npath:      {}\nsize:      {} in {} files\ncreated:   {}\nused:      {}\n\
@@ -258,7 +253,7 @@ fn show(cache: &Cache, key: &str, json: bool) -> Result<u8> {
         text.push_str(&format!("metadata:  {}\n", meta.user));
     }
     emit(&text)?;
-    Ok(0)
+    Ok(Exit::SUCCESS)
 }
 
 #[derive(Serialize)]
@@ -282,7 +277,7 @@ struct VerifyReport {
 
 /// Exit status 0 if every entry is intact, 1 if one is corrupt or missing,
 /// 2 if one could not be checked; every entry is checked either way.
-fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
+fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Outcome {
     // Each key with the bytes it should hash, for the progress bar.
     // Foreign items are not entries: nothing to verify.
     let keys: Vec<(String, u64)> = match key {
@@ -339,9 +334,9 @@ fn verify(cache: &Cache, key: Option<&str>, json: bool) -> Result<u8> {
     });
     let code = code.max().unwrap_or(0);
     if json {
-        print_json(&VerifyReport { schema: 1, root: cache.root().display().to_string(), entries })?;
+        print_json(&VerifyReport { schema: SCHEMA, root: cache.root().display().to_string(), entries })?;
     }
-    Ok(code)
+    Ok(Exit::status(code))
 }
 
 /// `put`'s source must be a directory.
@@ -353,7 +348,7 @@ fn check_source(src: &Path) -> Result<()> {
     Ok(())
 }
 
-fn put(cache: &Cache, key: &str, src: &Path) -> Result<u8> {
+fn put(cache: &Cache, key: &str, src: &Path) -> Outcome {
     let source = std::fs::canonicalize(src).with_context(|| format!("cannot resolve {}", src.display()))?;
     if let Ok(root) = std::fs::canonicalize(cache.root())
         && root.starts_with(&source)
@@ -377,7 +372,7 @@ fn put(cache: &Cache, key: &str, src: &Path) -> Result<u8> {
         Err(e) => return Err(e.into()),
     };
     emit(&format!("{}\n", guard.path().display()))?;
-    Ok(0)
+    Ok(Exit::SUCCESS)
 }
 
 /// Copy a tree: directories, regular files (with their permissions) and
@@ -427,15 +422,15 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 #[error("the build command exited with status {0}; nothing was published")]
 struct BuildFailed(u8);
 
-fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString], close: bool) -> Result<u8> {
+fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString], close: bool) -> Outcome {
     let result = cache.ensure(key, |staging| {
         let mut sh = Command::new("sh");
         sh.args(["-c", build]).env("LOCKYARD_STAGING", staging).env("LOCKYARD_KEY", key);
         // Keep stdout for the entry's path.
         sh.stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?));
-        match spawn_and_wait_code(sh, |_| {}) {
-            0 => Ok(serde_json::json!({ "build": build })),
-            code => Err(BuildFailed(code).into()),
+        match spawn_and_wait(sh, |_| {}) {
+            Exit::SUCCESS => Ok(serde_json::json!({ "build": build })),
+            failed => Err(BuildFailed(failed.code()).into()),
         }
     });
     let guard = match result {
@@ -443,7 +438,7 @@ fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString], close: bo
         Err(CacheError::Build { source, key }) => match source.downcast_ref::<BuildFailed>() {
             Some(&BuildFailed(code)) => {
                 eprintln!("lockyard: {}", crate::escape(&format!("{key}: {source}")));
-                return Ok(code);
+                return Ok(Exit::status(code));
             }
             None => return Err(CacheError::Build { key, source }.into()),
         },
@@ -451,14 +446,14 @@ fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString], close: bo
     };
     if command.is_empty() {
         emit(&format!("{}\n", guard.path().display()))?;
-        return Ok(0);
+        return Ok(Exit::SUCCESS);
     }
     let mut child = Command::new(&command[0]);
     child.args(&command[1..]).env("LOCKYARD_ENTRY", guard.path());
     if !close {
         crate::run::inherit(&mut child, vec![guard.as_fd().as_raw_fd()]);
     }
-    let code = spawn_and_wait_code(child, |_| {});
+    let code = spawn_and_wait(child, |_| {});
     if close {
         drop(guard);
     } else {
@@ -468,7 +463,7 @@ fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString], close: bo
     Ok(code)
 }
 
-fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
+fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Outcome {
     let plan = cache.plan_clean(policy)?;
     let mut text = String::new();
     for victim in &plan.victims {
@@ -494,7 +489,7 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
     if dry_run {
         text.push_str(&format!("dry run: would remove {summary}\n"));
         emit(&text)?;
-        return Ok(0);
+        return Ok(Exit::SUCCESS);
     }
     if !plan.victims.is_empty() && !yes {
         emit(&text)?;
@@ -508,7 +503,7 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
         std::io::stdin().lock().read_line(&mut answer).context("cannot read the answer")?;
         if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
             eprintln!("lockyard: nothing removed");
-            return Ok(1);
+            return Ok(Exit::NO);
         }
     } else if yes {
         emit(&text)?;
@@ -531,7 +526,7 @@ fn clean(cache: &Cache, policy: Clean, dry_run: bool, yes: bool) -> Result<u8> {
         ));
     }
     emit(&out)?;
-    Ok(0)
+    Ok(Exit::SUCCESS)
 }
 
 fn listed_size(listed: &Listed) -> u64 {
@@ -559,7 +554,7 @@ fn summary(plan: &CleanPlan) -> String {
     format!("{n} {} ({})", if n == 1 { "entry" } else { "entries" }, format_size(plan.bytes()))
 }
 
-fn remove(cache: &Cache, names: &[String]) -> Result<u8> {
+fn remove(cache: &Cache, names: &[String]) -> Outcome {
     let mut code = 0;
     for name in names {
         let shown = crate::escape(name);
@@ -576,10 +571,10 @@ fn remove(cache: &Cache, names: &[String]) -> Result<u8> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(code)
+    Ok(Exit::status(code))
 }
 
-fn sweep(cache: &Cache) -> Result<u8> {
+fn sweep(cache: &Cache) -> Outcome {
     let report = cache.sweep()?;
     let mut out = String::new();
     for name in &report.removed {
@@ -590,7 +585,7 @@ fn sweep(cache: &Cache) -> Result<u8> {
     }
     out.push_str(&format!("swept {}, kept {}\n", report.removed.len(), report.kept.len()));
     emit(&out)?;
-    Ok(0)
+    Ok(Exit::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,8 +1,5 @@
 //! `lockyard preflight` and `lockyard kernel`.
 
-use std::process::ExitCode;
-
-use anyhow::Result;
 use lockyard::cache::{Cache, CacheError, CacheOptions, NotACache, Wait};
 use lockyard::kvm::{
     Candidate, Capability, ImageInfo, Preflight, ResolveError, Resolver, Source, SourceKind, Status,
@@ -11,21 +8,8 @@ use lockyard_cli::cli::{KernelArgs, PreflightArgs};
 use lockyard_cli::units::format_size;
 use serde::Serialize;
 
-use crate::{emit, print_json, sentence};
-
-fn exit(result: Result<u8>) -> ExitCode {
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            eprintln!("lockyard: {}", sentence(&err));
-            ExitCode::from(2)
-        }
-    }
-}
-
-pub(crate) fn preflight(args: &PreflightArgs) -> ExitCode {
-    exit(run_preflight(args))
-}
+use crate::exit::{Exit, Outcome};
+use crate::{SCHEMA, emit, print_json};
 
 #[derive(Serialize)]
 struct PreflightReport<'a> {
@@ -35,14 +19,14 @@ struct PreflightReport<'a> {
     report: &'a lockyard::kvm::Report,
 }
 
-fn run_preflight(args: &PreflightArgs) -> Result<u8> {
+pub(crate) fn preflight(args: &PreflightArgs) -> Outcome {
     let mut preflight = Preflight::new().device(&args.device);
     for name in &args.caps {
         preflight = preflight.capability(Capability::parse(name)?);
     }
     let report = preflight.run();
     if args.json {
-        print_json(&PreflightReport { schema: 1, passed: report.passed(), report: &report })?;
+        print_json(&PreflightReport { schema: SCHEMA, passed: report.passed(), report: &report })?;
     } else {
         let mut text = String::new();
         for check in &report.checks {
@@ -57,11 +41,7 @@ fn run_preflight(args: &PreflightArgs) -> Result<u8> {
         }
         emit(&text)?;
     }
-    Ok(u8::from(report.checks.iter().any(|c| c.status == Status::Fail)))
-}
-
-pub(crate) fn kernel(args: &KernelArgs) -> ExitCode {
-    exit(run_kernel(args))
+    Ok(Exit::answer(!report.checks.iter().any(|c| c.status == Status::Fail)))
 }
 
 #[derive(Serialize)]
@@ -75,7 +55,7 @@ struct KernelReport<'a> {
     passed_over: &'a [Candidate],
 }
 
-fn run_kernel(args: &KernelArgs) -> Result<u8> {
+pub(crate) fn kernel(args: &KernelArgs) -> Outcome {
     let mut resolver = Resolver::new();
     if let Some(image) = &args.image {
         resolver = resolver.source(Source::Image(image.clone()));
@@ -101,7 +81,7 @@ fn run_kernel(args: &KernelArgs) -> Result<u8> {
         Err(ResolveError::Unavailable { tried }) => {
             if args.json {
                 print_json(&KernelReport {
-                    schema: 1,
+                    schema: SCHEMA,
                     found: false,
                     path: None,
                     source: None,
@@ -114,24 +94,20 @@ fn run_kernel(args: &KernelArgs) -> Result<u8> {
                 text.push_str(&format!("  {candidate}\n"));
             }
             eprint!("{text}");
-            return Ok(1);
-        }
-        Err(e @ ResolveError::Contended { .. }) => {
-            eprintln!("lockyard: {}", crate::escape(&e.to_string()));
-            return Ok(1);
+            return Ok(Exit::NO);
         }
         Err(e) => return Err(e.into()),
     };
     if args.json {
         print_json(&KernelReport {
-            schema: 1,
+            schema: SCHEMA,
             found: true,
             path: Some(resolved.path.display().to_string()),
             source: Some(resolved.source),
             image: Some(&resolved.image),
             passed_over: &resolved.passed_over,
         })?;
-        return Ok(0);
+        return Ok(Exit::SUCCESS);
     }
     let image = &resolved.image;
     let mut format = image.format.to_owned();
@@ -152,5 +128,5 @@ fn run_kernel(args: &KernelArgs) -> Result<u8> {
         }
     }
     emit(&text)?;
-    Ok(0)
+    Ok(Exit::SUCCESS)
 }

@@ -13,9 +13,12 @@ use lockyard::flock::listing::{self, ListOptions, Listing};
 use lockyard::flock::{Holder, LockError, Pidfile, PidfileState, Snapshot};
 use lockyard_cli::cli::{Cli, Command, LocksArgs, PidfileCommand, WhoArgs};
 use lockyard_cli::table::{self, Column, Style};
+
+use crate::exit::{Exit, Outcome};
 use serde::Serialize;
 
 mod cache_cmd;
+mod exit;
 mod kvm_cmd;
 mod run;
 mod topo_cmd;
@@ -41,24 +44,24 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli.command {
-        Command::Locks(args) => report(locks(&args), 0),
+    exit::finish(match cli.command {
+        Command::Locks(args) => locks(&args),
         Command::Who(args) => who(&args),
-        Command::Run(args) => run::run(&args),
+        Command::Run(args) => Ok(run::run(&args)),
         Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
         Command::Pidfile(PidfileCommand::Claim { path, command, close, wait }) => {
             run::pidfile_claim(&path, &command, close, wait)
         }
         Command::Cache(args) => cache_cmd::cache(&args),
-        Command::Topo(args) => report(topo_cmd::topo(&args), 0),
+        Command::Topo(args) => topo_cmd::topo(&args),
         Command::Reserve(args) => topo_cmd::reserve(&args),
         Command::Preflight(args) => kvm_cmd::preflight(&args),
         Command::Kernel(args) => kvm_cmd::kernel(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lockyard", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            Ok(Exit::SUCCESS)
         }
-    }
+    })
 }
 
 fn init_logging() {
@@ -71,55 +74,9 @@ fn init_logging() {
     }
 }
 
-/// Print an error as `lockyard: <sentence>` plus a hint; exit 2.
-fn report(result: Result<()>, ok: u8) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::from(ok),
-        Err(err) => {
-            eprintln!("lockyard: {}", sentence(&err));
-            if let Some(hint) = hint(&err) {
-                eprintln!("hint: {hint}");
-            }
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// The error and its causes as one line, each cause once: errors that
-/// already print their source (`path: op: cause`) are not followed by the
-/// cause again. Escaped for the terminal ([`escape`]).
-fn sentence(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let cause = cause.to_string();
-        if text.ends_with(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    escape(&text).into_owned()
-}
-
 /// `text` with control characters escaped, for stderr and tables.
 fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     table::escape(text, false)
-}
-
-fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    let io = err.chain().find_map(|e| e.downcast_ref::<std::io::Error>());
-    if let Some(io) = io {
-        return match io.kind() {
-            std::io::ErrorKind::NotFound => Some("check the path; lockyard only inspects existing files"),
-            std::io::ErrorKind::PermissionDenied => {
-                Some("run as the file's owner, or as root to see everything")
-            }
-            _ => None,
-        };
-    }
-    None
 }
 
 fn stdout_width() -> Option<usize> {
@@ -139,6 +96,14 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// The layout version of every JSON document lockyard prints.
+pub(crate) const SCHEMA: u32 = lockyard::flock::listing::SCHEMA;
+
+/// Print a report: as JSON with `json`, else as its text.
+fn print_report<T: Serialize + std::fmt::Display>(report: &T, json: bool) -> Result<()> {
+    if json { print_json(report) } else { emit(&report.to_string()) }
+}
+
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
     text.push('\n');
@@ -149,7 +114,7 @@ const LOCK_COLUMNS: [&str; 11] =
     ["COMMAND", "PID", "KIND", "MODE", "START", "END", "PATH", "BLOCKED", "DEVICE", "INODE", "HOLDERS"];
 const DEFAULT_LOCK_COLUMNS: [&str; 8] = ["COMMAND", "PID", "KIND", "MODE", "START", "END", "PATH", "BLOCKED"];
 
-fn locks(args: &LocksArgs) -> Result<()> {
+fn locks(args: &LocksArgs) -> Outcome {
     let columns: Vec<String> = if args.output.is_empty() {
         DEFAULT_LOCK_COLUMNS.iter().map(|c| (*c).to_owned()).collect()
     } else {
@@ -168,9 +133,11 @@ fn locks(args: &LocksArgs) -> Result<()> {
     warn_if_nested_pid_namespace();
     warn_skipped(&listing.skipped);
     if args.json {
-        return print_json(&listing);
+        print_json(&listing)?;
+    } else {
+        emit(&render_locks(&listing, &columns, args))?;
     }
-    emit(&render_locks(&listing, &columns, args))
+    Ok(Exit::SUCCESS)
 }
 
 fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> String {
@@ -242,11 +209,8 @@ struct WhoReport {
     files: Vec<WhoFile>,
 }
 
-fn who(args: &WhoArgs) -> ExitCode {
-    let snapshot = match Snapshot::read() {
-        Ok(s) => s,
-        Err(e) => return report(Err(e).context("cannot read /proc"), 0),
-    };
+fn who(args: &WhoArgs) -> Outcome {
+    let snapshot = Snapshot::read().context("cannot read /proc")?;
     warn_skipped(snapshot.skipped());
     let mut files = Vec::new();
     let mut ids = Vec::new();
@@ -269,18 +233,10 @@ fn who(args: &WhoArgs) -> ExitCode {
         .flat_map(lockyard::flock::Holders::holding)
         .any(|h| h.pid.is_none_or(|p| h.cmdline.is_none() && !alive(p)));
     let exact = args.exact || unnamed;
-    let answers = if exact {
-        match snapshot.exact_holders(&found) {
-            Ok(answers) => answers,
-            Err(e) => return report(Err(e).context("cannot attribute the holders"), 0),
-        }
-    } else {
-        cheap
-    };
-    let mut answers = match lockyard::flock::holders::confirm_unheld(&found, answers) {
-        Ok(answers) => answers.into_iter(),
-        Err(e) => return report(Err(e).context("cannot read /proc"), 0),
-    };
+    let answers =
+        if exact { snapshot.exact_holders(&found).context("cannot attribute the holders")? } else { cheap };
+    let mut answers =
+        lockyard::flock::holders::confirm_unheld(&found, answers).context("cannot read /proc")?.into_iter();
     let mut any_error = false;
     let mut any_held = false;
     for (path, id) in args.paths.iter().zip(&ids) {
@@ -313,41 +269,29 @@ fn who(args: &WhoArgs) -> ExitCode {
             }
         }
     }
-    if args.json {
-        if let Err(e) = print_json(&WhoReport { schema: 1, exact, files }) {
-            return report(Err(e), 0);
-        }
-    } else {
-        let mut text = String::new();
-        let mut line = |line: String| {
-            text.push_str(&escape(&line));
-            text.push('\n');
-        };
-        for file in files.iter().filter(|f| f.error.is_none()) {
-            if file.holders.is_empty() && file.waiters.is_empty() {
-                line(format!("{}: not held", table::escape_path(&file.path)));
-            }
-            for h in &file.holders {
-                line(format!("{}: held by {h}", table::escape_path(&file.path)));
-            }
-            for w in &file.waiters {
-                line(format!("{}: {w}", table::escape_path(&file.path)));
-            }
-        }
-        if let Err(e) = emit(&text) {
-            return report(Err(e), 0);
-        }
-    }
+    print_report(&WhoReport { schema: SCHEMA, exact, files }, args.json)?;
     if !any_held {
         warn_if_nested_pid_namespace();
     }
-    ExitCode::from(if any_error {
-        2
-    } else if any_held {
-        0
-    } else {
-        1
-    })
+    Ok(if any_error { Exit::FAILED } else { Exit::answer(any_held) })
+}
+
+impl std::fmt::Display for WhoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for file in self.files.iter().filter(|f| f.error.is_none()) {
+            let path = table::escape_path(&file.path);
+            if file.holders.is_empty() && file.waiters.is_empty() {
+                writeln!(f, "{path}: not held")?;
+            }
+            for h in &file.holders {
+                writeln!(f, "{path}: held by {}", escape(&h.to_string()))?;
+            }
+            for w in &file.waiters {
+                writeln!(f, "{path}: {}", escape(&w.to_string()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The kernel hides locks of processes outside our pid namespace, so a
@@ -382,59 +326,58 @@ struct PidfileReport {
     pid: Option<u32>,
     /// The pid written in the file, when it differs from `pid`.
     recorded_pid: Option<u32>,
+    /// The pid written in the file, whatever it is (for the text).
+    #[serde(skip)]
+    recorded: Option<u32>,
     command: Option<String>,
     start_time: Option<u64>,
 }
 
-fn pidfile_status(path: &std::path::Path, json: bool) -> ExitCode {
+fn pidfile_status(path: &std::path::Path, json: bool) -> Outcome {
     // Reading writes nothing, so any directory will do, as for `who`.
     let options = lockyard::flock::LockOptions::new().trust(lockyard::flock::DirTrust::any_owner());
-    let state = match Pidfile::with_options(path, options).read() {
-        Ok(state) => state,
-        Err(e) => return report(Err(e).context("cannot read pidfile"), 0),
-    };
+    let state = Pidfile::with_options(path, options).read().context("cannot read pidfile")?;
     let (name, claimant) = match &state {
         PidfileState::NotExist => ("missing", None),
         PidfileState::Unclaimed(_) => ("unclaimed", None),
         PidfileState::ClaimedBy(who) => ("claimed", Some(who)),
         _ => ("unknown", None),
     };
-    let shown = table::escape_path(path);
-    if json {
-        let report_json = PidfileReport {
-            schema: 1,
-            path: path.to_owned(),
-            state: name,
-            pid: claimant.map(|c| c.pid),
-            recorded_pid: claimant.and_then(|c| c.recorded.filter(|&r| r != c.pid)),
-            command: claimant.and_then(|c| c.cmdline.clone()),
-            start_time: claimant.and_then(|c| c.start_time),
-        };
-        if let Err(e) = print_json(&report_json) {
-            return report(Err(e), 0);
-        }
-    } else {
-        let text = match claimant {
-            Some(c) => {
-                let mut line = format!(
-                    "{shown}: claimed by pid {} ({})",
-                    c.pid,
-                    escape(c.cmdline.as_deref().unwrap_or("?"))
-                );
-                match c.recorded {
-                    Some(recorded) if recorded != c.pid => line
-                        .push_str(&format!("; the file names pid {recorded}, which does not hold the claim")),
-                    None => line.push_str("; the file names no pid"),
+    let report = PidfileReport {
+        schema: SCHEMA,
+        path: path.to_owned(),
+        state: name,
+        pid: claimant.map(|c| c.pid),
+        recorded_pid: claimant.and_then(|c| c.recorded.filter(|&r| r != c.pid)),
+        recorded: claimant.and_then(|c| c.recorded),
+        command: claimant.and_then(|c| c.cmdline.clone()),
+        start_time: claimant.and_then(|c| c.start_time),
+    };
+    print_report(&report, json)?;
+    Ok(Exit::answer(claimant.is_some()))
+}
+
+impl std::fmt::Display for PidfileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = table::escape_path(&self.path);
+        match (self.state, self.pid) {
+            ("missing", _) => writeln!(f, "{shown}: no such pidfile"),
+            (_, None) => writeln!(f, "{shown}: unclaimed"),
+            (_, Some(pid)) => {
+                write!(
+                    f,
+                    "{shown}: claimed by pid {pid} ({})",
+                    escape(self.command.as_deref().unwrap_or("?"))
+                )?;
+                match self.recorded {
+                    Some(recorded) if recorded != pid => {
+                        write!(f, "; the file names pid {recorded}, which does not hold the claim")?;
+                    }
+                    None => f.write_str("; the file names no pid")?,
                     Some(_) => {}
                 }
-                line + "\n"
+                writeln!(f)
             }
-            None if name == "missing" => format!("{shown}: no such pidfile\n"),
-            None => format!("{shown}: unclaimed\n"),
-        };
-        if let Err(e) = emit(&text) {
-            return report(Err(e), 0);
         }
     }
-    ExitCode::from(if claimant.is_some() { 0 } else { 1 })
 }

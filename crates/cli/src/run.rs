@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 use lockyard_cli::cli::RunArgs;
 
@@ -13,11 +13,12 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::EX_USAGE;
+use crate::exit::{Exit, Outcome};
 
 /// `sysexits.h` code flock(1) uses when the lock file cannot be opened.
 const EX_NOINPUT: u8 = 66;
 
-pub(crate) fn run(args: &RunArgs) -> ExitCode {
+pub(crate) fn run(args: &RunArgs) -> Exit {
     let argv: Vec<OsString> = match (&args.shell_command, args.command.as_slice()) {
         (Some(script), []) => vec!["sh".into(), "-c".into(), script.into()],
         (Some(_), _) => return usage("-c takes the whole command; do not give COMMAND as well"),
@@ -44,10 +45,10 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
     code
 }
 
-fn usage(message: &str) -> ExitCode {
+fn usage(message: &str) -> Exit {
     eprintln!("lockyard run: {message}");
     eprintln!("hint: lockyard run [OPTIONS] PATH -- COMMAND [ARGS...]; see lockyard run --help");
-    ExitCode::from(EX_USAGE)
+    Exit::status(EX_USAGE)
 }
 
 /// Let the command inherit the lock descriptors `fds`, as flock(1) does
@@ -76,21 +77,25 @@ pub(crate) fn inherit(command: &mut Command, fds: Vec<std::os::fd::RawFd>) {
 }
 
 /// Start `command`, forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it
-/// until it exits, and turn its status into ours (128+N for signal N).
-/// `started` sees the child's pid once it runs.
-pub(crate) fn spawn_and_wait(command: Command, started: impl FnOnce(u32)) -> ExitCode {
-    ExitCode::from(spawn_and_wait_code(command, started))
-}
-
-/// As [`spawn_and_wait`], with the status as a number.
-pub(crate) fn spawn_and_wait_code(command: Command, started: impl FnOnce(u32)) -> u8 {
+/// until it exits, and turn its status into ours (128+N for signal N;
+/// 127 if it cannot be found, 126 if it cannot be run). `started` sees the
+/// child's pid once it runs.
+pub(crate) fn spawn_and_wait(command: Command, started: impl FnOnce(u32)) -> Exit {
     spawn_with_and_wait(command, Command::spawn, started)
 }
 
-/// As [`spawn_and_wait_code`], spawning with `spawn` (to pin the child to
+/// As [`spawn_and_wait`], spawning with `spawn` (to pin the child to
 /// reserved CPUs, say).
 pub(crate) fn spawn_with_and_wait(
     mut command: Command,
+    spawn: impl FnOnce(&mut Command) -> std::io::Result<std::process::Child>,
+    started: impl FnOnce(u32),
+) -> Exit {
+    Exit::status(wait_status(&mut command, spawn, started))
+}
+
+fn wait_status(
+    command: &mut Command,
     spawn: impl FnOnce(&mut Command) -> std::io::Result<std::process::Child>,
     started: impl FnOnce(u32),
 ) -> u8 {
@@ -103,7 +108,7 @@ pub(crate) fn spawn_with_and_wait(
             return 71;
         }
     };
-    let mut child = match spawn(&mut command) {
+    let mut child = match spawn(command) {
         Ok(child) => child,
         Err(e) => {
             let program = command.get_program().to_string_lossy().into_owned();
@@ -145,23 +150,13 @@ pub(crate) fn pidfile_claim(
     argv: &[OsString],
     close: bool,
     wait: Option<std::time::Duration>,
-) -> ExitCode {
+) -> Outcome {
     let pidfile = Pidfile::new(path);
     let claimed = match wait {
         Some(wait) => pidfile.claim_wait(std::process::id(), &Wait::timeout(wait)),
         None => pidfile.claim(),
     };
-    let guard = match claimed {
-        Ok(guard) => guard,
-        Err(err) if err.is_busy() => {
-            eprintln!("lockyard: {}", crate::escape(&err.to_string()));
-            return ExitCode::from(1);
-        }
-        Err(err) => {
-            eprintln!("lockyard: {}", crate::escape(&err.to_string()));
-            return ExitCode::from(2);
-        }
-    };
+    let guard = claimed?;
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
     if !close {
@@ -176,7 +171,7 @@ pub(crate) fn pidfile_claim(
         // The command's leftovers keep the claim they inherited.
         drop(guard.into_fd());
     }
-    code
+    Ok(code)
 }
 
 /// Lock options for `run`. The operator names the lock file, as with
@@ -201,16 +196,16 @@ fn run_wait(args: &RunArgs) -> Option<Wait> {
 }
 
 /// Open and lock for `run`, mapping failures to flock(1)'s exit codes.
-fn run_lock(args: &RunArgs) -> Result<LockGuard, ExitCode> {
+fn run_lock(args: &RunArgs) -> Result<LockGuard, Exit> {
     let fail = |err: &LockError| {
         if err.is_busy() {
             if args.verbose {
                 eprintln!("lockyard: {}", crate::escape(&err.to_string()));
             }
-            ExitCode::from(args.conflict_exit_code)
+            Exit::status(args.conflict_exit_code)
         } else {
             eprintln!("lockyard: {}", crate::escape(&err.to_string()));
-            ExitCode::from(EX_NOINPUT)
+            Exit::status(EX_NOINPUT)
         }
     };
     let file = LockFile::with_options(&args.path, run_options(args)).map_err(|e| fail(&e))?;

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
-use anyhow::Result;
 use lockyard::flock::Holders;
 use lockyard::topo::{
     Amount, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, Wait, cpu_lock_name,
@@ -16,7 +15,8 @@ use lockyard_cli::cli::{ReserveArgs, ReserveMode};
 use lockyard_cli::units::format_size;
 use serde::Serialize;
 
-use crate::{emit, print_json};
+use crate::exit::{Exit, Outcome};
+use crate::{SCHEMA, emit, print_json};
 
 /// The reservation lock directory: the flag, `LOCKYARD_LOCK_DIR`, the FHS
 /// lock directory where the host has one, else `/tmp/lockyard`.
@@ -43,7 +43,7 @@ struct TopoReport<'a> {
     held: BTreeMap<String, Holders>,
 }
 
-pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Result<()> {
+pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Outcome {
     let topology = Topology::read(Path::new("/"));
     let dir = lock_dir(args.lock_dir.as_deref());
     let names: Vec<String> = topology
@@ -65,13 +65,14 @@ pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Result<()> {
         .collect();
     let allowed = topology.allowed();
     if args.json {
-        return print_json(&TopoReport {
-            schema: 1,
+        print_json(&TopoReport {
+            schema: SCHEMA,
             lock_dir: dir.display().to_string(),
             allowed: allowed.to_string(),
             topology: &topology,
             held,
-        });
+        })?;
+        return Ok(Exit::SUCCESS);
     }
     let none = |s: String| if s.is_empty() { "none".to_owned() } else { s };
     let mut out = format!(
@@ -117,7 +118,8 @@ pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Result<()> {
             out.push_str(&cpu_line(cpu, &state));
         }
     }
-    emit(&out)
+    emit(&out)?;
+    Ok(Exit::SUCCESS)
 }
 
 fn llc_lines(topology: &Topology, llc: &Llc, state: &dyn Fn(&str) -> String) -> String {
@@ -142,7 +144,7 @@ fn cpu_line(cpu: &Cpu, state: &dyn Fn(&str) -> String) -> String {
     )
 }
 
-pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
+pub(crate) fn reserve(args: &ReserveArgs) -> Outcome {
     let amount = match (args.cpus, args.llcs) {
         (Some(n), None) => Amount::Cpus(n),
         (None, Some(n)) => Amount::Llcs(n),
@@ -171,13 +173,7 @@ pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
     let reserved = Reserver::new(&dir, topology, &allowed).and_then(|reserver| {
         if args.nonblock { reserver.reserve(&request) } else { reserver.reserve_wait(&request, &wait) }
     });
-    let reservation = match reserved {
-        Ok(reservation) => reservation,
-        Err(e) => {
-            eprintln!("lockyard: {}", crate::escape(&e.to_string()));
-            return ExitCode::from(if e.is_busy() { 1 } else { 2 });
-        }
-    };
+    let reservation = reserved?;
     tracing::info!(%reservation, "reserved");
     let mut command = Command::new(&args.command[0]);
     command
@@ -194,5 +190,5 @@ pub(crate) fn reserve(args: &ReserveArgs) -> ExitCode {
         // Processes COMMAND left running keep the CPUs they inherited.
         drop(reservation.into_fds());
     }
-    ExitCode::from(code)
+    Ok(code)
 }

@@ -30,6 +30,9 @@ impl Bg {
     fn pid(&self) -> u32 {
         self.0.id()
     }
+    fn wait_code(&mut self) -> Option<i32> {
+        self.0.wait().expect("wait").code()
+    }
 }
 
 impl Drop for Bg {
@@ -245,7 +248,12 @@ fn pidfile_claim_and_status() {
     assert_eq!(doc["state"], "claimed");
     assert!(doc["command"].as_str().is_some_and(|c| c.starts_with("sleep")), "{doc}");
     assert_eq!(lockyard(&["pidfile", "claim", p, "--", "true"]).status.code(), Some(1));
+    let waited = lockyard(&["pidfile", "claim", "-w", "0.2", p, "--", "true"]);
+    assert_eq!(waited.status.code(), Some(1), "still claimed when the wait ran out");
+    assert!(String::from_utf8_lossy(&waited.stderr).contains("within"), "{waited:?}");
+    let mut next = Bg::spawn(LOCKYARD, &["pidfile", "claim", "-w", "30", p, "--", "true"]);
     drop(claim);
+    assert_eq!(next.wait_code(), Some(0), "the waiting claim runs once the first one ends");
     wait_until("release", || lockyard(&["pidfile", "status", p]).status.code() == Some(1));
     assert!(file.exists());
 }

@@ -30,6 +30,10 @@ use lockyard_procfs::{Cmdline, Device, LockKey, LockRecord, RecordKind};
 use crate::error::LockError;
 use crate::holders::{Snapshot, or_pass, scan_descriptors};
 
+/// The layout version of [`Listing`] (its `schema` field), which
+/// `lockyard`'s other JSON documents share.
+pub const SCHEMA: u32 = 1;
+
 /// How many characters of a command line are kept.
 const COMMAND_WIDTH: usize = 200;
 
@@ -97,7 +101,7 @@ pub struct LockRow {
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Listing {
-    /// Always 1 for this layout.
+    /// [`SCHEMA`].
     pub schema: u32,
     /// Whether holders were attributed exactly.
     pub exact: bool,
@@ -215,7 +219,7 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
             options.pids.iter().any(|p| row.pid == Some(*p) || row.holders.iter().any(|h| h.pid == Some(*p)))
         });
     }
-    Ok(Listing { schema: 1, exact: options.exact, locks, skipped: snapshot.skipped().to_vec() })
+    Ok(Listing { schema: SCHEMA, exact: options.exact, locks, skipped: snapshot.skipped().to_vec() })
 }
 
 impl LockRow {

@@ -159,9 +159,10 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
-    /// Whether this is contention (another process holds the entry):
+    /// Whether another process holds what was asked for (the cached
+    /// kernel's entry), as every lockyard crate's `is_busy` means it:
     /// worth a retry, not a misconfiguration.
-    pub fn is_transient(&self) -> bool {
+    pub fn is_busy(&self) -> bool {
         matches!(self, ResolveError::Contended { .. })
     }
 }
