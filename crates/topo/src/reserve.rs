@@ -48,6 +48,7 @@ use lockyard_flock::{
 };
 use lockyard_procfs::{CpuList, LockKey};
 
+use crate::plan::{self, Plan, Use};
 use crate::{Llc, Topology, cpu_lock_name};
 
 /// How reserved resources are shared.
@@ -262,23 +263,6 @@ pub struct Reserver {
     allowed: CpuList,
 }
 
-/// How each resource is held now, from one snapshot.
-struct Use {
-    /// Per LLC (by index into `topology.llcs`): held exclusively, shared
-    /// holders.
-    llc: Vec<(bool, usize)>,
-    /// Per CPU id: held.
-    cpu: HashMap<u32, bool>,
-}
-
-/// A chosen set of resources and the locks they need.
-struct Plan {
-    llcs: Vec<usize>,
-    cpus: Vec<u32>,
-    /// Lock names in the canonical order, with modes.
-    locks: Vec<(String, LockMode)>,
-}
-
 impl Reserver {
     /// Reserve from `topology`, within `allowed` (usually
     /// [`Topology::allowed`]), with lock files in `dir`. The directory is
@@ -297,7 +281,7 @@ impl Reserver {
     /// The directory cannot be created or is refused by lockyard-flock's
     /// hardening ([`lockyard_flock::LockError::Untrusted`] for a directory
     /// of another user).
-    pub fn new(dir: &Path, topology: Topology, allowed: &CpuList) -> Result<Self, ReserveError> {
+    pub fn new(dir: impl AsRef<Path>, topology: Topology, allowed: &CpuList) -> Result<Self, ReserveError> {
         let dir = LockDir::create(dir, 0o1777, &DirTrust::private())?;
         let allowed = allowed.intersection(&topology.online);
         Ok(Reserver { dir, topology: with_every_cpu_in_an_llc(topology), allowed })
@@ -462,114 +446,10 @@ impl Reserver {
         Ok(Use { llc, cpu })
     }
 
-    /// Choose resources. With `ignore_busy`, busy ones are allowed (the
-    /// waiter's plan, which then waits for them), fewest busy first.
+    /// Choose resources (see [`plan::plan`]); too few is busy.
     fn plan(&self, request: &Request, usage: &Use, ignore_busy: bool) -> Result<Plan, ReserveError> {
-        let llcs = &self.topology.llcs;
-        // Candidate LLCs in preference order: by node (the requested one,
-        // or the one with most free CPUs, then the others by distance),
-        // then by placement policy.
-        let node_of = |l: &Llc| self.topology.cpu(l.key).and_then(|c| c.node);
-        let cpu_held = |c: &u32| usage.cpu.get(c).copied().unwrap_or(false);
-        let free_cpus = |i: usize| -> Vec<u32> {
-            let mut cpus: Vec<u32> = llcs[i]
-                .cpus
-                .iter()
-                .filter(|&c| self.allowed.contains(c))
-                .filter(|c| {
-                    request.node.is_none_or(|n| self.topology.cpu(*c).and_then(|cpu| cpu.node) == Some(n))
-                })
-                .filter(|c| ignore_busy || request.mode != Mode::ExclusiveCpu || !cpu_held(c))
-                .collect();
-            self.order_smt(&mut cpus, request.smt);
-            // A waiter's plan may include busy CPUs: free ones first, so
-            // it waits for as few holders as it can.
-            cpus.sort_by_key(cpu_held);
-            cpus
-        };
-        // Each LLC's candidate CPUs, in the order they would be taken.
-        let free: Vec<Vec<u32>> = (0..llcs.len()).map(free_cpus).collect();
-        let usable = |i: usize| -> bool {
-            let (exclusive, holders) = usage.llc[i];
-            if ignore_busy {
-                return true;
-            }
-            match request.mode {
-                Mode::ExclusiveLlc => holders == 0 && !llcs[i].cpus.iter().any(|c| cpu_held(&c)),
-                Mode::ExclusiveCpu | Mode::Shared => !exclusive,
-            }
-        };
-        let busy_count = |i: usize| -> usize {
-            let (_, holders) = usage.llc[i];
-            holders + llcs[i].cpus.iter().filter(cpu_held).count()
-        };
-        let mut order: Vec<usize> = (0..llcs.len()).filter(|&i| !free[i].is_empty() && usable(i)).collect();
-        let home = request.node.or_else(|| {
-            let mut per_node: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
-            for &i in &order {
-                if let Some(n) = node_of(&llcs[i]) {
-                    *per_node.entry(n).or_default() += free[i].len();
-                }
-            }
-            per_node.into_iter().max_by_key(|&(n, free)| (free, std::cmp::Reverse(n))).map(|(n, _)| n)
-        });
-        let distance = |l: &Llc| -> u32 {
-            match (home, node_of(l)) {
-                (Some(home), Some(node)) => self
-                    .topology
-                    .nodes
-                    .iter()
-                    .find(|n| n.id == home)
-                    .and_then(|n| n.distances.get(&node).copied())
-                    .unwrap_or(if node == home { 0 } else { u32::MAX }),
-                _ => 0,
-            }
-        };
-        order.sort_by_cached_key(|&i| {
-            let (_, holders) = usage.llc[i];
-            let in_use = holders > 0;
-            let policy = match request.placement {
-                Placement::Consolidate => !in_use,
-                Placement::Spread => in_use,
-            };
-            (distance(&llcs[i]), if ignore_busy { busy_count(i) } else { 0 }, policy, llcs[i].key)
-        });
-        let mut chosen_llcs = Vec::new();
-        let mut chosen_cpus = Vec::new();
-        match request.amount {
-            Amount::Llcs(n) => {
-                for &i in order.iter().take(n) {
-                    chosen_llcs.push(i);
-                    chosen_cpus.extend(&free[i]);
-                }
-                if chosen_llcs.len() < n {
-                    return Err(self.busy(request, usage));
-                }
-            }
-            Amount::Cpus(n) => {
-                for &i in &order {
-                    if chosen_cpus.len() >= n {
-                        break;
-                    }
-                    let take = n - chosen_cpus.len();
-                    chosen_llcs.push(i);
-                    chosen_cpus.extend(free[i].iter().take(take));
-                }
-                if chosen_cpus.len() < n {
-                    return Err(self.busy(request, usage));
-                }
-            }
-        }
-        chosen_llcs.sort_by_key(|&i| llcs[i].key);
-        chosen_cpus.sort_unstable();
-        let llc_mode =
-            if request.mode == Mode::ExclusiveLlc { LockMode::Exclusive } else { LockMode::Shared };
-        let mut locks: Vec<(String, LockMode)> =
-            chosen_llcs.iter().map(|&i| (llcs[i].lock_name(), llc_mode)).collect();
-        if request.mode == Mode::ExclusiveCpu {
-            locks.extend(chosen_cpus.iter().map(|&c| (cpu_lock_name(c), LockMode::Exclusive)));
-        }
-        Ok(Plan { llcs: chosen_llcs, cpus: chosen_cpus, locks })
+        plan::plan(&self.topology, &self.allowed, usage, request, ignore_busy)
+            .ok_or_else(|| self.busy(request, usage))
     }
 
     fn busy(&self, request: &Request, usage: &Use) -> ReserveError {
@@ -582,19 +462,6 @@ impl Reserver {
         names.extend(usage.cpu.iter().filter(|(_, held)| **held).map(|(c, _)| cpu_lock_name(*c)));
         names.sort();
         ReserveError::Busy { wanted: describe(request), busy: self.dir.holders(&names) }
-    }
-
-    fn order_smt(&self, cpus: &mut [u32], smt: Smt) {
-        let core = |c: u32| self.topology.cpu(c).and_then(|cpu| cpu.core).unwrap_or(c);
-        let package = |c: u32| self.topology.cpu(c).and_then(|cpu| cpu.package).unwrap_or(0);
-        // A CPU's rank among its core's siblings: 0 for the first thread.
-        let thread = |c: u32| {
-            self.topology.cpu(c).map_or(0, |cpu| cpu.smt_siblings.iter().position(|s| s == c).unwrap_or(0))
-        };
-        match smt {
-            Smt::Together => cpus.sort_by_key(|&c| (package(c), core(c), c)),
-            Smt::Apart => cpus.sort_by_key(|&c| (thread(c), package(c), core(c), c)),
-        }
     }
 
     fn reservation(&self, request: &Request, plan: &Plan, guards: Vec<LockGuard>) -> Reservation {

@@ -76,7 +76,7 @@ fn fixtures_dir() -> PathBuf {
 
 /// The topology of the committed fixture `name`.
 fn fixture(name: &str) -> Topology {
-    Topology::read(&fixtures_dir().join(name))
+    Topology::read(fixtures_dir().join(name))
 }
 
 /// Every file under `dir`, relative, with its content.
