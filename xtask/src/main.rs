@@ -47,7 +47,46 @@ fn ci_steps() -> Vec<Step> {
         cargo("stress", &["run", "--quiet", "--package", "xtask", "--", "stress"]),
         cargo("fuzz smoke", &["run", "--quiet", "--package", "xtask", "--", "fuzz", "--seconds", "30"]),
         cargo("man page", &["run", "--quiet", "--package", "xtask", "--", "man"]),
+        // The MSRV (workspace `rust-version`) is the toolchain every step
+        // above ran on: rust-toolchain.toml pins it, and this step fails
+        // if the two part ways.
+        cargo("msrv", &["run", "--quiet", "--package", "xtask", "--", "msrv"]),
+        // What crates.io would get: each published crate packaged alone
+        // and built from its package (no file from outside it).
+        cargo(
+            "package",
+            &[
+                "package",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--exclude",
+                "lockyard-tests",
+                "--exclude",
+                "lockyard-test-support",
+                "--allow-dirty",
+                "--offline",
+            ],
+        ),
     ]
+}
+
+/// Check that the toolchain running now is the workspace's MSRV.
+fn msrv() -> Result<()> {
+    let declared = env!("CARGO_PKG_RUST_VERSION");
+    let output = Command::new("rustc").arg("--version").output().context("cannot run rustc")?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    let running = version.split_whitespace().nth(1).unwrap_or_default();
+    let matches =
+        running == declared || running.strip_prefix(declared).is_some_and(|rest| rest.starts_with('.'));
+    if !matches {
+        bail!(
+            "the workspace declares rust-version {declared}, but CI builds with rustc {running}: \
+             pin the MSRV in rust-toolchain.toml, or raise rust-version to what the code needs"
+        );
+    }
+    eprintln!("xtask msrv: building with rustc {running}, the declared rust-version {declared}");
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -58,6 +97,7 @@ fn main() -> ExitCode {
         Some("stress") => stress(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("kernel-fixture") => kernel_fixture(),
+        Some("msrv") => msrv(),
         Some("deps") => deps().and_then(|missing| {
             if missing.is_empty() {
                 Ok(())
@@ -88,13 +128,14 @@ fn usage() {
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
          ci      [--allow-skip]  install what the tests need (as root; else name what is missing), then\n          \
-         format check, clippy, tests, docs, bench smoke, stress, fuzz smoke and the man page; stops at\n          \
-         the first failure and ends with `N passed, N failed, N skipped`; a skip fails the run unless\n          \
-         --allow-skip\n  \
+         format check, clippy, tests, docs, bench smoke, stress, fuzz smoke, the man page, the MSRV\n          \
+         check and packaging; stops at the first failure and ends with\n          \
+         `N passed, N failed, N skipped`; a skip fails the run unless --allow-skip\n  \
          deps    install (as root) or list what the tests need\n  \
          stress  [--long]  the stress and crash campaign (docs/reliability.md); --long is 32 processes, 10x rounds\n  \
          fuzz    [--seconds N] [TARGET...]  run the lockyard-procfs fuzz targets, N seconds each (default 60)\n  \
          man     write the lockyard(1) man page to target/man/lockyard.1\n  \
+         msrv    fail unless rustc is the workspace's rust-version\n  \
          kernel-fixture  download and unpack Debian's cloud kernel into target/kernel-fixture (for lockyard-kvm's tests)"
     );
 }

@@ -10,8 +10,7 @@
 
 #![allow(clippy::print_stdout)]
 
-#[path = "../../flock/benches/support/held.rs"]
-mod held;
+use lockyard_test_support::held;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

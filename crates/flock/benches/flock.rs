@@ -27,8 +27,7 @@ use criterion::{Criterion, criterion_group};
 use lockyard_flock::{LockFile, holders_of};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
-#[path = "support/held.rs"]
-mod held;
+use lockyard_test_support::held;
 
 use held::{Held, lock_dir};
 

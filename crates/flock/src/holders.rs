@@ -241,7 +241,7 @@ impl Snapshot {
         let (locks, bad_locks) = ProcLocks::read_lenient()?;
         let skipped: Vec<String> = bad_mounts.iter().chain(&bad_locks).map(ToString::to_string).collect();
         for line in &skipped {
-            tracing::warn!(%line, "skipped a malformed line");
+            log!(warn, %line, "skipped a malformed line");
         }
         Ok(Snapshot { mounts, locks, skipped })
     }
@@ -453,7 +453,7 @@ fn pass_over(e: lockyard_procfs::Error) -> Result<(), LockError> {
         }
         lockyard_procfs::Error::Read { .. } => Err(e.into()),
         _ => {
-            tracing::debug!(error = %e, "passing over an unreadable /proc entry");
+            log!(debug, error = %e, "passing over an unreadable /proc entry");
             Ok(())
         }
     }

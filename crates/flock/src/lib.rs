@@ -45,8 +45,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#![deny(unsafe_code)]
 #![warn(missing_docs)]
+// Values bound only to be logged are unused when logging is compiled out.
+#![cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+
+/// Diagnostics through `tracing` with the `tracing` feature (on by
+/// default); compiled out without it, for users who want no logging
+/// dependency. Every argument is a plain value, so nothing is lost
+/// but the message.
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        tracing::$level!($($arg)*);
+    }};
+}
 
 mod error;
 mod fs_policy;
@@ -80,3 +92,8 @@ pub use rustix::process::Signal;
 pub use lockyard_procfs as procfs;
 /// The mechanism of a lock as `/proc/locks` shows it ([`Holder::kind`]).
 pub use lockyard_procfs::RecordKind;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

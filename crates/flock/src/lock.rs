@@ -595,7 +595,7 @@ impl LockFile {
         match crate::holders::holders_of(&self.path) {
             Ok(holders) => holders,
             Err(e) => {
-                tracing::debug!(path = %self.path.display(), error = %e, "cannot list holders");
+                log!(debug, path = %self.path.display(), error = %e, "cannot list holders");
                 Holders::default()
             }
         }
@@ -623,7 +623,7 @@ impl LockFile {
                         if self.still_names(&opened)? {
                             return Ok(Ok(LockGuard::new(opened.fd, self, kind)));
                         }
-                        tracing::debug!(path = %self.path.display(), "lock file replaced after locking; retrying");
+                        log!(debug, path = %self.path.display(), "lock file replaced after locking; retrying");
                         break;
                     }
                     Err(Errno::WOULDBLOCK | Errno::ACCESS) => {}
@@ -738,7 +738,8 @@ fn apply(
     match sys::set_lock(fd, family, kind_arg, range.start, range.len) {
         // EINVAL for a range that fits is the kernel not knowing the command.
         Err(Errno::INVAL) if family == sys::Family::Ofd && i64::try_from(range.start).is_ok() => {
-            tracing::warn!(
+            log!(
+                warn,
                 "kernel lacks OFD locks (before Linux 3.15); falling back to process-associated POSIX locks"
             );
             *kind = LockKind::Posix;
@@ -941,7 +942,7 @@ impl Drop for LockGuard {
             let mut kind = self.kind;
             if let Err(e) = apply(fd.as_fd(), &mut kind, None, self.range) {
                 // Closing `fd` below still releases this copy.
-                tracing::debug!(path = %self.path.display(), error = %e, "unlock failed");
+                log!(debug, path = %self.path.display(), error = %e, "unlock failed");
             }
         }
     }

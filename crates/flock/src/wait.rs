@@ -144,9 +144,8 @@ impl<'a> Waiter<'a> {
             inotify::add_watch(fd, format!("/proc/self/fd/{}", file.as_raw_fd()), events)
         })
         .and_then(|added| added);
-        self.watch = added
-            .map_err(|e| tracing::debug!(error = %e, "inotify unavailable; waiting by backoff only"))
-            .ok();
+        self.watch =
+            added.map_err(|e| log!(debug, error = %e, "inotify unavailable; waiting by backoff only")).ok();
         self.interval = Duration::from_millis(1);
     }
 

@@ -42,12 +42,19 @@
 //! The library reads no environment variables: device paths, cache roots
 //! and search directories are values from the caller.
 //!
+//! # Features
+//!
+//! `resolve` (on by default) is kernel resolution, which builds on
+//! lockyard-cache. Without it (`default-features = false`) the crate is
+//! preflight and image inspection alone, and compiles no cache.
+//!
 //! # Example
 //!
 //! Check KVM, skipping on host pressure rather than failing, then find
 //! the kernel to boot:
 //!
 //! ```
+//! # #[cfg(feature = "resolve")] {
 //! use lockyard_kvm::{Preflight, ResolveError, Resolver, Source};
 //!
 //! let report = Preflight::new().run();
@@ -62,13 +69,17 @@
 //!     Err(ResolveError::Unavailable { tried }) => println!("no bootable image ({} tried)", tried.len()),
 //!     Err(e) => return Err(e.into()),
 //! }
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#![warn(missing_docs)]
 
 mod caps;
 mod host;
 pub mod image;
 mod preflight;
+#[cfg(feature = "resolve")]
 mod resolve;
 mod sys;
 
@@ -78,6 +89,12 @@ pub use preflight::{
     API_VERSION, Absence, Access, Capability, Check, DEFAULT_DEVICE, KVM_DEVICE, Preflight, PreflightError,
     Report, Status, open,
 };
+#[cfg(feature = "resolve")]
 pub use resolve::{
     Candidate, ENTRY_IMAGES, ResolveError, Resolved, Resolver, Source, SourceKind, running_release,
 };
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -2,6 +2,8 @@
 //! crate. Each takes a descriptor borrowed for the call, so it is open
 //! throughout; none passes a pointer.
 
+#![allow(unsafe_code)]
+
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use rustix::io::Errno;

@@ -27,7 +27,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub use lockyard_cache as cache;

@@ -48,7 +48,6 @@
 //! - With the `serde` feature, every record implements `Serialize`; paths
 //!   serialize as strings when they are UTF-8 and as byte arrays otherwise.
 
-#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod cmdline;
@@ -98,3 +97,8 @@ fn read_all(path: impl AsRef<Path>) -> Result<Vec<u8>, Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
     process::read_to_end(file).map_err(|e| Error::read(path, e))
 }
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

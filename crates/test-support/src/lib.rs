@@ -8,7 +8,10 @@
 //! a skip fails the run unless `--allow-skip` was given. So no test can
 //! skip silently.
 
+#![warn(missing_docs)]
 #![allow(clippy::print_stderr)] // Telling the developer why a test skipped is the point.
+
+pub mod held;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

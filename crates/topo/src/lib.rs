@@ -62,6 +62,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod discover;
 mod plan;
 mod reserve;
@@ -211,3 +213,8 @@ impl Topology {
         self.llcs.binary_search_by_key(&key, |l| l.key).ok().map(|i| &self.llcs[i])
     }
 }
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,5 +1,5 @@
-//! Processes holding many flocks, for benchmarks (shared by the flock and
-//! lockyard benches through `#[path]`).
+//! Processes holding many flocks, for benchmarks (the flock and lockyard
+//! command benches).
 //!
 //! The bench executable re-runs itself with `LOCKYARD_BENCH_HOLD` set to
 //! become a holder of at most 15,000 locks, to stay under common descriptor
@@ -14,20 +14,23 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 const PER_CHILD: usize = 15_000;
 
 /// A fresh directory on tmpfs for lock files.
-pub(crate) fn lock_dir(name: &str) -> PathBuf {
+pub fn lock_dir(name: &str) -> PathBuf {
     let dir = Path::new("/dev/shm").join(format!("lockyard-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     dir
 }
 
 /// Children holding `count` flocks on files `dir/NNNNNN.lock`.
-pub(crate) struct Held {
-    pub(crate) children: Vec<Child>,
+#[derive(Debug)]
+pub struct Held {
+    /// The holder processes, each holding its share of the locks.
+    pub children: Vec<Child>,
     dir: PathBuf,
 }
 
 impl Held {
-    pub(crate) fn new(count: usize) -> Self {
+    /// Start holders of `count` flocks and wait until all are held.
+    pub fn new(count: usize) -> Self {
         let dir = lock_dir(&format!("held{count}"));
         let exe = std::env::current_exe().expect("exe");
         let mut children = Vec::new();
@@ -48,7 +51,7 @@ impl Held {
     }
 
     /// The first of the held files.
-    pub(crate) fn target(&self) -> PathBuf {
+    pub fn target(&self) -> PathBuf {
         self.dir.join(format!("{:06}.lock", 0))
     }
 }
@@ -80,14 +83,17 @@ fn hold(spec: &str) {
         rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).expect("flock");
         fds.push(fd);
     }
-    println!("ready");
+    #[allow(clippy::print_stdout)] // The parent reads it.
+    {
+        println!("ready");
+    }
     std::io::stdout().flush().expect("flush");
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
 
 /// If this process was started as a holder, hold until stdin closes and
 /// return `true`.
-pub(crate) fn child_mode() -> bool {
+pub fn child_mode() -> bool {
     match std::env::var_os("LOCKYARD_BENCH_HOLD") {
         Some(spec) => {
             hold(spec.to_str().expect("utf-8 spec"));
