@@ -1,4 +1,10 @@
 //! Aligned plain-text tables that fit the terminal.
+//!
+//! Hand-written on purpose: `lockyard locks` prints what lslocks prints
+//! (columns one space apart, no borders, the last column unpadded,
+//! `--raw` with spaces escaped as `\x20`, long paths and commands cut with
+//! `…`), and `comfy-table` draws borders or pads, and wraps cells onto
+//! more lines where this must truncate to keep one lock per line.
 
 use std::borrow::Cow;
 

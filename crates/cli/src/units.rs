@@ -1,5 +1,12 @@
 //! Durations and sizes as people type and read them: `30d`, `1d12h`,
 //! `10G`, `1.5GiB`, `500MB`.
+//!
+//! Hand-written on purpose, after weighing the usual crates: `humantime`
+//! refuses fractions (`1.5h`, and the bare `-w 0.5` that flock(1)
+//! scripts pass), and `bytesize` reads `10K` as 10,000 bytes where `du -h`
+//! and this command mean 10,240. What is here is the parsing those two
+//! would have needed wrapping for anyway, with errors that say what is
+//! accepted.
 
 use std::time::Duration;
 

@@ -116,16 +116,8 @@ fn a_starved_fd_table_is_transient_not_a_misconfiguration() {
     );
 }
 
-/// A minimal bzImage (see crates/kvm/tests/images.rs for the layout).
 fn bzimage(version: &str) -> Vec<u8> {
-    let mut image = vec![0u8; 5 * 512 + 1024];
-    image[0x1F1] = 4;
-    image[0x1F4..0x1F8].copy_from_slice(&64u32.to_le_bytes());
-    image[0x202..0x206].copy_from_slice(b"HdrS");
-    image[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-    image[0x20E..0x210].copy_from_slice(&0x200u16.to_le_bytes());
-    image[0x400..0x400 + version.len()].copy_from_slice(version.as_bytes());
-    image
+    lockyard_test_support::images::bzimage(0x020F, version)
 }
 
 #[test]

@@ -40,14 +40,7 @@ fn preflight(c: &mut Criterion) {
 fn resolve(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("lockyard-bench-kvm-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("boot")).expect("fixture");
-    let mut image = vec![0u8; 5 * 512 + 1024];
-    image[0x1F1] = 4;
-    image[0x1F4..0x1F8].copy_from_slice(&64u32.to_le_bytes());
-    image[0x202..0x206].copy_from_slice(b"HdrS");
-    image[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-    image[0x20E..0x210].copy_from_slice(&0x200u16.to_le_bytes());
-    let version = b"6.1.0-bench #1 SMP";
-    image[0x400..0x400 + version.len()].copy_from_slice(version);
+    let image = lockyard_test_support::images::bzimage(0x020F, "6.1.0-bench #1 SMP");
     let path = dir.join("boot/vmlinuz");
     std::fs::write(&path, &image).expect("image");
     let resolver = Resolver::new()

@@ -6,6 +6,7 @@
 
 use lockyard_cache::Wait;
 use lockyard_test_support::Scratch;
+use lockyard_test_support::images::{arm64_image, bzimage};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,31 +20,6 @@ fn write(dir: &Scratch, rel: &str, bytes: &[u8]) -> PathBuf {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(&path, bytes).expect("write");
     path
-}
-
-/// A bzImage as the x86 boot protocol lays it out: `setup_sects` at
-/// 0x1F1, `syssize` at 0x1F4, 0xAA55 at 0x1FE, `HdrS` at 0x202, the
-/// protocol at 0x206, `kernel_version` at 0x20E pointing (minus 0x200) at
-/// the version string, then a payload of `syssize` paragraphs.
-fn bzimage(protocol: u16, version: &str) -> Vec<u8> {
-    let setup_sects = 4u8;
-    let syssize = 64u32; // 1 KiB of "kernel"
-    let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512 + syssize as usize * 16];
-    image[0x1F1] = setup_sects;
-    image[0x1F4..0x1F8].copy_from_slice(&syssize.to_le_bytes());
-    image[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
-    image[0x202..0x206].copy_from_slice(b"HdrS");
-    image[0x206..0x208].copy_from_slice(&protocol.to_le_bytes());
-    let at = 0x400usize;
-    image[0x20E..0x210].copy_from_slice(&u16::try_from(at - 0x200).expect("fits").to_le_bytes());
-    image[at..at + version.len()].copy_from_slice(version.as_bytes());
-    image
-}
-
-fn arm64_image() -> Vec<u8> {
-    let mut image = vec![0u8; 4096];
-    image[0x38..0x3C].copy_from_slice(b"ARM\x64");
-    image
 }
 
 #[test]

@@ -12,6 +12,7 @@
 #![allow(clippy::print_stderr)] // Telling the developer why a test skipped is the point.
 
 pub mod held;
+pub mod images;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
