@@ -11,6 +11,7 @@
 //! `--allow-skip` is given: on CI nothing may skip.
 
 use std::env;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -47,28 +48,131 @@ fn ci_steps() -> Vec<Step> {
         cargo("stress", &["run", "--quiet", "--package", "xtask", "--", "stress"]),
         cargo("fuzz smoke", &["run", "--quiet", "--package", "xtask", "--", "fuzz", "--seconds", "30"]),
         cargo("man page", &["run", "--quiet", "--package", "xtask", "--", "man"]),
+        // util-linux's own flock(1) tests, against flock(1) (to prove the
+        // harness) and against lockyard run.
+        cargo("flock(1) suite", &["run", "--quiet", "--package", "xtask", "--", "flock-suite"]),
         // The MSRV (workspace `rust-version`) is the toolchain every step
         // above ran on: rust-toolchain.toml pins it, and this step fails
         // if the two part ways.
         cargo("msrv", &["run", "--quiet", "--package", "xtask", "--", "msrv"]),
         // What crates.io would get: each published crate packaged alone
         // and built from its package (no file from outside it).
-        cargo(
-            "package",
-            &[
-                "package",
-                "--workspace",
-                "--exclude",
-                "xtask",
-                "--exclude",
-                "lockyard-tests",
-                "--exclude",
-                "lockyard-test-support",
-                "--allow-dirty",
-                "--offline",
-            ],
-        ),
+        cargo("package", &["run", "--quiet", "--package", "xtask", "--", "package"]),
     ]
+}
+
+/// util-linux's release whose flock(1) tests are run, from Debian's
+/// archive (a registry CI reaches), checked by its digest.
+const UTIL_LINUX: &str = "util-linux-2.38.1";
+const UTIL_LINUX_URL: &str =
+    "http://deb.debian.org/debian/pool/main/u/util-linux/util-linux_2.38.1.orig.tar.xz";
+const UTIL_LINUX_SHA256: &str = "60492a19b44e6cf9a3ddff68325b333b8b52b6c59ce3ebd6a0ecaa4c5117e84f";
+
+/// Run util-linux's flock(1) test suite (`tests/ts/misc/flock`) twice:
+/// with the system's flock(1), which proves the harness, and with
+/// lockyard installed as `flock` (the name under which it is flock(1)).
+/// Nothing of util-linux is committed here: the release is downloaded
+/// into target/ and its digest checked.
+fn flock_suite() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/util-linux");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tarball = dir.join("util-linux.orig.tar.xz");
+    if !tarball.exists() {
+        let partial = dir.join("download.partial");
+        let status = Command::new("curl")
+            .args(["-fsSL", "--retry", "3", "-o"])
+            .arg(&partial)
+            .arg(UTIL_LINUX_URL)
+            .status()
+            .context("cannot run curl")?;
+        if !status.success() {
+            bail!("cannot download {UTIL_LINUX_URL} ({status})");
+        }
+        let sum = Command::new("sha256sum").arg(&partial).output().context("cannot run sha256sum")?;
+        let digest = String::from_utf8_lossy(&sum.stdout);
+        if digest.split_whitespace().next() != Some(UTIL_LINUX_SHA256) {
+            bail!("{UTIL_LINUX_URL} does not have the expected digest ({digest})");
+        }
+        std::fs::rename(&partial, &tarball)?;
+    }
+    let tests = dir.join(UTIL_LINUX);
+    if !tests.join("tests/ts/misc/flock").exists() {
+        let status = Command::new("tar")
+            .arg("xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&dir)
+            .arg(format!("{UTIL_LINUX}/tests"))
+            .status()
+            .context("cannot run tar")?;
+        if !status.success() {
+            bail!("cannot unpack {} ({status})", tarball.display());
+        }
+    }
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(&cargo).args(["build", "--quiet", "--package", "lockyard-cli"]).status()?;
+    if !built.success() {
+        bail!("cannot build lockyard ({built})");
+    }
+    let which = |cmd: &str| -> Result<PathBuf> {
+        let path = env::var_os("PATH").unwrap_or_default();
+        env::split_paths(&path)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+            .ok_or_else(|| anyhow::anyhow!("{cmd} is not installed (cargo xtask deps)"))
+    };
+    let candidates = [("flock(1)", which("flock")?), ("lockyard", root.join("target/debug/lockyard"))];
+    for (name, flock) in candidates {
+        let build = dir.join(format!("build-{}", if name == "lockyard" { "lockyard" } else { "flock" }));
+        if build.exists() {
+            std::fs::remove_dir_all(&build)?;
+        }
+        std::fs::create_dir_all(&build)?;
+        std::os::unix::fs::symlink(&flock, build.join("flock"))?;
+        std::os::unix::fs::symlink(which("lslocks")?, build.join("lslocks"))?;
+        let out = Command::new("bash")
+            .arg(tests.join("tests/ts/misc/flock"))
+            .arg(format!("--srcdir={}", tests.display()))
+            .arg(format!("--builddir={}", build.display()))
+            .current_dir(tests.join("tests"))
+            .output()
+            .context("cannot run the flock test suite")?;
+        let report = String::from_utf8_lossy(&out.stdout);
+        eprint!("{report}");
+        if !out.status.success() || !report.contains("OK (all") {
+            for diff in
+                ["flock-non-block", "flock-no-fork", "flock-shared", "flock-exclusive", "flock-timeout"]
+            {
+                if let Ok(text) = std::fs::read_to_string(build.join("tests/diff/misc").join(diff)) {
+                    eprintln!("{text}");
+                }
+            }
+            bail!("util-linux's flock tests failed against {name} ({})", flock.display());
+        }
+        eprintln!("xtask flock-suite: every case passed against {name}");
+    }
+    Ok(())
+}
+
+/// Package every published crate and build each from its package alone.
+/// Earlier packages are removed first: cargo verifies against the
+/// packages in target/package, and a stale one of the same version would
+/// stand in for the tree's.
+fn package() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/package");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["package", "--workspace", "--allow-dirty", "--offline"])
+        .args(["--exclude", "xtask", "--exclude", "lockyard-tests", "--exclude", "lockyard-test-support"])
+        .status()
+        .context("cannot run cargo package")?;
+    if !status.success() {
+        bail!("cargo package failed ({status})");
+    }
+    Ok(())
 }
 
 /// Check that the toolchain running now is the workspace's MSRV.
@@ -98,6 +202,8 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("kernel-fixture") => kernel_fixture(),
         Some("msrv") => msrv(),
+        Some("package") => package(),
+        Some("flock-suite") => flock_suite(),
         Some("deps") => deps().and_then(|missing| {
             if missing.is_empty() {
                 Ok(())
@@ -136,6 +242,8 @@ fn usage() {
          fuzz    [--seconds N] [TARGET...]  run the lockyard-procfs fuzz targets, N seconds each (default 60)\n  \
          man     write the lockyard(1) man page to target/man/lockyard.1\n  \
          msrv    fail unless rustc is the workspace's rust-version\n  \
+         package package every published crate and build each from its package\n  \
+         flock-suite  run util-linux 2.38.1's flock tests against flock(1) and lockyard run\n  \
          kernel-fixture  download and unpack Debian's cloud kernel into target/kernel-fixture (for lockyard-kvm's tests)"
     );
 }
@@ -200,6 +308,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("bindfs", "bindfs"),
     ("dpkg-deb", "dpkg"),
     ("apt-get", "apt"),
+    ("curl", "curl"),
+    ("sha256sum", "coreutils"),
+    ("bash", "bash"),
+    ("pkill", "procps"),
 ];
 
 /// Make sure every tool the tests use is here: as root, install the

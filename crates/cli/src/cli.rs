@@ -39,12 +39,8 @@ pub enum Command {
     /// Show who holds, and who waits on, the given files.
     #[command(after_help = "Exit status: 0 if at least one file is held, 1 if none is, 2 on error.")]
     Who(WhoArgs),
-    /// Run a command while holding a lock (compatible with flock(1)).
-    #[command(
-        after_help = "Exit status: the command's (128+N if killed by signal N); the conflict exit code \
-        (-E, default 1) if the lock was busy or the wait timed out; 64 for bad usage; 66 if the lock \
-        file cannot be opened or is refused; 126/127 if the command cannot be run."
-    )]
+    /// Run a command while holding a lock: a drop-in for flock(1).
+    #[command(after_long_help = crate::flock_args::HELP)]
     Run(RunArgs),
     /// Claim or inspect pidfiles.
     #[command(subcommand)]
@@ -275,54 +271,16 @@ pub struct WhoArgs {
     pub json: bool,
 }
 
-/// Options of `lockyard run`.
+/// Options of `lockyard run`: flock(1)'s command line, parsed by
+/// [`crate::flock_args`] (clap cannot read it as getopt does: the first
+/// operand ends the options, `-c` after the file, a bare descriptor
+/// number).
 #[derive(Debug, Args)]
-#[command(trailing_var_arg = true)]
+#[command(disable_help_flag = true, disable_version_flag = true)]
 pub struct RunArgs {
-    /// Take a shared lock.
-    #[arg(short = 's', long, alias = "read", conflicts_with = "exclusive")]
-    pub shared: bool,
-    /// Take an exclusive lock (the default).
-    #[arg(short = 'x', short_alias = 'e', long, alias = "write")]
-    pub exclusive: bool,
-    /// Fail rather than wait if the lock is busy.
-    #[arg(short = 'n', long, alias = "nb", conflicts_with = "timeout")]
-    pub nonblock: bool,
-    /// Fail if the lock is not acquired within SECS seconds (fractions
-    /// allowed; 0 means --nonblock).
-    #[arg(short = 'w', long, alias = "wait", value_name = "SECS", value_parser = crate::units::parse_wait)]
-    pub timeout: Option<Duration>,
-    /// Exit status when the lock is busy or the wait times out.
-    #[arg(short = 'E', long, value_name = "N", default_value_t = 1)]
-    pub conflict_exit_code: u8,
-    /// Which lock: flock (like flock(1)) or ofd (like bwrap --lock-file).
-    #[arg(long, value_enum, default_value = "flock")]
-    pub kind: RunKind,
-    /// Do not let the command inherit the lock descriptor (so processes it
-    /// leaves behind do not keep the lock).
-    #[arg(short = 'o', long)]
-    pub close: bool,
-    /// Run COMMAND with `sh -c`.
-    #[arg(short = 'c', long = "command", value_name = "COMMAND")]
-    pub shell_command: Option<String>,
-    /// On conflict or timeout, say who holds the lock.
-    #[arg(long)]
-    pub verbose: bool,
-    /// The lock file (created if missing, never removed).
-    #[arg(value_name = "PATH")]
-    pub path: PathBuf,
-    /// The command and its arguments.
-    #[arg(value_name = "COMMAND", allow_hyphen_values = true)]
-    pub command: Vec<std::ffi::OsString>,
-}
-
-/// Lock kinds for `run --kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RunKind {
-    /// flock(2).
-    Flock,
-    /// Open-file-description fcntl locks.
-    Ofd,
+    /// flock(1)'s options and operands (see `lockyard run --help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// `lockyard pidfile` subcommands.

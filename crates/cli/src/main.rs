@@ -19,35 +19,31 @@ use serde::Serialize;
 
 mod cache_cmd;
 mod exit;
+mod flock_cmd;
 mod kvm_cmd;
 mod run;
 mod topo_cmd;
 
-/// `sysexits.h` code for bad usage, as flock(1) uses it.
-const EX_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
     init_logging();
+    // Installed (or linked) as `flock`, lockyard is flock(1).
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|name| name == "flock") {
+        return ExitCode::from(flock_cmd::run(&args.collect::<Vec<_>>(), "flock").code());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             let usage = err.use_stderr();
             let _ = err.print();
-            // Bad usage of `run` exits 64 like flock(1); elsewhere 2.
-            let run = std::env::args().nth(1).as_deref() == Some("run");
-            return if !usage {
-                ExitCode::SUCCESS
-            } else if run {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::from(2)
-            };
+            return if usage { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     exit::finish(match cli.command {
         Command::Locks(args) => locks(&args),
         Command::Who(args) => who(&args),
-        Command::Run(args) => Ok(run::run(&args)),
+        Command::Run(args) => Ok(flock_cmd::run(&args.args, "lockyard")),
         Command::Pidfile(PidfileCommand::Status { path, json }) => pidfile_status(&path, json),
         Command::Pidfile(PidfileCommand::Claim { path, command, close, wait }) => {
             run::pidfile_claim(&path, &command, close, wait)

@@ -1,54 +1,31 @@
-//! `lockyard run` and `lockyard pidfile claim`: run a command while holding
-//! a lock, forwarding signals, passing its exit status through.
+//! Running a command while holding a lock, for every command that does
+//! (`run`, `pidfile claim`, `reserve`, `cache ensure`): the lock
+//! descriptors it inherits, signals forwarded, its status passed
+//! through; and `pidfile claim` itself.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 
-use lockyard_cli::cli::RunArgs;
-
-use lockyard::flock::{DirTrust, LockError, LockFile, LockGuard, LockKind, LockOptions, Pidfile, Wait};
-use lockyard_cli::cli::RunKind;
+use lockyard::flock::{Pidfile, Wait};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::EX_USAGE;
 use crate::exit::{Exit, Outcome};
 
-/// `sysexits.h` code flock(1) uses when the lock file cannot be opened.
-const EX_NOINPUT: u8 = 66;
-
-pub(crate) fn run(args: &RunArgs) -> Exit {
-    let argv: Vec<OsString> = match (&args.shell_command, args.command.as_slice()) {
-        (Some(script), []) => vec!["sh".into(), "-c".into(), script.into()],
-        (Some(_), _) => return usage("-c takes the whole command; do not give COMMAND as well"),
-        (None, []) => return usage("a COMMAND to run under the lock is required (or -c 'COMMAND')"),
-        (None, rest) => rest.to_vec(),
-    };
-    let guard = match run_lock(args) {
-        Ok(guard) => guard,
-        Err(code) => return code,
-    };
-    let mut command = Command::new(&argv[0]);
-    command.args(&argv[1..]);
-    if !args.close {
-        inherit(&mut command, vec![guard.as_raw_fd()]);
-    }
-    let code = spawn_and_wait(command, |_| {});
-    if args.close {
-        drop(guard);
-    } else {
-        // Like flock(1): close our descriptor without unlocking, so a
-        // process the command left running keeps the lock it inherited.
-        drop(guard.into_fd());
-    }
-    code
-}
-
-fn usage(message: &str) -> Exit {
-    eprintln!("lockyard run: {message}");
-    eprintln!("hint: lockyard run [OPTIONS] PATH -- COMMAND [ARGS...]; see lockyard run --help");
-    Exit::status(EX_USAGE)
+/// The descriptor `number` this process inherited (`flock 9`, `exec
+/// 9>file`), borrowed for the rest of the process; `None` if no such
+/// descriptor is open.
+#[allow(unsafe_code)]
+pub(crate) fn inherited_fd(number: i32) -> Option<std::os::fd::BorrowedFd<'static>> {
+    // Open now? (Its /proc link exists exactly while it is.)
+    std::fs::symlink_metadata(format!("/proc/self/fd/{number}")).ok()?;
+    // SAFETY: `number` names an open descriptor (checked just above, at a
+    // point where this process has opened and closed nothing of its own
+    // beyond what std holds on 0-2), and nothing in lockyard closes a
+    // descriptor it did not open, so it stays open, and means the same
+    // file, for the rest of the process.
+    Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(number) })
 }
 
 /// Let the command inherit the lock descriptors `fds`, as flock(1) does
@@ -81,23 +58,33 @@ pub(crate) fn inherit(command: &mut Command, fds: Vec<std::os::fd::RawFd>) {
 /// 127 if it cannot be found, 126 if it cannot be run). `started` sees the
 /// child's pid once it runs.
 pub(crate) fn spawn_and_wait(command: Command, started: impl FnOnce(u32)) -> Exit {
-    spawn_with_and_wait(command, Command::spawn, started)
+    spawn_with_and_wait(command, Command::spawn, started, cannot_run)
+}
+
+/// Say that `program` cannot be started; 127 if it was not found, else
+/// 126, as shells report it.
+pub(crate) fn cannot_run(program: &std::ffi::OsStr, e: &std::io::Error) -> u8 {
+    eprintln!("lockyard: cannot run {}: {e}", crate::escape(&program.to_string_lossy()));
+    if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }
 }
 
 /// As [`spawn_and_wait`], spawning with `spawn` (to pin the child to
-/// reserved CPUs, say).
+/// reserved CPUs, say), and reporting a command that cannot be started
+/// with `cannot_run`, which returns the exit status for it.
 pub(crate) fn spawn_with_and_wait(
     mut command: Command,
     spawn: impl FnOnce(&mut Command) -> std::io::Result<std::process::Child>,
     started: impl FnOnce(u32),
+    cannot_run: impl FnOnce(&std::ffi::OsStr, &std::io::Error) -> u8,
 ) -> Exit {
-    Exit::status(wait_status(&mut command, spawn, started))
+    Exit::status(wait_status(&mut command, spawn, started, cannot_run))
 }
 
 fn wait_status(
     command: &mut Command,
     spawn: impl FnOnce(&mut Command) -> std::io::Result<std::process::Child>,
     started: impl FnOnce(u32),
+    cannot_run: impl FnOnce(&std::ffi::OsStr, &std::io::Error) -> u8,
 ) -> u8 {
     // Registered before the child exists, so no signal is lost in between;
     // the child starts with default dispositions (exec resets handlers).
@@ -110,11 +97,7 @@ fn wait_status(
     };
     let mut child = match spawn(command) {
         Ok(child) => child,
-        Err(e) => {
-            let program = command.get_program().to_string_lossy().into_owned();
-            eprintln!("lockyard: cannot run {}: {e}", crate::escape(&program));
-            return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
-        }
+        Err(e) => return cannot_run(command.get_program(), &e),
     };
     let pid = child.id();
     started(pid);
@@ -172,46 +155,4 @@ pub(crate) fn pidfile_claim(
         drop(guard.into_fd());
     }
     Ok(code)
-}
-
-/// Lock options for `run`. The operator names the lock file, as with
-/// flock(1), so its directory may be anyone's ([`DirTrust::any_owner`]);
-/// the symlink and file-type rules still hold.
-fn run_options(args: &RunArgs) -> LockOptions {
-    let options = LockOptions::new().trust(DirTrust::any_owner()).kind(match args.kind {
-        RunKind::Flock => LockKind::Flock,
-        RunKind::Ofd => LockKind::Ofd,
-    });
-    if args.shared { options.shared() } else { options.exclusive() }
-}
-
-/// How long `run` waits: `None` for not at all.
-fn run_wait(args: &RunArgs) -> Option<Wait> {
-    match args.timeout {
-        _ if args.nonblock => None,
-        Some(wait) if wait.is_zero() => None,
-        Some(wait) => Some(Wait::timeout(wait)),
-        None => Some(Wait::default()),
-    }
-}
-
-/// Open and lock for `run`, mapping failures to flock(1)'s exit codes.
-fn run_lock(args: &RunArgs) -> Result<LockGuard, Exit> {
-    let fail = |err: &LockError| {
-        if err.is_busy() {
-            if args.verbose {
-                eprintln!("lockyard: {}", crate::escape(&err.to_string()));
-            }
-            Exit::status(args.conflict_exit_code)
-        } else {
-            eprintln!("lockyard: {}", crate::escape(&err.to_string()));
-            Exit::status(EX_NOINPUT)
-        }
-    };
-    let file = LockFile::with_options(&args.path, run_options(args)).map_err(|e| fail(&e))?;
-    let result = match run_wait(args) {
-        None => file.try_lock_or_holders(),
-        Some(wait) => file.lock_with(&wait),
-    };
-    result.map_err(|e| fail(&e))
 }

@@ -183,7 +183,8 @@ pub(crate) fn reserve(args: &ReserveArgs) -> Outcome {
     if !args.close {
         crate::run::inherit(&mut command, reservation.lock_fds().map(|fd| fd.as_raw_fd()).collect());
     }
-    let code = crate::run::spawn_with_and_wait(command, |c| reservation.spawn(c), |_| {});
+    let code =
+        crate::run::spawn_with_and_wait(command, |c| reservation.spawn(c), |_| {}, crate::run::cannot_run);
     if args.close {
         drop(reservation);
     } else {

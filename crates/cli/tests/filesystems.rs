@@ -144,10 +144,11 @@ fn who_and_locks_name_holder_and_path_on_every_filesystem() {
         drop(holder);
     }
 
+    // `run` is flock(1): it locks on FUSE as flock(1) does (the library's
+    // lock files refuse FUSE by default; `run`'s operator chose the path).
     let fuse = dir.join("fuse/in-lower.lock");
     let out = lockyard(ns, &["run", "-n", fuse.to_str().expect("utf-8"), "true"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("FUSE"), "bindfs not refused: {err}");
+    assert!(out.status.success(), "run on bindfs: {out:?}");
 
     drop(keeper);
     let _ = std::fs::remove_dir_all(&dir);

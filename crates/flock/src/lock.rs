@@ -705,6 +705,101 @@ impl LockFile {
     }
 }
 
+/// Lock the open file description `fd` refers to, in place: a file the
+/// caller opened itself, or one inherited from a shell (`exec 9>file;
+/// flock 9`). The lock belongs to that open file description, so it stays
+/// after this returns, for as long as any descriptor sharing it is open,
+/// or until [`unlock_descriptor`]. Returns the kind taken (`Posix` where
+/// `Ofd` fell back).
+///
+/// The kind, mode and range of `options` apply, and its filesystem
+/// policy; the rest of `options` is about opening, which the caller did.
+/// `wait` says how long to wait: with a zero timeout, one attempt; with
+/// neither timeout nor cancel token, the wait blocks in the kernel's own
+/// queue, which is fair and wakes the moment the lock is free, however it
+/// is released; otherwise it waits as [`LockFile::lock_with`] does. There
+/// is no path to re-check: a file replaced under its name meanwhile is
+/// not noticed. Messages name the file by its `/proc/self/fd` link.
+///
+/// # Errors
+/// [`LockError::Contended`] (zero timeout) or [`LockError::Timeout`]
+/// naming the holders, [`LockError::Cancelled`],
+/// [`LockError::UnsupportedFilesystem`], or the lock call's own error
+/// (`EBADF` for a closed descriptor, or for an exclusive `fcntl` lock on
+/// one not open for writing).
+pub fn lock_descriptor(
+    fd: BorrowedFd<'_>,
+    options: &LockOptions,
+    wait: &Wait,
+) -> Result<LockKind, LockError> {
+    let path = || descriptor_path(fd);
+    let statfs = rustix::fs::fstatfs(fd).map_err(|e| LockError::io(path(), "statfs", e))?;
+    // `f_type` is signed on some targets; the magic numbers are u32.
+    #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+    let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
+    options.fs_policy.check(magic).map_err(|fs| LockError::UnsupportedFilesystem { path: path(), fs })?;
+    let mut kind = options.kind;
+    let holders = || crate::holders::holders_of(path()).unwrap_or_default();
+    if wait.timeout.is_none() && wait.cancel.is_none() {
+        loop {
+            match lock_call(fd, &mut kind, Some(options.mode), options.range, true) {
+                Ok(()) => return Ok(kind),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(LockError::io(path(), lock_op(kind), e)),
+            }
+        }
+    }
+    let started = Instant::now();
+    let once = wait.timeout.is_some_and(|t| t.is_zero());
+    let deadline = wait.timeout.and_then(|t| started.checked_add(t));
+    let mut waiter = Waiter::new(deadline, wait.cancel.as_ref());
+    let mut watching = false;
+    loop {
+        match apply(fd, &mut kind, Some(options.mode), options.range) {
+            Ok(()) => return Ok(kind),
+            Err(Errno::WOULDBLOCK | Errno::ACCESS) => {}
+            Err(e) => return Err(LockError::io(path(), lock_op(kind), e)),
+        }
+        if once {
+            return Err(LockError::Contended { holders: holders(), path: path() });
+        }
+        if !watching {
+            // Watch, then retry once before sleeping (see LockFile::acquire).
+            waiter.watch(fd);
+            watching = true;
+            continue;
+        }
+        match waiter.sleep().map_err(|e| LockError::io(path(), "wait", e))? {
+            Wake::Retry | Wake::Replaced => {}
+            Wake::Cancelled => return Err(LockError::Cancelled { path: path(), waited: started.elapsed() }),
+            Wake::Deadline => {
+                return Err(LockError::Timeout {
+                    holders: holders(),
+                    path: path(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+}
+
+/// Release this open file description's lock of `kind` on `range` (the
+/// whole file for `flock`), in place: `flock -u`.
+///
+/// # Errors
+/// The unlock call's own error (`EBADF` for a closed descriptor).
+pub fn unlock_descriptor(fd: BorrowedFd<'_>, kind: LockKind, range: ByteRange) -> Result<(), LockError> {
+    let mut kind = kind;
+    apply(fd, &mut kind, None, range).map_err(|e| LockError::io(descriptor_path(fd), lock_op(kind), e))
+}
+
+/// A descriptor's file for messages: its `/proc/self/fd` link, or
+/// `descriptor N` where that cannot be read.
+fn descriptor_path(fd: BorrowedFd<'_>) -> PathBuf {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap_or_else(|_| PathBuf::from(format!("descriptor {}", fd.as_raw_fd())))
+}
+
 fn lock_op(kind: LockKind) -> &'static str {
     match kind {
         LockKind::Flock => "flock",
@@ -721,11 +816,25 @@ fn apply(
     mode: Option<LockMode>,
     range: ByteRange,
 ) -> Result<(), Errno> {
+    lock_call(fd, kind, mode, range, false)
+}
+
+/// [`apply`], or with `block` a lock that waits in the kernel's own queue
+/// until granted (`EINTR` if a signal interrupts it).
+fn lock_call(
+    fd: BorrowedFd<'_>,
+    kind: &mut LockKind,
+    mode: Option<LockMode>,
+    range: ByteRange,
+    block: bool,
+) -> Result<(), Errno> {
     if *kind == LockKind::Flock {
-        let op = match mode {
-            Some(LockMode::Shared) => FlockOperation::NonBlockingLockShared,
-            Some(LockMode::Exclusive) => FlockOperation::NonBlockingLockExclusive,
-            None => FlockOperation::NonBlockingUnlock,
+        let op = match (mode, block) {
+            (Some(LockMode::Shared), false) => FlockOperation::NonBlockingLockShared,
+            (Some(LockMode::Shared), true) => FlockOperation::LockShared,
+            (Some(LockMode::Exclusive), false) => FlockOperation::NonBlockingLockExclusive,
+            (Some(LockMode::Exclusive), true) => FlockOperation::LockExclusive,
+            (None, _) => FlockOperation::Unlock,
         };
         return rustix::fs::flock(fd, op);
     }
@@ -735,7 +844,7 @@ fn apply(
         None => sys::Type::Unlock,
     };
     let family = if *kind == LockKind::Ofd { sys::Family::Ofd } else { sys::Family::Posix };
-    match sys::set_lock(fd, family, kind_arg, range.start, range.len) {
+    match sys::set_lock(fd, family, kind_arg, range.start, range.len, block) {
         // EINVAL for a range that fits is the kernel not knowing the command.
         Err(Errno::INVAL) if family == sys::Family::Ofd && i64::try_from(range.start).is_ok() => {
             log!(
@@ -743,7 +852,7 @@ fn apply(
                 "kernel lacks OFD locks (before Linux 3.15); falling back to process-associated POSIX locks"
             );
             *kind = LockKind::Posix;
-            sys::set_lock(fd, sys::Family::Posix, kind_arg, range.start, range.len)
+            sys::set_lock(fd, sys::Family::Posix, kind_arg, range.start, range.len, block)
         }
         other => other,
     }
@@ -781,74 +890,17 @@ impl LockGuard {
         }
     }
 
-    /// Lock a descriptor the caller already has open: a file of its own,
-    /// or one inherited from a shell (`exec 9>file; flock 9`). The kind,
-    /// mode and range of `options` apply, and its filesystem policy; the
-    /// rest of `options` is about opening, which the caller did. `wait`
-    /// says how long to wait (see [`LockFile::lock_with`]; with a zero
-    /// timeout, one attempt).
-    ///
-    /// There is no path to re-check, so a file replaced under its name
-    /// meanwhile is not noticed: the lock is on what `fd` refers to. The
-    /// guard owns `fd` and unlocks it when dropped; [`LockGuard::into_fd`]
-    /// keeps the lock for as long as the descriptor (or any copy sharing
-    /// its open file description) lives. Messages name the file by its
-    /// `/proc/self/fd` link.
+    /// Lock a descriptor the caller already has open, as
+    /// [`lock_descriptor`] does, and own it: the guard unlocks it when
+    /// dropped; [`LockGuard::into_fd`] keeps the lock for as long as the
+    /// descriptor (or any copy sharing its open file description) lives.
     ///
     /// # Errors
-    /// [`LockError::Contended`] (zero timeout) or [`LockError::Timeout`]
-    /// naming the holders, [`LockError::Cancelled`],
-    /// [`LockError::UnsupportedFilesystem`], or the lock call's own
-    /// error (`EBADF` for a descriptor open for neither reading nor
-    /// writing with an `fcntl` kind).
+    /// As [`lock_descriptor`].
     pub fn lock_fd(fd: OwnedFd, options: &LockOptions, wait: &Wait) -> Result<LockGuard, LockError> {
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .unwrap_or_else(|_| PathBuf::from(format!("descriptor {}", fd.as_raw_fd())));
-        let statfs = rustix::fs::fstatfs(&fd).map_err(|e| LockError::io(&path, "statfs", e))?;
-        // `f_type` is signed on some targets; the magic numbers are u32.
-        #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
-        let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
-        options
-            .fs_policy
-            .check(magic)
-            .map_err(|fs| LockError::UnsupportedFilesystem { path: path.clone(), fs })?;
-        let started = Instant::now();
-        let once = wait.timeout.is_some_and(|t| t.is_zero());
-        let deadline = wait.timeout.and_then(|t| started.checked_add(t));
-        let mut waiter = Waiter::new(deadline, wait.cancel.as_ref());
-        let mut kind = options.kind;
-        let mut watching = false;
-        loop {
-            match apply(fd.as_fd(), &mut kind, Some(options.mode), options.range) {
-                Ok(()) => {
-                    return Ok(LockGuard {
-                        fd: Some(fd),
-                        path,
-                        kind,
-                        mode: options.mode,
-                        range: options.range,
-                    });
-                }
-                Err(Errno::WOULDBLOCK | Errno::ACCESS) => {}
-                Err(e) => return Err(LockError::io(&path, lock_op(kind), e)),
-            }
-            let holders = || crate::holders::holders_of(&path).unwrap_or_default();
-            if once {
-                return Err(LockError::Contended { holders: holders(), path });
-            }
-            if !watching {
-                waiter.watch(fd.as_fd());
-                watching = true;
-                continue;
-            }
-            match waiter.sleep().map_err(|e| LockError::io(&path, "wait", e))? {
-                Wake::Retry | Wake::Replaced => {}
-                Wake::Cancelled => return Err(LockError::Cancelled { path, waited: started.elapsed() }),
-                Wake::Deadline => {
-                    return Err(LockError::Timeout { holders: holders(), path, waited: started.elapsed() });
-                }
-            }
-        }
+        let kind = lock_descriptor(fd.as_fd(), options, wait)?;
+        let path = descriptor_path(fd.as_fd());
+        Ok(LockGuard { fd: Some(fd), path, kind, mode: options.mode, range: options.range })
     }
 
     /// The lock file's path.
