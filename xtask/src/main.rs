@@ -156,15 +156,35 @@ fn flock_suite() -> Result<()> {
 }
 
 /// Package every published crate and build each from its package alone.
-/// Earlier packages are removed first: cargo verifies against the
-/// packages in target/package, and a stale one of the same version would
-/// stand in for the tree's.
+/// Cargo verifies each against the others' packages through a temporary
+/// registry, and takes a registry's crates to be immutable: it unpacks
+/// each version once under `$CARGO_HOME/registry/src/` and builds it
+/// once. So both the unpacked sources of earlier runs and the build are
+/// made afresh, or an earlier package of the same version would stand in
+/// for this tree's.
 fn package() -> Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/package");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/package-verify");
+    if target.exists() {
+        std::fs::remove_dir_all(&target).with_context(|| format!("cannot remove {}", target.display()))?;
+    }
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let sources = cargo_home.map(|h| h.join("registry/src"));
+    for registry in sources.iter().flat_map(std::fs::read_dir).flatten().flatten() {
+        // Only cargo's local registries, never crates.io's unpacked sources.
+        if registry.file_name().to_string_lossy().starts_with("index.") {
+            continue;
+        }
+        for unpacked in std::fs::read_dir(registry.path()).into_iter().flatten().flatten() {
+            if unpacked.file_name().to_string_lossy().starts_with("lockyard") {
+                std::fs::remove_dir_all(unpacked.path())
+                    .with_context(|| format!("cannot remove {}", unpacked.path().display()))?;
+            }
+        }
     }
     let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .env("CARGO_TARGET_DIR", &target)
         .args(["package", "--workspace", "--allow-dirty", "--offline"])
         .args(["--exclude", "xtask", "--exclude", "lockyard-tests", "--exclude", "lockyard-test-support"])
         .status()

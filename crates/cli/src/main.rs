@@ -32,6 +32,13 @@ fn main() -> ExitCode {
     if std::path::Path::new(&argv0).file_name().is_some_and(|name| name == "flock") {
         return ExitCode::from(flock_cmd::run(&args.collect::<Vec<_>>(), "flock").code());
     }
+    // `run` reads its own command line (flock_args), so it need not wait
+    // for clap to build the whole command's: a lock taken in a tight
+    // shell loop starts as fast as flock(1).
+    let rest: Vec<std::ffi::OsString> = args.collect();
+    if rest.first().is_some_and(|a| a == "run") {
+        return ExitCode::from(flock_cmd::run(&rest[1..], "lockyard").code());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
