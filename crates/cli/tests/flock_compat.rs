@@ -85,14 +85,22 @@ fn options_and_spellings_flock1_accepts() {
            $L --time 0.2 -E 45 "$F" true; echo "$?"
            $L -w 0 -E 46 "$F" true; echo "$?"
            $L -s -x -n -E 47 "$F" true; echo "$?"
-           $L -x -s -n "$F" true; echo "shared beside a shared? $?"
+           $L -x -s -n "$F" true; echo "shared beside an exclusive: $?"
            kill %1"#,
-        "42\n43\n44\n45\n46\n47\nshared beside a shared? 1\n",
+        "42\n43\n44\n45\n46\n47\nshared beside an exclusive: 1\n",
     );
     prints(
         dir.dir(),
         r#"flock -s "$F" sleep 5 & sleep 0.2; $L -x -s -n "$F" echo shared; kill %1"#,
         "shared\n",
+    );
+    // A wait with -w ends when the holder lets go, on a file or on the
+    // shell's descriptor.
+    prints(
+        dir.dir(),
+        r#"flock "$F" sleep 0.4 & sleep 0.1; $L -w 10 "$F" echo file; wait
+           flock "$F" sleep 0.4 & sleep 0.1; ( $L -w 10 9 && echo descriptor ) 9>"$F"; wait"#,
+        "file\ndescriptor\n",
     );
     let version = bash(dir.dir(), "$L -V");
     assert!(version.status.success() && stdout(&version).contains("lockyard"), "{version:?}");
