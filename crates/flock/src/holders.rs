@@ -69,6 +69,7 @@ pub enum KeySource {
 /// A file as `/proc/locks` and as `stat` see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct FileId {
     /// The `/proc/locks` key.
     pub key: LockKey,

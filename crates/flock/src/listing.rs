@@ -53,6 +53,7 @@ pub struct ListOptions {
 /// A process involved in a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Process {
     /// Its pid, `null` when unknown (an OFD lock outside exact mode).
     pub pid: Option<u32>,
@@ -100,6 +101,7 @@ pub struct LockRow {
 /// The result of [`list`].
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Listing {
     /// [`SCHEMA`].
     pub schema: u32,

@@ -25,6 +25,7 @@ use serde::Serialize;
 /// The architecture an image boots on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Arch {
     /// x86-64 (a bzImage).
     X86_64,

@@ -63,6 +63,7 @@ pub fn running_release() -> String {
 /// Which kind of [`Source`] a candidate came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SourceKind {
     /// An explicit image path.
     Image,

@@ -22,6 +22,15 @@ fn write(dir: &Scratch, rel: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// A bootable synthetic image for `host`.
+fn image_for(host: Arch, version: &str) -> Vec<u8> {
+    match host {
+        Arch::X86_64 => bzimage(0x020F, version),
+        Arch::Aarch64 => arm64_image(),
+        other => panic!("no synthetic image for {other:?}"),
+    }
+}
+
 #[test]
 fn bzimages_of_several_protocols_report_their_version() {
     let dir = Scratch::new("bz");
@@ -69,10 +78,7 @@ fn every_other_shape_is_rejected_with_its_reason() {
 fn the_chain_is_tried_in_order_and_names_everything_passed_over() {
     let dir = Scratch::new("chain");
     let host = Arch::host().expect("x86_64 or aarch64");
-    let good = match host {
-        Arch::X86_64 => bzimage(0x020F, "6.9.0-tree"),
-        Arch::Aarch64 => arm64_image(),
-    };
+    let good = image_for(host, "6.9.0-tree");
     // A build tree with only a vmlinux, then one with the image.
     write(&dir, "tree-a/vmlinux", b"\x7fELF....");
     let tree = dir.0.join("tree-b");
@@ -120,10 +126,8 @@ fn the_chain_is_tried_in_order_and_names_everything_passed_over() {
 fn a_cached_image_is_found_by_version_and_its_guard_blocks_a_replace() {
     let dir = Scratch::new("cache");
     let host = Arch::host().expect("x86_64 or aarch64");
-    let (name, good) = match host {
-        Arch::X86_64 => ("bzImage", bzimage(0x020F, "6.10.0-cached")),
-        Arch::Aarch64 => ("Image", arm64_image()),
-    };
+    let name = if host == Arch::X86_64 { "bzImage" } else { "Image" };
+    let good = image_for(host, "6.10.0-cached");
     let cache =
         Cache::open(dir.0.join("cache"), CacheOptions::new().wait(Wait::timeout(Duration::from_millis(200))))
             .expect("cache");
@@ -215,10 +219,7 @@ fn a_fifo_candidate_is_passed_over_without_hanging() {
     .expect("mkfifo");
     // Nobody ever writes to it: a blocking open would wait forever.
     assert!(matches!(inspect(&fifo), Err(Rejection::NotAFile { .. })));
-    let good = match host {
-        Arch::X86_64 => bzimage(0x020F, "6.9.0-tree"),
-        Arch::Aarch64 => arm64_image(),
-    };
+    let good = image_for(host, "6.9.0-tree");
     let built = write(&dir, &format!("tree/{}", host.build_tree_image()), &good);
     let resolved = Resolver::new()
         .source(Source::Installed { root: dir.0.join("root"), release: "6.9.0".to_owned() })

@@ -54,6 +54,7 @@ use crate::{Llc, Topology, cpu_lock_name};
 /// How reserved resources are shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Mode {
     /// Whole LLCs nobody else uses (benchmarks).
     ExclusiveLlc,
@@ -77,6 +78,7 @@ impl fmt::Display for Mode {
 
 /// How many of what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Amount {
     /// This many CPUs.
     Cpus(usize),
@@ -86,6 +88,7 @@ pub enum Amount {
 
 /// Where to put a reservation among LLCs already in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Placement {
     /// Prefer LLCs other jobs already share, keeping idle LLCs whole for
     /// benchmarks.
@@ -97,6 +100,7 @@ pub enum Placement {
 
 /// How to treat SMT siblings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Smt {
     /// Siblings of one core next to each other (fewest cores).
     #[default]
