@@ -61,6 +61,7 @@ pub(crate) fn kernel(args: &KernelArgs) -> Outcome {
         resolver = resolver.source(Source::Image(image.clone()));
     }
     if let Some(version) = &args.version {
+        resolver = resolver.version(version.clone());
         let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
         // Looking up creates nothing; no cache yet is no cached kernel.
         match Cache::open(&root, CacheOptions::new().wait(Wait::timeout(args.wait)).read_only()) {

@@ -160,6 +160,18 @@ fn kernel_resolves_in_order_and_says_what_it_passed_over() {
     assert_eq!(found["path"], root.join("boot/vmlinuz-6.7.1-y").to_str().expect("utf-8"));
     assert_eq!(found["image"]["version"], "6.7.1-y");
 
+    // A requested version is checked against each image's header: the
+    // installed /boot/vmlinuz of another release is passed over, named.
+    std::fs::write(root.join("boot/vmlinuz"), bzimage("6.1.0-28-cloud-amd64")).expect("image");
+    let cache = dir.0.join("cache");
+    let out = run(
+        &[],
+        &["kernel", "--root", root_arg, "--version", "6.14.2", "--cache-dir", cache.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("kernel 6.1.0-28-cloud-amd64, not the requested 6.14.2"), "{err}");
+
     let missing = dir.0.join("typo");
     let out = run(&[], &["kernel", "--image", missing.to_str().expect("utf-8"), "--search", tree_arg]);
     assert_eq!(out.status.code(), Some(2), "an explicit image that is missing is an error");

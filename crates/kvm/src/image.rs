@@ -7,7 +7,15 @@
 //!   16-bit field at 0x20E. The file must also hold the setup sectors
 //!   (`setup_sects` at 0x1F1, 0 meaning 4) and the protected-mode kernel
 //!   after them (`syssize` at 0x1F4, in 16-byte units): a shorter file is
-//!   a truncated copy.
+//!   a truncated copy. What a VMM that loads a bzImage directly (rust-vmm's
+//!   linux-loader, Firecracker, cloud-hypervisor) needs is checked too:
+//!   `LOADED_HIGH` (bit 0 of `loadflags`, 0x211), without which the kernel
+//!   wants loading at 0x10000 as a zImage (linux-loader refuses it); and,
+//!   from protocol 2.12 on, `XLF_KERNEL_64` (bit 0 of `xloadflags`,
+//!   0x236), the 64-bit entry point at load address + 0x200 that those
+//!   VMMs jump to. Whether the kernel is relocatable (0x234, protocol
+//!   2.05+) is reported: it matters only to a VMM that loads it elsewhere
+//!   than its preferred address.
 //! - **arm64 `Image`**: the magic `ARM\x64` at 0x38 of its 64-byte header.
 //!   The header has no version string; the version is not reported.
 //! - Refused with a hint: an ELF `vmlinux` (what a build leaves at the top
@@ -80,6 +88,10 @@ pub struct ImageInfo {
     pub version_string: Option<String>,
     /// File size, bytes.
     pub size: u64,
+    /// Whether an x86 kernel may be loaded elsewhere than its preferred
+    /// address (`relocatable_kernel`); `None` where the header does not
+    /// say (arm64, x86 protocol before 2.05).
+    pub relocatable: Option<bool>,
 }
 
 /// Why a file is not a bootable image.
@@ -134,6 +146,31 @@ pub enum Rejection {
     OldBootProtocol {
         /// The version found.
         protocol: String,
+    },
+    /// A bzImage without `LOADED_HIGH`: a zImage-style kernel to be loaded
+    /// low, which VMMs that load bzImages directly refuse.
+    #[error(
+        "loadflags lacks LOADED_HIGH (bit 0 of 0x211): the kernel wants loading at 0x10000, which VMM loaders refuse"
+    )]
+    NotLoadedHigh,
+    /// A bzImage whose header (protocol 2.12+) says it has no 64-bit entry
+    /// point, which VMMs that boot in 64-bit mode jump to.
+    #[error("xloadflags lacks XLF_KERNEL_64 (bit 0 of 0x236): no 64-bit entry point for a VMM to jump to")]
+    No64BitEntry,
+    /// A good image of another kernel release than the one asked for.
+    #[error("kernel {found}, not the requested {wanted}")]
+    VersionMismatch {
+        /// The version asked for.
+        wanted: String,
+        /// The image's release, from its header.
+        found: String,
+    },
+    /// An image whose header carries no version, when a version was asked
+    /// for (arm64 `Image`s have none).
+    #[error("its header names no kernel release, and {wanted} was requested")]
+    VersionUnknown {
+        /// The version asked for.
+        wanted: String,
     },
     /// A good image for another architecture.
     #[error("an {found} image, and this host is {host}")]
@@ -249,6 +286,7 @@ pub(crate) fn identify(
             version: None,
             version_string: None,
             size,
+            relocatable: None,
         });
     }
     // A header cut short before either magic could be seen.
@@ -274,6 +312,15 @@ fn bzimage(
     if protocol < 0x0200 {
         return Err(Rejection::OldBootProtocol { protocol: protocol_text });
     }
+    const LOADED_HIGH: u8 = 1;
+    const XLF_KERNEL_64: u16 = 1;
+    if header.get(0x211).is_some_and(|flags| flags & LOADED_HIGH == 0) {
+        return Err(Rejection::NotLoadedHigh);
+    }
+    if protocol >= 0x020C && u16_at(0x236).is_some_and(|flags| flags & XLF_KERNEL_64 == 0) {
+        return Err(Rejection::No64BitEntry);
+    }
+    let relocatable = if protocol >= 0x0205 { header.get(0x234).map(|&r| r != 0) } else { None };
     let setup_sects = match header[0x1F1] {
         0 => 4,
         n => u64::from(n),
@@ -308,5 +355,6 @@ fn bzimage(
         version,
         version_string,
         size,
+        relocatable,
     })
 }

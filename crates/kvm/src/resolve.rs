@@ -180,11 +180,12 @@ fn list(tried: &[Candidate]) -> String {
 pub struct Resolver {
     sources: Vec<Source>,
     arch: Option<Arch>,
+    version: Option<String>,
 }
 
 impl Default for Resolver {
     fn default() -> Self {
-        Resolver { sources: Vec::new(), arch: Arch::host() }
+        Resolver { sources: Vec::new(), arch: Arch::host(), version: None }
     }
 }
 
@@ -198,6 +199,16 @@ impl Resolver {
     #[must_use]
     pub fn source(mut self, source: Source) -> Self {
         self.sources.push(source);
+        self
+    }
+
+    /// Accept only images of kernel release `version`, as their headers
+    /// say: `6.14.2` matches a release `6.14.2` and `6.14.2-arch1-1`, not
+    /// `6.14.20` or `6.14.2.1`. An image of another release, or whose
+    /// header names none, is passed over with the reason.
+    #[must_use]
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
         self
     }
 
@@ -294,10 +305,30 @@ impl Resolver {
 
     fn check(&self, path: &Path) -> Result<ImageInfo, Rejection> {
         let image = image::inspect(path)?;
-        match self.arch {
-            Some(host) if host != image.arch => Err(Rejection::WrongArch { found: image.arch, host }),
-            _ => Ok(image),
+        if let Some(host) = self.arch.filter(|&host| host != image.arch) {
+            return Err(Rejection::WrongArch { found: image.arch, host });
         }
+        if let Some(wanted) = &self.version {
+            match &image.version {
+                None => return Err(Rejection::VersionUnknown { wanted: wanted.clone() }),
+                Some(found) if !release_matches(wanted, found) => {
+                    return Err(Rejection::VersionMismatch { wanted: wanted.clone(), found: found.clone() });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(image)
+    }
+}
+
+/// Whether kernel release `found` is version `wanted`: the same, or
+/// `wanted` followed by a local suffix (`-`, `+`, `_`...), never by more
+/// digits or another dotted component.
+fn release_matches(wanted: &str, found: &str) -> bool {
+    match found.strip_prefix(wanted) {
+        Some("") => true,
+        Some(rest) => rest.chars().next().is_some_and(|c| !c.is_ascii_digit() && c != '.'),
+        None => false,
     }
 }
 
@@ -325,4 +356,21 @@ fn found(
     guard: Option<EntryGuard>,
 ) -> Resolved {
     Resolved { path: path.to_owned(), image, source, passed_over, guard }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_matches;
+
+    #[test]
+    fn a_version_matches_its_release_and_local_suffixes_only() {
+        assert!(release_matches("6.14.2", "6.14.2"));
+        assert!(release_matches("6.14.2", "6.14.2-arch1-1"));
+        assert!(release_matches("6.1.0", "6.1.0-28-cloud-amd64"));
+        assert!(release_matches("6.14.2", "6.14.2+"));
+        assert!(!release_matches("6.14.2", "6.14.20"));
+        assert!(!release_matches("6.14.2", "6.14.2.1"));
+        assert!(!release_matches("6.14.2", "6.1.0"));
+        assert!(!release_matches("6.1", "6.1.0-28-cloud-amd64"));
+    }
 }

@@ -47,6 +47,71 @@ fn bzimages_of_several_protocols_report_their_version() {
     assert_eq!(inspect(&old), Err(Rejection::OldBootProtocol { protocol: "1.04".to_owned() }));
 }
 
+/// What a VMM that loads bzImages directly needs: LOADED_HIGH always, a
+/// 64-bit entry where the protocol (2.12+) can say so.
+#[test]
+fn bzimages_a_64_bit_vmm_cannot_load_are_rejected_by_name() {
+    use lockyard_test_support::images::{LOADED_HIGH, XLF_KERNEL_64, bzimage_with};
+    let dir = Scratch::new("bz-flags");
+    let low = write(&dir, "low", &bzimage_with(0x020F, "6.6.7", 0, XLF_KERNEL_64));
+    assert_eq!(inspect(&low), Err(Rejection::NotLoadedHigh));
+    let no64 = write(&dir, "no64", &bzimage_with(0x020F, "6.6.7", LOADED_HIGH, 0));
+    assert_eq!(inspect(&no64), Err(Rejection::No64BitEntry));
+    // Before 2.12 the header cannot say; the image is taken.
+    let older = write(&dir, "older", &bzimage_with(0x020A, "3.2.0", LOADED_HIGH, 0));
+    assert!(inspect(&older).is_ok());
+    // Both passed over, each with its reason, in a chain.
+    write(&dir, "tree/boot/vmlinuz-a", &bzimage_with(0x020F, "6.6.7", 0, XLF_KERNEL_64));
+    write(&dir, "tree/boot/vmlinuz-b", &bzimage_with(0x020F, "6.6.7", LOADED_HIGH, 0));
+    let err = Resolver::new()
+        .arch(Arch::X86_64)
+        .source(Source::BuildTrees(vec![dir.0.join("tree")]))
+        .resolve()
+        .expect_err("nothing bootable");
+    let ResolveError::Unavailable { tried } = err else { panic!("{err}") };
+    let reasons: Vec<&Rejection> = tried.iter().map(|c| &c.reason).collect();
+    assert!(
+        reasons.contains(&&Rejection::NotLoadedHigh) && reasons.contains(&&Rejection::No64BitEntry),
+        "{tried:?}"
+    );
+}
+
+/// A requested version is compared with each image's own header: the
+/// installed `/boot/vmlinuz` of another release is passed over, not
+/// returned.
+#[test]
+fn a_requested_version_passes_over_images_of_other_releases() {
+    if Arch::host() != Some(Arch::X86_64) {
+        lockyard_test_support::skip("the synthetic images here are x86 bzImages");
+        return;
+    }
+    let dir = Scratch::new("version");
+    write(&dir, "root/boot/vmlinuz", &bzimage(0x020F, "6.1.0-28-cloud-amd64 (debian) #1 SMP"));
+    let resolver = |version: &str| {
+        Resolver::new()
+            .version(version)
+            .source(Source::Installed { root: dir.0.join("root"), release: version.to_owned() })
+            .resolve()
+    };
+    let err = resolver("6.14.2").expect_err("no 6.14.2 here");
+    let ResolveError::Unavailable { tried } = err else { panic!("{err}") };
+    let mismatch =
+        Rejection::VersionMismatch { wanted: "6.14.2".into(), found: "6.1.0-28-cloud-amd64".into() };
+    assert!(tried.iter().any(|c| c.reason == mismatch), "{tried:?}");
+    assert!(mismatch.to_string().contains("not the requested 6.14.2"));
+    let found = resolver("6.1.0").expect("6.1.0 matches its local suffix");
+    assert_eq!(found.image.version.as_deref(), Some("6.1.0-28-cloud-amd64"));
+    // An image whose header names no release cannot be the one asked for.
+    let arm = write(&dir, "arm/Image", &arm64_image());
+    let err = Resolver::new()
+        .arch(Arch::Aarch64)
+        .version("6.1.0")
+        .source(Source::Image(arm))
+        .resolve()
+        .expect_err("unknown version");
+    assert!(matches!(err, ResolveError::Image { reason: Rejection::VersionUnknown { .. }, .. }), "{err}");
+}
+
 #[test]
 fn every_other_shape_is_rejected_with_its_reason() {
     let dir = Scratch::new("shapes");
@@ -182,12 +247,14 @@ fn a_real_debian_kernel_is_found_with_its_version() {
         );
         return;
     };
-    let info = inspect(&path).expect("a real bzImage");
+    let info = inspect(&path).expect("a real bzImage, loadable by a 64-bit VMM");
     assert_eq!(info.format, "bzImage");
+    assert_eq!(info.relocatable, Some(true), "{info:?}");
     assert_eq!(info.version.as_deref(), Some(release.as_str()), "{info:?}");
     let root = path.parent().and_then(Path::parent).expect("root");
     let resolved = Resolver::new()
         .arch(Arch::X86_64)
+        .version(release.clone())
         .source(Source::Installed { root: root.to_owned(), release: release.clone() })
         .resolve()
         .expect("resolved");
