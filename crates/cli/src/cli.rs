@@ -76,18 +76,25 @@ pub enum Command {
         unknown capability name).")]
     Preflight(PreflightArgs),
     /// Find the kernel image a VM would boot, and why others were passed over.
-    #[command(after_help = "Sources, in order: --image (missing or unbootable is an error, never a \
+    #[command(after_help = "A SPEC (or $LOCKYARD_KERNEL) is a path (an image, or a build tree alone), a \
+        version (its cache entry, then the installed kernel of that release, each checked to name it), \
+        or a cache key (that entry alone); nothing else is tried.\n\n\
+        Without one, sources in order: --image (missing or unbootable is an error, never a \
         fallback); --version as a key of the lockyard cache (the entry holds bzImage, Image or vmlinuz); \
         each --search directory as a kernel build tree (arch/x86/boot/bzImage, arch/arm64/boot/Image), \
-        then for image files in it or its boot/ (bzImage, Image, vmlinuz*); \
-        the installed kernel of --release (default: --version, else the running kernel) under --root: \
-        lib/modules/RELEASE/vmlinuz, boot/vmlinuz-RELEASE, boot/vmlinuz. Every candidate's header is \
-        checked (bzImage HdrS and boot protocol, arm64 Image magic); ELF vmlinux and compressed files \
+        then for image files in it or its boot/ (bzImage, Image, vmlinuz*), and nothing after them \
+        unless --fallback; the installed kernel of --release (default: --version, else the running \
+        kernel) under --root: lib/modules/RELEASE/vmlinuz, boot/vmlinuz-RELEASE, boot/vmlinuz. With no \
+        source at all, ./linux and ../linux (when they hold a built image) and \
+        /lib/modules/RELEASE/build come before the installed kernel. With --version, every candidate \
+        must name that release in its header. Every candidate's header is checked (bzImage HdrS, boot \
+        protocol, LOADED_HIGH and 64-bit entry, arm64 Image magic); ELF vmlinux and compressed files \
         are refused with a hint.\n\n\
         The cache root is --cache-dir, else $LOCKYARD_CACHE_DIR, else $XDG_CACHE_HOME/lockyard, else \
         $HOME/.cache/lockyard.\n\n\
         Exit status: 0 if an image was found, 1 if none is bootable (or the cache entry stayed busy past \
-        -w), 2 on error (an --image that is missing or unbootable).")]
+        -w), 2 if what was asked for is wrong (a malformed SPEC, an --image that is missing or \
+        unbootable). JSON says which as outcome: found, unavailable, or misconfigured.")]
     Kernel(KernelArgs),
     /// Print a shell completion script.
     Completions {
@@ -178,15 +185,24 @@ pub struct PreflightArgs {
 /// Options of `lockyard kernel`.
 #[derive(Debug, Args)]
 pub struct KernelArgs {
+    /// What to boot: a path (an image, or a build tree), a version
+    /// (6.14.2), or a cache key; `path:`, `version:` and `key:` say which
+    /// outright. Default: $LOCKYARD_KERNEL, when no other source is given.
+    #[arg(value_name = "SPEC", conflicts_with_all = ["image", "version", "search"])]
+    pub spec: Option<String>,
     /// Boot exactly this image.
     #[arg(long, value_name = "PATH")]
     pub image: Option<PathBuf>,
     /// Look this version (or key) up in the lockyard cache.
     #[arg(long, value_name = "V")]
     pub version: Option<String>,
-    /// Kernel build trees to look in (repeatable, or several after one flag).
+    /// Kernel build trees to look in (repeatable, or several after one
+    /// flag), and nowhere else unless --fallback.
     #[arg(long, value_name = "DIR", num_args = 1..)]
     pub search: Vec<PathBuf>,
+    /// After the --search directories, try the installed kernel too.
+    #[arg(long, requires = "search")]
+    pub fallback: bool,
     /// The installed kernel release to look for (default: --version, else
     /// the running kernel's).
     #[arg(long, value_name = "RELEASE")]

@@ -2,7 +2,8 @@
 
 use lockyard::cache::{Cache, CacheError, CacheOptions, NotACache, Wait};
 use lockyard::kvm::{
-    Candidate, Capability, ImageInfo, Preflight, ResolveError, Resolver, Source, SourceKind, Status,
+    Candidate, Capability, ImageInfo, KernelSpec, Preflight, ResolveError, Resolver, Source, SourceKind,
+    Status,
 };
 use lockyard_cli::cli::{KernelArgs, PreflightArgs};
 use lockyard_cli::units::format_size;
@@ -44,10 +45,85 @@ pub(crate) fn preflight(args: &PreflightArgs) -> Outcome {
     Ok(Exit::answer(!report.checks.iter().any(|c| c.status == Status::Fail)))
 }
 
+/// The chain the flags describe (see `lockyard kernel --help`).
+fn chain(args: &KernelArgs, flags_given: bool) -> Result<Resolver, anyhow::Error> {
+    let mut resolver = Resolver::new();
+    if let Some(image) = &args.image {
+        resolver = resolver.source(Source::Image(image.clone()));
+    }
+    if let Some(version) = &args.version {
+        resolver = resolver.version(version.clone());
+        if let Some(cache) = kernel_cache(args)? {
+            resolver = resolver.source(Source::Cache { cache, key: version.clone() });
+        }
+    }
+    if !args.search.is_empty() {
+        resolver = resolver.source(Source::BuildTrees(args.search.clone()));
+    }
+    let release =
+        args.release.clone().or_else(|| args.version.clone()).unwrap_or_else(lockyard::kvm::running_release);
+    if !flags_given {
+        // A kernel developer's trees: ./linux and ../linux when they hold
+        // a built image (else they are not trees, and not worth listing),
+        // then the build tree the installed modules point at.
+        let built = |dir: &std::path::Path| {
+            ["arch/x86/boot/bzImage", "arch/arm64/boot/Image", "vmlinux"].iter().any(|f| dir.join(f).exists())
+        };
+        let mut trees: Vec<std::path::PathBuf> =
+            ["linux", "../linux"].iter().map(std::path::PathBuf::from).filter(|d| built(d)).collect();
+        let modules_build = args.root.join("lib/modules").join(&release).join("build");
+        if built(&modules_build) {
+            trees.push(modules_build);
+        }
+        if !trees.is_empty() {
+            resolver = resolver.source(Source::BuildTrees(trees));
+        }
+    }
+    if args.search.is_empty() || args.fallback {
+        resolver = resolver.source(Source::Installed { root: args.root.clone(), release });
+    }
+    Ok(resolver)
+}
+
+/// The kernel cache, read-only; `None` where there is none yet (no
+/// cache is no cached kernel).
+fn kernel_cache(args: &KernelArgs) -> Result<Option<Cache>, anyhow::Error> {
+    let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
+    match Cache::open(&root, CacheOptions::new().wait(Wait::timeout(args.wait)).read_only()) {
+        Ok(cache) => Ok(Some(cache)),
+        Err(CacheError::NotACache { reason: NotACache::Missing | NotACache::Empty, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What was asked for is wrong: say so (and with --json, as an outcome
+/// a harness can tell from "no kernel"), status 2.
+fn misconfigured(args: &KernelArgs, message: &str) -> Outcome {
+    if args.json {
+        print_json(&KernelReport {
+            schema: SCHEMA,
+            found: false,
+            outcome: "misconfigured",
+            error: Some(message.to_owned()),
+            path: None,
+            source: None,
+            image: None,
+            passed_over: &[],
+        })?;
+    }
+    eprintln!("lockyard: {}", crate::escape(message));
+    Ok(Exit::FAILED)
+}
+
 #[derive(Serialize)]
 struct KernelReport<'a> {
     schema: u32,
     found: bool,
+    /// `found`, `unavailable` (nothing bootable: a harness skips), or
+    /// `misconfigured` (what was asked for is wrong: a harness fails).
+    outcome: &'static str,
+    /// What is wrong, when misconfigured.
+    error: Option<String>,
     path: Option<String>,
     source: Option<SourceKind>,
     image: Option<&'a ImageInfo>,
@@ -56,27 +132,24 @@ struct KernelReport<'a> {
 }
 
 pub(crate) fn kernel(args: &KernelArgs) -> Outcome {
-    let mut resolver = Resolver::new();
-    if let Some(image) = &args.image {
-        resolver = resolver.source(Source::Image(image.clone()));
-    }
-    if let Some(version) = &args.version {
-        resolver = resolver.version(version.clone());
-        let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
-        // Looking up creates nothing; no cache yet is no cached kernel.
-        match Cache::open(&root, CacheOptions::new().wait(Wait::timeout(args.wait)).read_only()) {
-            Ok(cache) => resolver = resolver.source(Source::Cache { cache, key: version.clone() }),
-            Err(CacheError::NotACache { reason: NotACache::Missing | NotACache::Empty, .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !args.search.is_empty() {
-        resolver = resolver.source(Source::BuildTrees(args.search.clone()));
-    }
-    let release =
-        args.release.clone().or_else(|| args.version.clone()).unwrap_or_else(lockyard::kvm::running_release);
-    resolver = resolver.source(Source::Installed { root: args.root.clone(), release });
-
+    let flags_given = args.image.is_some() || args.version.is_some() || !args.search.is_empty();
+    let spec_text = args.spec.clone().or_else(|| {
+        let from_env = std::env::var("LOCKYARD_KERNEL").ok().filter(|s| !s.is_empty());
+        from_env.filter(|_| !flags_given && args.release.is_none())
+    });
+    let resolver = match spec_text {
+        Some(text) => match KernelSpec::parse(&text) {
+            Ok(spec) => {
+                let cache = match &spec {
+                    KernelSpec::Path(_) => None,
+                    _ => kernel_cache(args)?,
+                };
+                Resolver::for_spec(&spec, cache, &args.root)
+            }
+            Err(e) => return misconfigured(args, &e.to_string()),
+        },
+        None => chain(args, flags_given)?,
+    };
     let resolved = match resolver.resolve() {
         Ok(resolved) => resolved,
         Err(ResolveError::Unavailable { tried }) => {
@@ -84,6 +157,8 @@ pub(crate) fn kernel(args: &KernelArgs) -> Outcome {
                 print_json(&KernelReport {
                     schema: SCHEMA,
                     found: false,
+                    outcome: "unavailable",
+                    error: None,
                     path: None,
                     source: None,
                     image: None,
@@ -97,12 +172,15 @@ pub(crate) fn kernel(args: &KernelArgs) -> Outcome {
             eprint!("{text}");
             return Ok(Exit::NO);
         }
+        Err(e @ ResolveError::Image { .. }) => return misconfigured(args, &e.to_string()),
         Err(e) => return Err(e.into()),
     };
     if args.json {
         print_json(&KernelReport {
             schema: SCHEMA,
             found: true,
+            outcome: "found",
+            error: None,
             path: Some(resolved.path.display().to_string()),
             source: Some(resolved.source),
             image: Some(&resolved.image),

@@ -172,6 +172,31 @@ fn kernel_resolves_in_order_and_says_what_it_passed_over() {
     let err = text(&out.stderr);
     assert!(err.contains("kernel 6.1.0-28-cloud-amd64, not the requested 6.14.2"), "{err}");
 
+    // A spec (argument, or $LOCKYARD_KERNEL): a build tree alone.
+    let found = json(&run(&[], &["kernel", tree_arg, "--json"]));
+    assert_eq!(
+        (found["outcome"].as_str(), found["image"]["version"].as_str()),
+        (Some("found"), Some("6.8.0-tree"))
+    );
+    let env = format!("LOCKYARD_KERNEL={tree_arg}");
+    let found = json(&run(&["env", &env], &["kernel", "--json"]));
+    assert_eq!(found["image"]["version"], "6.8.0-tree", "{found}");
+    // A malformed spec is a mistake (a harness fails), not "no kernel".
+    let out = run(&[], &["kernel", "two words", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(json(&out)["outcome"], "misconfigured");
+    assert!(text(&out.stderr).contains("expected a path"), "{}", text(&out.stderr));
+    // --search is exclusive; --fallback adds the installed kernel.
+    let empty = dir.0.join("empty");
+    std::fs::create_dir_all(&empty).expect("empty");
+    let empty_arg = empty.to_str().expect("utf-8");
+    let searched = ["kernel", "--root", root_arg, "--release", "6.7.1-y", "--search", empty_arg, "--json"];
+    let out = run(&[], &searched);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(json(&out)["outcome"], "unavailable");
+    let found = json(&run(&[], &[&searched[..], &["--fallback"]].concat()));
+    assert_eq!(found["path"], root.join("boot/vmlinuz-6.7.1-y").to_str().expect("utf-8"), "{found}");
+
     let missing = dir.0.join("typo");
     let out = run(&[], &["kernel", "--image", missing.to_str().expect("utf-8"), "--search", tree_arg]);
     assert_eq!(out.status.code(), Some(2), "an explicit image that is missing is an error");

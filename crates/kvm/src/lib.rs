@@ -81,6 +81,7 @@ pub mod image;
 mod preflight;
 #[cfg(feature = "resolve")]
 mod resolve;
+mod spec;
 mod sys;
 
 pub use host::HostSnapshot;
@@ -93,6 +94,7 @@ pub use preflight::{
 pub use resolve::{
     Candidate, ENTRY_IMAGES, ResolveError, Resolved, Resolver, Source, SourceKind, running_release,
 };
+pub use spec::{KernelSpec, SpecError};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

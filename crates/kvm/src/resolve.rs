@@ -160,6 +160,13 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
+    /// Whether nothing bootable was found (a harness skips): as opposed
+    /// to a mistake in what was asked for or a failing cache (a harness
+    /// fails), or a busy entry ([`ResolveError::is_busy`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ResolveError::Unavailable { .. })
+    }
+
     /// Whether another process holds what was asked for (the cached
     /// kernel's entry), as every lockyard crate's `is_busy` means it:
     /// worth a retry, not a misconfiguration.
@@ -200,6 +207,34 @@ impl Resolver {
     pub fn source(mut self, source: Source) -> Self {
         self.sources.push(source);
         self
+    }
+
+    /// The chain for a [`KernelSpec`](crate::KernelSpec): a path is exactly
+    /// that image, or that kernel build tree alone; a key is that entry of
+    /// `cache` alone; a version is its entry of `cache`, then the
+    /// installed kernel of that release under `root`, every candidate
+    /// checked to name that release in its header. Nothing else is tried:
+    /// a spec that finds nothing is "no kernel", not a fallback.
+    pub fn for_spec(spec: &crate::KernelSpec, cache: Option<Cache>, root: impl Into<PathBuf>) -> Resolver {
+        use crate::KernelSpec;
+        let resolver = Resolver::new();
+        match spec {
+            KernelSpec::Path(path) if path.is_dir() => {
+                resolver.source(Source::BuildTrees(vec![path.clone()]))
+            }
+            KernelSpec::Path(path) => resolver.source(Source::Image(path.clone())),
+            KernelSpec::Key(key) => match cache {
+                Some(cache) => resolver.source(Source::Cache { cache, key: key.clone() }),
+                None => resolver,
+            },
+            KernelSpec::Version(version) => {
+                let mut resolver = resolver.version(version.clone());
+                if let Some(cache) = cache {
+                    resolver = resolver.source(Source::Cache { cache, key: version.clone() });
+                }
+                resolver.source(Source::Installed { root: root.into(), release: version.clone() })
+            }
+        }
     }
 
     /// Accept only images of kernel release `version`, as their headers
