@@ -119,9 +119,10 @@ pub struct TopoArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("amount").required(true).args(["cpus", "llcs"])))]
 pub struct ReserveArgs {
-    /// Reserve this many CPUs.
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<usize>,
+    /// Reserve this many CPUs, or this share of the CPUs this process may
+    /// use (`30%`: rounded up, at least one).
+    #[arg(long, value_name = "N|P%", value_parser = parse_cpus)]
+    pub cpus: Option<lockyard::topo::Amount>,
     /// Reserve this many whole LLCs.
     #[arg(long, value_name = "N")]
     pub llcs: Option<usize>,
@@ -481,4 +482,23 @@ pub enum CacheCommand {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+}
+
+/// `--cpus N` or `--cpus P%`.
+fn parse_cpus(text: &str) -> Result<lockyard::topo::Amount, String> {
+    use lockyard::topo::Amount;
+    match text.strip_suffix('%') {
+        Some(share) => share
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| (1..=100).contains(p))
+            .map(Amount::CpuPercent)
+            .ok_or_else(|| format!("invalid share {text:?}: give 1% to 100%")),
+        None => text
+            .trim()
+            .parse::<usize>()
+            .map(Amount::Cpus)
+            .map_err(|_| format!("invalid CPU count {text:?}: give a number, or a share such as 30%")),
+    }
 }

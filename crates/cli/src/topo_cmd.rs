@@ -146,7 +146,7 @@ fn cpu_line(cpu: &Cpu, state: &dyn Fn(&str) -> String) -> String {
 
 pub(crate) fn reserve(args: &ReserveArgs) -> Outcome {
     let amount = match (args.cpus, args.llcs) {
-        (Some(n), None) => Amount::Cpus(n),
+        (Some(cpus), None) => cpus,
         (None, Some(n)) => Amount::Llcs(n),
         _ => unreachable!("clap requires exactly one of --cpus and --llcs"),
     };

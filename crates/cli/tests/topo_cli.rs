@@ -126,6 +126,20 @@ fn reserve_pins_the_command_holds_for_its_life_and_passes_its_status() {
     let out = reserve(&["--cpus", "100000", "--", "true"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2), "can never fit");
     assert!(String::from_utf8_lossy(&out.stderr).contains("allowed to this process"));
+
+    // A share of the allowed CPUs: rounded up, at least one.
+    let jobs = |share: &str| {
+        let out = reserve(&["--cpus", share, "--", "sh", "-c", "echo $LOCKYARD_JOBS"]).output().expect("run");
+        assert!(out.status.success(), "{share}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse::<usize>().expect("jobs")
+    };
+    let every = jobs("100%");
+    assert_eq!(jobs("50%"), every.div_ceil(2));
+    assert_eq!(jobs("1%"), 1);
+    for bad in ["0%", "101%", "half"] {
+        let out = reserve(&["--cpus", bad, "--", "true"]).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -110,7 +110,17 @@ pub(crate) fn plan(
     });
     let mut chosen_llcs = Vec::new();
     let mut chosen_cpus = Vec::new();
-    match request.amount {
+    let amount = match request.amount {
+        Amount::CpuPercent(percent) => {
+            let on_node =
+                |c: u32| request.node.is_none_or(|n| topology.cpu(c).and_then(|cpu| cpu.node) == Some(n));
+            Amount::Cpus(Amount::percent_of(percent, allowed.iter().filter(|&c| on_node(c)).count()))
+        }
+        other => other,
+    };
+    match amount {
+        // Nothing asked for is nothing to plan (Reserver refuses it first).
+        Amount::Llcs(0) | Amount::Cpus(0) => return None,
         Amount::Llcs(n) => {
             for &i in order.iter().take(n) {
                 chosen_llcs.push(i);
@@ -133,6 +143,7 @@ pub(crate) fn plan(
                 return None;
             }
         }
+        Amount::CpuPercent(_) => unreachable!("turned into a number of CPUs above"),
     }
     chosen_llcs.sort_by_key(|&i| llcs[i].key);
     chosen_cpus.sort_unstable();
@@ -186,34 +197,41 @@ mod tests {
                     proptest::collection::vec((any::<bool>(), 0usize..3), n_llcs),
                     0..3u8,
                     1..=n_cpus,
+                    1..=100u32,
                     proptest::option::of(0..nodes + 1),
                     any::<bool>(),
                     any::<bool>(),
                     any::<bool>(),
                 )
             })
-            .prop_map(|(topology, allowed, cpu_held, llc_held, mode, n, node, llcs, spread, apart)| {
-                let allowed: CpuList =
-                    topology.cpus.iter().zip(&allowed).filter(|(_, a)| **a).map(|(c, _)| c.id).collect();
-                let usage = Use {
-                    // An exclusive holder is the only holder.
-                    llc: llc_held.iter().map(|&(x, n)| if x { (true, 1) } else { (false, n) }).collect(),
-                    cpu: allowed.iter().zip(&cpu_held).map(|(c, &h)| (c, h)).collect(),
-                };
-                let mode = [Mode::ExclusiveCpu, Mode::ExclusiveLlc, Mode::Shared][usize::from(mode)];
-                let amount = if llcs { Amount::Llcs(n.min(topology.llcs.len())) } else { Amount::Cpus(n) };
-                let mut request = Request::new(amount).mode(mode);
-                if let Some(node) = node {
-                    request = request.node(node);
-                }
-                if spread {
-                    request = request.placement(Placement::Spread);
-                }
-                if apart {
-                    request = request.smt(Smt::Apart);
-                }
-                Case { topology, allowed, usage, request }
-            })
+            .prop_map(
+                |(topology, allowed, cpu_held, llc_held, mode, n, percent, node, llcs, spread, apart)| {
+                    let allowed: CpuList =
+                        topology.cpus.iter().zip(&allowed).filter(|(_, a)| **a).map(|(c, _)| c.id).collect();
+                    let usage = Use {
+                        // An exclusive holder is the only holder.
+                        llc: llc_held.iter().map(|&(x, n)| if x { (true, 1) } else { (false, n) }).collect(),
+                        cpu: allowed.iter().zip(&cpu_held).map(|(c, &h)| (c, h)).collect(),
+                    };
+                    let mode = [Mode::ExclusiveCpu, Mode::ExclusiveLlc, Mode::Shared][usize::from(mode)];
+                    let amount = match (llcs, n % 3) {
+                        (true, _) => Amount::Llcs(n.min(topology.llcs.len())),
+                        (false, 0) => Amount::CpuPercent(percent),
+                        (false, _) => Amount::Cpus(n),
+                    };
+                    let mut request = Request::new(amount).mode(mode);
+                    if let Some(node) = node {
+                        request = request.node(node);
+                    }
+                    if spread {
+                        request = request.placement(Placement::Spread);
+                    }
+                    if apart {
+                        request = request.smt(Smt::Apart);
+                    }
+                    Case { topology, allowed, usage, request }
+                },
+            )
     }
 
     fn cpu_held(case: &Case, cpu: u32) -> bool {
@@ -230,6 +248,14 @@ mod tests {
             };
             match case.request.amount {
                 Amount::Cpus(n) => prop_assert_eq!(plan.cpus.len(), n),
+                Amount::CpuPercent(p) => {
+                    let pool = case.allowed.iter().filter(|&c| {
+                        case.request.node.is_none_or(|n| case.topology.cpu(c).and_then(|cpu| cpu.node) == Some(n))
+                    }).count();
+                    let n = Amount::percent_of(p, pool);
+                    prop_assert!(n >= 1 && n * 100 >= pool * p as usize && (n - 1) * 100 < pool * p as usize);
+                    prop_assert_eq!(plan.cpus.len(), n);
+                }
                 Amount::Llcs(n) => prop_assert_eq!(plan.llcs.len(), n),
             }
             for &cpu in &plan.cpus {

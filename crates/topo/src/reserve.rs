@@ -82,8 +82,21 @@ impl fmt::Display for Mode {
 pub enum Amount {
     /// This many CPUs.
     Cpus(usize),
+    /// This share, in percent (1 to 100), of the CPUs this process may
+    /// use (on the requested node, if any), rounded up and at least one: a
+    /// build's budget that scales with the host (ktstr's default is 30%).
+    CpuPercent(u32),
     /// This many whole LLCs (every allowed CPU in them).
     Llcs(usize),
+}
+
+impl Amount {
+    /// The CPUs a percentage of `available` comes to: rounded up, at
+    /// least one (of none, none).
+    pub fn percent_of(percent: u32, available: usize) -> usize {
+        let share = (available as u128 * u128::from(percent)).div_ceil(100);
+        usize::try_from(share).unwrap_or(usize::MAX).max(usize::from(available > 0))
+    }
 }
 
 /// Where to put a reservation among LLCs already in use.
@@ -302,6 +315,7 @@ impl Reserver {
     /// [`ReserveError::Impossible`] at once if the request can never fit;
     /// [`ReserveError::Busy`] naming the holders if it does not fit now.
     pub fn reserve(&self, request: &Request) -> Result<Reservation, ReserveError> {
+        let request = &self.budget(request)?;
         self.check_possible(request)?;
         let gate = self.file("gate", LockMode::Shared)?;
         // A waiter holding the gate goes first.
@@ -324,6 +338,7 @@ impl Reserver {
     /// [`ReserveError::Impossible`] at once; [`ReserveError::Timeout`] or
     /// [`ReserveError::Cancelled`].
     pub fn reserve_wait(&self, request: &Request, wait: &Wait) -> Result<Reservation, ReserveError> {
+        let request = &self.budget(request)?;
         self.check_possible(request)?;
         let started = Instant::now();
         let deadline = wait.deadline_from(started);
@@ -359,17 +374,37 @@ impl Reserver {
         Ok(self.reservation(request, &plan, guards))
     }
 
+    /// The CPUs a request may draw on: the allowed ones, on its node if
+    /// it names one.
+    fn pool(&self, request: &Request) -> Result<CpuList, ReserveError> {
+        match request.node {
+            Some(node) => match self.topology.nodes.iter().find(|n| n.id == node) {
+                Some(node) => Ok(self.allowed.intersection(&node.cpus)),
+                None => Err(ReserveError::Impossible {
+                    wanted: describe(request),
+                    why: format!("there is no NUMA node {node}"),
+                }),
+            },
+            None => Ok(self.allowed.clone()),
+        }
+    }
+
+    /// The request with a percentage turned into its number of CPUs.
+    fn budget(&self, request: &Request) -> Result<Request, ReserveError> {
+        let Amount::CpuPercent(percent) = request.amount else { return Ok(*request) };
+        if !(1..=100).contains(&percent) {
+            return Err(ReserveError::Impossible {
+                wanted: describe(request),
+                why: "a share of the CPUs is 1% to 100%".to_owned(),
+            });
+        }
+        let cpus = Amount::percent_of(percent, self.pool(request)?.len());
+        Ok(Request { amount: Amount::Cpus(cpus), ..*request })
+    }
+
     fn check_possible(&self, request: &Request) -> Result<(), ReserveError> {
         let impossible = |why: String| Err(ReserveError::Impossible { wanted: describe(request), why });
-        let pool: CpuList = match request.node {
-            Some(node) => {
-                let Some(node) = self.topology.nodes.iter().find(|n| n.id == node) else {
-                    return impossible(format!("there is no NUMA node {node}"));
-                };
-                self.allowed.intersection(&node.cpus)
-            }
-            None => self.allowed.clone(),
-        };
+        let pool = self.pool(request)?;
         let llcs = self.topology.llcs.iter().filter(|l| !l.cpus.intersection(&pool).is_empty()).count();
         let place = request.node.map_or_else(String::new, |n| format!(" on node {n}"));
         match request.amount {
@@ -508,6 +543,7 @@ fn with_every_cpu_in_an_llc(mut topology: Topology) -> Topology {
 fn describe(request: &Request) -> String {
     let what = match request.amount {
         Amount::Cpus(n) => format!("{n} CPU{}", if n == 1 { "" } else { "s" }),
+        Amount::CpuPercent(p) => format!("{p}% of the CPUs"),
         Amount::Llcs(n) => format!("{n} LLC{}", if n == 1 { "" } else { "s" }),
     };
     let node = request.node.map_or_else(String::new, |n| format!(" on node {n}"));

@@ -208,3 +208,26 @@ fn cpus_without_a_known_llc_are_still_reservable() {
     let err = r.reserve(&Request::new(Amount::Cpus(1))).expect_err("all taken");
     assert!(err.is_busy(), "{err}");
 }
+
+/// A budget as a share of the CPUs this process may use: rounded up, at
+/// least one, on the requested node when there is one.
+#[test]
+fn a_percentage_budget_scales_with_the_allowed_cpus() {
+    let dir = Dir::new("percent");
+    let r = reserver(&dir, topology(2, 2, 4, false));
+    let third = r.reserve(&Request::new(Amount::CpuPercent(30)).mode(Mode::Shared)).expect("30%");
+    assert_eq!(third.cpus().len(), 5, "30% of 16 is 4.8, rounded up");
+    drop(third);
+    let one = r.reserve(&Request::new(Amount::CpuPercent(1))).expect("1%");
+    assert_eq!(one.cpus().len(), 1, "at least one");
+    drop(one);
+    let node = r.reserve(&Request::new(Amount::CpuPercent(50)).node(1)).expect("50% of node 1");
+    assert_eq!(node.cpus(), &list("8-11"), "half of node 1's eight CPUs, on node 1");
+    drop(node);
+    let all = r.reserve(&Request::new(Amount::CpuPercent(100))).expect("100%");
+    assert_eq!(all.cpus().len(), 16);
+    drop(all);
+    let err = r.reserve(&Request::new(Amount::CpuPercent(101))).expect_err("more than all");
+    assert!(matches!(err, ReserveError::Impossible { .. }), "{err}");
+    assert_eq!(Amount::percent_of(30, 0), 0, "of nothing, nothing");
+}
