@@ -656,11 +656,8 @@ impl LockFile {
         let magic = match self.dir.fs_magic(opened.stat.st_dev) {
             Some(magic) => magic,
             None => {
-                let statfs =
-                    rustix::fs::fstatfs(&opened.fd).map_err(|e| LockError::io(&self.path, "statfs", e))?;
-                // `f_type` is signed on some targets; the magic numbers are u32.
-                #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
-                let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
+                let magic =
+                    fs_magic(opened.fd.as_fd()).map_err(|e| LockError::io(&self.path, "statfs", e))?;
                 self.dir.remember_fs_magic(opened.stat.st_dev, magic);
                 magic
             }
@@ -733,10 +730,7 @@ pub fn lock_descriptor(
     wait: &Wait,
 ) -> Result<LockKind, LockError> {
     let path = || descriptor_path(fd);
-    let statfs = rustix::fs::fstatfs(fd).map_err(|e| LockError::io(path(), "statfs", e))?;
-    // `f_type` is signed on some targets; the magic numbers are u32.
-    #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
-    let magic = (statfs.f_type as i64 as u64) & 0xffff_ffff;
+    let magic = fs_magic(fd).map_err(|e| LockError::io(path(), "statfs", e))?;
     options.fs_policy.check(magic).map_err(|fs| LockError::UnsupportedFilesystem { path: path(), fs })?;
     let mut kind = options.kind;
     let holders = || crate::holders::holders_of(path()).unwrap_or_default();
@@ -791,6 +785,15 @@ pub fn lock_descriptor(
 pub fn unlock_descriptor(fd: BorrowedFd<'_>, kind: LockKind, range: ByteRange) -> Result<(), LockError> {
     let mut kind = kind;
     apply(fd, &mut kind, None, range).map_err(|e| LockError::io(descriptor_path(fd), lock_op(kind), e))
+}
+
+/// The magic number of the filesystem `fd` lives on, as [`FsPolicy`]
+/// compares it.
+fn fs_magic(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let statfs = rustix::fs::fstatfs(fd)?;
+    // `f_type` is signed on some targets; the magic numbers are u32.
+    #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+    Ok((statfs.f_type as i64 as u64) & 0xffff_ffff)
 }
 
 /// A descriptor's file for messages: its `/proc/self/fd` link, or
