@@ -1,5 +1,5 @@
 # Mounts of the filesystem matrix, made in the current directory. Sourced
-# by tests/tests/filesystems.rs and crates/lockyard/tests/filesystems.rs,
+# by tests/tests/filesystems.rs and crates/cli/tests/filesystems.rs,
 # each inside its own private mount namespace (`unshare -m`).
 set -eu
 export PATH="$PATH:/usr/sbin:/sbin"

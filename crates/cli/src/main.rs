@@ -144,52 +144,81 @@ fn locks(args: &LocksArgs) -> Outcome {
 }
 
 fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> String {
-    let pids = |procs: &[listing::Process]| {
-        procs.iter().map(|p| p.pid.map_or("?".to_owned(), |p| p.to_string())).collect::<Vec<_>>().join(",")
+    use std::borrow::Cow;
+    let pids = |procs: &[listing::Process]| -> Cow<'_, str> {
+        match procs {
+            [] => Cow::Borrowed(""),
+            _ => procs
+                .iter()
+                .map(|p| p.pid.map_or("?".to_owned(), |p| p.to_string()))
+                .collect::<Vec<_>>()
+                .join(",")
+                .into(),
+        }
     };
-    let rows: Vec<Vec<String>> = listing
+    // Most rows share a few pids and words: spelled once each, borrowed
+    // by every row (10,000 rows are 100,000 cells).
+    let pid_text: std::collections::HashMap<u32, String> =
+        listing.locks.iter().filter_map(|l| l.pid).map(|p| (p, p.to_string())).collect();
+    let number = |n: u64| -> Cow<'_, str> { if n == 0 { Cow::Borrowed("0") } else { n.to_string().into() } };
+    // Names known to be valid (checked by the caller), resolved once.
+    let names: Vec<&'static str> = columns
+        .iter()
+        .map(|c| LOCK_COLUMNS.iter().find(|n| **n == c.as_str()).copied().unwrap_or("?"))
+        .collect();
+    // One vector of cells, row after row: a vector per row would be
+    // 10,000 more allocations.
+    let cells: Vec<Cow<'_, str>> = listing
         .locks
         .iter()
-        .map(|lock| {
-            let (pid, command) = if listing.exact && !lock.holders.is_empty() {
-                (pids(&lock.holders), lock.holders[0].command.clone())
+        .flat_map(|lock| {
+            let (pid, command): (Cow<'_, str>, Option<&str>) = if listing.exact && !lock.holders.is_empty() {
+                (pids(&lock.holders), lock.holders[0].command.as_deref())
             } else {
-                (lock.pid.map_or("-1".to_owned(), |p| p.to_string()), lock.command.clone())
+                (
+                    lock.pid.map_or(Cow::Borrowed("-1"), |p| Cow::Borrowed(&pid_text[&p])),
+                    lock.command.as_deref(),
+                )
             };
-            columns
-                .iter()
-                .map(|column| match column.as_str() {
-                    "COMMAND" => command.clone().unwrap_or_default(),
+            names.iter().map(move |&name| -> Cow<'_, str> {
+                match name {
+                    "COMMAND" => command.unwrap_or_default().into(),
                     "PID" => pid.clone(),
-                    "KIND" => lock.kind.to_ascii_uppercase(),
-                    "MODE" => lock.mode.to_ascii_uppercase(),
-                    "START" => lock.start.to_string(),
-                    "END" => lock.end.map_or("EOF".to_owned(), |e| e.to_string()),
+                    "KIND" => upper(&lock.kind),
+                    "MODE" => upper(&lock.mode),
+                    "START" => number(lock.start),
+                    "END" => lock.end.map_or(Cow::Borrowed("EOF"), number),
                     "PATH" => lock
                         .path
                         .as_deref()
-                        .map_or_else(|| format!("{}:{}", lock.device, lock.inode), table::escape_path),
+                        .map_or_else(|| format!("{}:{}", lock.device, lock.inode).into(), table::escape_path),
                     "BLOCKED" => pids(&lock.blocked),
-                    "DEVICE" => lock.device.clone(),
-                    "INODE" => lock.inode.to_string(),
+                    "DEVICE" => lock.device.as_str().into(),
+                    "INODE" => lock.inode.to_string().into(),
                     "HOLDERS" => pids(&lock.holders),
-                    _ => String::new(),
-                })
-                .collect()
+                    _ => Cow::Borrowed(""),
+                }
+            })
         })
         .collect();
-    let columns: Vec<Column> = columns
-        .iter()
-        .map(|c| {
-            let name = LOCK_COLUMNS.iter().find(|n| **n == c.as_str()).copied().unwrap_or("?");
-            Column { name, flexible: matches!(name, "COMMAND" | "PATH") }
-        })
-        .collect();
+    let rows: Vec<&[Cow<'_, str>]> = cells.chunks(names.len().max(1)).collect();
+    let columns: Vec<Column> =
+        names.iter().map(|&name| Column { name, flexible: matches!(name, "COMMAND" | "PATH") }).collect();
     table::render(
         &columns,
         &rows,
         Style { noheadings: args.noheadings, raw: args.raw, width: stdout_width() },
     )
+}
+
+/// A listing's lower-case word as lslocks prints it, without allocating
+/// for the words the kernel uses.
+fn upper(word: &str) -> std::borrow::Cow<'static, str> {
+    const WORDS: [&str; 8] = ["FLOCK", "POSIX", "OFD", "LEASE", "DELEGATION", "ACCESS", "READ", "WRITE"];
+    match WORDS.iter().find(|w| w.eq_ignore_ascii_case(word)) {
+        Some(w) => std::borrow::Cow::Borrowed(w),
+        None => word.to_ascii_uppercase().into(),
+    }
 }
 
 /// One file's answer in `lockyard who --json`.

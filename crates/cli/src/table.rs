@@ -39,14 +39,14 @@ pub struct Column {
 /// are left as they are (as lslocks leaves them), so text escaped once
 /// already, such as a command line, is not escaped twice; JSON output is
 /// the unambiguous form.
-pub fn escape(text: &str, space: bool) -> std::borrow::Cow<'_, str> {
+pub fn escape(text: &str, space: bool) -> Cow<'_, str> {
     let special = |c: char| {
         c.is_control()
             || (space && c == ' ')
             || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
     };
     if !text.contains(special) {
-        return std::borrow::Cow::Borrowed(text);
+        return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
@@ -56,14 +56,17 @@ pub fn escape(text: &str, space: bool) -> std::borrow::Cow<'_, str> {
             c => out.push(c),
         }
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// A path for a human, escaped as [`escape`] does, with every byte that
 /// is not UTF-8 written as `\xHH` rather than replaced by U+FFFD, so two
 /// different paths never print the same.
-pub fn escape_path(path: &std::path::Path) -> String {
+pub fn escape_path(path: &std::path::Path) -> Cow<'_, str> {
     use std::os::unix::ffi::OsStrExt;
+    if let Some(text) = path.to_str() {
+        return escape(text, false);
+    }
     let mut out = String::new();
     for chunk in path.as_os_str().as_bytes().utf8_chunks() {
         out.push_str(&escape(chunk.valid(), false));
@@ -71,13 +74,13 @@ pub fn escape_path(path: &std::path::Path) -> String {
             out.push_str(&format!("\\x{byte:02x}"));
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Render `rows` under `columns`; every row has one cell per column.
 /// Cells are escaped ([`escape`]), so no cell can add a row or reach the
 /// terminal as a command.
-pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String {
+pub fn render<R: AsRef<[S]>, S: AsRef<str>>(columns: &[Column], rows: &[R], style: Style) -> String {
     let mut out = String::new();
     if style.raw {
         if !style.noheadings {
@@ -85,22 +88,25 @@ pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String 
             out.push('\n');
         }
         for row in rows {
-            let cells: Vec<_> = row.iter().map(|cell| escape(cell, true)).collect();
-            out.push_str(&cells.join(" "));
+            for (i, cell) in row.as_ref().iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(&escape(cell.as_ref(), true));
+            }
             out.push('\n');
         }
         return out;
     }
-    let rows: Vec<Vec<Cow<'_, str>>> =
-        rows.iter().map(|row| row.iter().map(|cell| escape(cell, false)).collect()).collect();
-    let mut widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let heading = if style.noheadings { 0 } else { c.name.len() };
-            rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(heading)
-        })
-        .collect();
+    // Cells are measured here and escaped again as they are printed:
+    // cheaper than keeping 100,000 escaped cells for a 10,000-row table.
+    let mut widths: Vec<usize> =
+        columns.iter().map(|c| if style.noheadings { 0 } else { c.name.len() }).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *width = (*width).max(measured(cell.as_ref()).1);
+        }
+    }
     if let Some(limit) = style.width {
         let total = |w: &[usize]| w.iter().sum::<usize>() + w.len().saturating_sub(1);
         while total(&widths) > limit {
@@ -112,16 +118,17 @@ pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String 
             widths[i] = (widths[i] - excess).max(12);
         }
     }
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+    out.reserve(rows.len() * (widths.iter().sum::<usize>() + columns.len()));
+    let mut line = |cells: &mut dyn Iterator<Item = (Cow<'_, str>, usize)>| {
         let start = out.len();
-        for (i, cell) in cells.enumerate() {
+        for (i, (cell, chars)) in cells.enumerate() {
             if i > 0 {
                 out.push(' ');
             }
-            let shown = fit(cell, widths[i]);
+            let shown = fit(&cell, chars, widths[i]);
             out.push_str(&shown);
             if i + 1 < columns.len() {
-                let pad = widths[i].saturating_sub(shown.chars().count());
+                let pad = widths[i].saturating_sub(chars.min(widths[i]));
                 out.extend(std::iter::repeat_n(' ', pad));
             }
         }
@@ -130,17 +137,30 @@ pub fn render(columns: &[Column], rows: &[Vec<String>], style: Style) -> String 
         out.push('\n');
     };
     if !style.noheadings {
-        line(&mut columns.iter().map(|c| c.name));
+        line(&mut columns.iter().map(|c| (Cow::Borrowed(c.name), c.name.len())));
     }
-    for row in &rows {
-        line(&mut row.iter().map(|cell| &**cell));
+    for row in rows {
+        line(&mut row.as_ref().iter().map(|cell| measured(cell.as_ref())));
     }
     out
 }
 
-/// `text` shortened to `width` characters with a final `…`.
-fn fit(text: &str, width: usize) -> Cow<'_, str> {
-    if text.chars().count() <= width {
+/// `text` escaped ([`escape`]) with its width in characters. Nearly every
+/// cell is printable ASCII, which one pass over the bytes confirms.
+fn measured(text: &str) -> (Cow<'_, str>, usize) {
+    // No early exit: the compiler vectorises the whole pass.
+    if text.bytes().fold(true, |plain, b| plain & (b' '..=b'~').contains(&b)) {
+        return (Cow::Borrowed(text), text.len());
+    }
+    let escaped = escape(text, false);
+    let chars = escaped.chars().count();
+    (escaped, chars)
+}
+
+/// `text`, `chars` characters long, shortened to `width` characters with
+/// a final `…`.
+fn fit(text: &str, chars: usize, width: usize) -> Cow<'_, str> {
+    if chars <= width {
         return Cow::Borrowed(text);
     }
     let mut short: String = text.chars().take(width.saturating_sub(1)).collect();
@@ -191,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_newline_or_escape_in_a_cell_cannot_forge_a_row_or_reach_the_terminal() {
-        let rows = vec![vec!["1".into(), "sh".into(), "/tmp/x\n2 root /etc/shadow\u{1b}[2J".into()]];
+        let rows = vec![vec!["1", "sh", "/tmp/x\n2 root /etc/shadow\u{1b}[2J"]];
         for style in [Style::default(), Style { raw: true, ..Style::default() }] {
             let text = render(&COLUMNS, &rows, style);
             assert_eq!(text.lines().count(), 2, "{text}");

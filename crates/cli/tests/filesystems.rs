@@ -144,6 +144,58 @@ fn who_and_locks_name_holder_and_path_on_every_filesystem() {
         drop(holder);
     }
 
+    // Many locks in one directory: `locks` names the first through the
+    // holder's descriptor and the rest from one listing of the directory,
+    // trusting entries' inode numbers only on filesystems where that is
+    // exact; on btrfs and overlayfs each name is checked. Every path must
+    // be the file's own, a locked directory's too.
+    let mut dirs: Vec<PathBuf> =
+        CASES.iter().map(|c| dir.join(c).parent().expect("parent").to_path_buf()).collect();
+    dirs.dedup();
+    for parent in &dirs {
+        let mut expected: Vec<String> = Vec::new();
+        let mut script = String::new();
+        for i in 0..6 {
+            let name = if i == 5 { "many-d.lockdir".to_owned() } else { format!("many-{i}.lock") };
+            let path = parent.join(&name);
+            // Made inside the namespace: the mounts are only there.
+            let make = if i == 5 { "mkdir -p" } else { "touch" };
+            let fd = 3 + i;
+            script.push_str(&format!("{make} \"$1/{name}\"; exec {fd}<\"$1/{name}\"; flock -x {fd}; "));
+            expected.push(path.to_str().expect("utf-8").to_owned());
+        }
+        script.insert_str(0, "set -e; ");
+        script.push_str("echo locked; exec sleep 60");
+        let mut holder = inside(ns, "sh")
+            .args(["-c", &script, "sh", parent.to_str().expect("utf-8")])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("holder");
+        let mut said = String::new();
+        BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut said).expect("read");
+        let holder = Group(holder);
+        assert_eq!(said.trim(), "locked", "{parent:?}: the holder could not lock");
+        // By path: /proc/locks records the flock(1) processes, long gone.
+        let mut args = vec!["locks", "--json"];
+        for path in &expected {
+            args.extend(["--path", path]);
+        }
+        let locks = json(&lockyard(ns, &args));
+        let mut found: Vec<String> = locks["locks"]
+            .as_array()
+            .expect("locks")
+            .iter()
+            .map(|l| l["path"].as_str().unwrap_or("(none)").to_owned())
+            .collect();
+        found.sort();
+        expected.sort();
+        assert_eq!(found, expected, "{parent:?}: {locks}");
+        eprintln!("ok: {parent:?}: {} locks in one directory, each with its own path", found.len());
+        drop(holder);
+    }
+
     // `run` is flock(1): it locks on FUSE as flock(1) does (the library's
     // lock files refuse FUSE by default; `run`'s operator chose the path).
     let fuse = dir.join("fuse/in-lower.lock");

@@ -35,12 +35,12 @@
 //! not exclude each other, and `/proc/locks` shows them on different
 //! devices. A key names one view; ask about each path you care about.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use lockyard_procfs::{
     Cmdline, Descriptors, FdInfo, LockKey, LockRecord, MountInfo, OpenFile, ProcLocks, ProcessStat,
     RecordKind,

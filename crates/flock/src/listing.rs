@@ -13,19 +13,25 @@
 //! file is matched to a lock by `statx` where that is exact, by its
 //! fdinfo's `lock:` lines where it is not; the first locked file found in
 //! a directory has that directory listed for the others, and the walk
-//! ends once every lock has a path. A path is then a name that reaches
+//! ends once every lock has a path. A directory entry's inode number is
+//! taken as the lock's file only where it cannot mean another file (a
+//! regular file, not a mount point, on tmpfs, ext2/3/4 or xfs in a
+//! directory that reports its superblock's device); elsewhere (btrfs,
+//! overlayfs, network and FUSE filesystems) each candidate is `statx`ed. A path is then a name that reaches
 //! the locked file from this process, or the holder's own link target
 //! (`... (deleted)` for a file since removed).
 //!
 //! With `exact` every process is scanned and each lock is attributed to
 //! the processes that hold a descriptor whose fdinfo carries it.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use lockyard_procfs::{Cmdline, Device, LockKey, LockRecord, RecordKind};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use lockyard_procfs::{Cmdline, Device, LockKey, LockRecord, MountInfo, RecordKind};
 
 use crate::error::LockError;
 use crate::holders::{Snapshot, or_pass, scan_descriptors};
@@ -69,9 +75,9 @@ pub struct Process {
 pub struct LockRow {
     /// `flock`, `posix`, `ofd`, `lease`, `delegation`, `access`, or the
     /// kernel's word in lower case.
-    pub kind: String,
+    pub kind: Cow<'static, str>,
     /// `read` or `write` (or the kernel's word in lower case for leases).
-    pub mode: String,
+    pub mode: Cow<'static, str>,
     /// First locked byte.
     pub start: u64,
     /// Last locked byte; `null` for to the end of the file.
@@ -202,8 +208,8 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
             })
             .collect();
         locks.push(LockRow {
-            kind: record.kind_name().into_owned(),
-            mode: record.mode_str().to_ascii_lowercase(),
+            kind: record.kind_name(),
+            mode: record.mode_name(),
             start: record.start(),
             end: record.end(),
             device: format!("{:02x}:{:02x}", key.device.major, key.device.minor),
@@ -244,6 +250,9 @@ fn same_lock(a: &LockRecord, b: &LockRecord) -> bool {
 /// What the scans are looking for, and what they found.
 struct Search<'a> {
     keys: &'a HashSet<LockKey>,
+    /// The inode numbers of `keys`, to pass over most files unexamined.
+    inodes: HashSet<u64>,
+    mounts: &'a MountInfo,
     /// The superblock device of each mount in this mount namespace, by id.
     devices: HashMap<u64, Device>,
     found: HashMap<LockKey, Found>,
@@ -254,13 +263,15 @@ struct Search<'a> {
 }
 
 impl<'a> Search<'a> {
-    fn new(keys: &'a HashSet<LockKey>, snapshot: &Snapshot) -> Self {
+    fn new(keys: &'a HashSet<LockKey>, snapshot: &'a Snapshot) -> Self {
         Search {
             keys,
+            inodes: keys.iter().map(|k| k.inode).collect(),
+            mounts: snapshot.mounts(),
             devices: snapshot.mounts().iter().map(|m| (m.mount_id, m.device)).collect(),
-            found: HashMap::new(),
+            found: HashMap::with_capacity(keys.len()),
             missing: keys.len(),
-            swept: HashSet::new(),
+            swept: HashSet::default(),
         }
     }
 
@@ -304,7 +315,9 @@ impl<'a> Search<'a> {
     /// directory has the directory swept for the other locked files
     /// ([`Search::sweep`]), and the scan stops once every key has a path.
     fn scan(&mut self, pids: impl IntoIterator<Item = u32>, exact: bool) -> Result<(), LockError> {
-        let inodes: HashSet<u64> = self.keys.iter().map(|k| k.inode).collect();
+        // A copy: the walk lends `self` to the closure (a table copy, cheap
+        // next to the walk).
+        let inodes = self.inodes.clone();
         scan_descriptors(pids, &inodes, |descriptors, fd, file| {
             if let (false, Some(key)) = (exact, self.key_of(file.mount_id, file.dev, file.ino)) {
                 if self.keys.contains(&key) && self.found.get(&key).is_none_or(|f| f.path.is_none()) {
@@ -333,36 +346,49 @@ impl<'a> Search<'a> {
     }
 
     /// Give every locked file still without a path that has a name in
-    /// `dir` that name: one listing of the directory, then one `statx` of
-    /// each entry whose inode number is a locked one, which checks the
-    /// device too. Lock files gather in a few directories, so this turns
-    /// a `statx` and a `readlink` through `/proc` per lock into a
-    /// directory read and a plain `statx` per lock. A name found this way
-    /// is one that reaches the locked file from this process's mount
+    /// `dir` that name, from one listing of the directory. Lock files
+    /// gather in a few directories, so this turns a `statx` and a
+    /// `readlink` through `/proc` per lock into a directory read.
+    ///
+    /// An entry's inode number alone names the locked file where nothing
+    /// can make the same number mean another file
+    /// ([`Search::trusts_entries`]): the entry is a regular file, not a
+    /// mount point, in a directory of a filesystem whose files all report
+    /// the superblock's device and whose directory entries carry the
+    /// inode's own number. Any other entry with a locked inode number gets
+    /// one `statx`, which checks the device too. A name found this way is
+    /// one that reaches the locked file from this process's mount
     /// namespace; nothing found is no error (the directory may be gone,
     /// unreadable, or another namespace's).
     fn sweep(&mut self, dir: &Path) -> Result<(), LockError> {
-        use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
         if self.missing == 0 || !self.swept.insert(dir.to_owned()) {
             return Ok(());
         }
-        let wanted: HashSet<u64> = self
-            .keys
-            .iter()
-            .filter(|k| self.found.get(k).is_none_or(|f| f.path.is_none()))
-            .map(|k| k.inode)
-            .collect();
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let Ok(fd) = rustix::fs::open(dir, flags, Mode::empty()) else { return Ok(()) };
+        let trusted = self.trusts_entries(&fd, dir);
         let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) else { return Ok(()) };
-        let mut names = Vec::new();
+        let mut unsure = Vec::new();
         while let Some(Ok(entry)) = entries.read() {
-            if wanted.contains(&entry.ino()) {
-                names.push(entry.file_name().to_owned());
+            if !self.inodes.contains(&entry.ino()) {
+                continue;
+            }
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            match &trusted {
+                Some((device, covered))
+                    if entry.file_type() == FileType::RegularFile && !covered.contains(name) =>
+                {
+                    let key = LockKey::new(*device, entry.ino());
+                    if self.keys.contains(&key) {
+                        self.set_path(key, || Ok(Some(dir.join(name))))?;
+                    }
+                }
+                _ => unsure.push(entry.file_name().to_owned()),
             }
         }
         let mask = StatxFlags::INO | StatxFlags::MNT_ID;
-        for name in names {
+        for name in unsure {
             let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC;
             let Ok(stx) = rustix::fs::statx(&fd, &name, flags, mask) else { continue };
             let mount = (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id);
@@ -370,12 +396,47 @@ impl<'a> Search<'a> {
             let Some(key) = self.key_of(mount, dev, stx.stx_ino).filter(|k| self.keys.contains(k)) else {
                 continue;
             };
-            let path = dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            let path = dir.join(OsStr::from_bytes(name.to_bytes()));
             self.set_path(key, || Ok(Some(path)))?;
         }
         Ok(())
     }
+
+    /// Whether the entries of the directory `fd` (at `dir`) can be trusted
+    /// by inode number alone, and if so, the device /proc/locks prints for
+    /// its files and the names in it that something is mounted on.
+    ///
+    /// Only filesystems in [`PLAIN_FILESYSTEMS`] qualify, and only when the
+    /// directory reports its superblock's device and its mount is in this
+    /// mount namespace. Elsewhere an entry's number can stand for another
+    /// file: btrfs numbers inodes per subvolume, and overlayfs can report
+    /// a lower layer's numbers and devices.
+    fn trusts_entries(&self, fd: &rustix::fd::OwnedFd, dir: &Path) -> Option<(Device, HashSet<&'a OsStr>)> {
+        use rustix::fs::{AtFlags, StatxFlags};
+        let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+        let stx = rustix::fs::statx(fd, "", flags, StatxFlags::INO | StatxFlags::MNT_ID).ok()?;
+        if stx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+            return None;
+        }
+        let mount = self.mounts.by_id(stx.stx_mnt_id)?;
+        let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+        let plain = PLAIN_FILESYSTEMS.iter().any(|t| mount.fs_type() == *t);
+        if !plain || rustix::fs::makedev(mount.device.major, mount.device.minor) != dev {
+            return None;
+        }
+        let mounts: &'a MountInfo = self.mounts;
+        let covered = mounts
+            .iter()
+            .filter(|m| m.mount_point().parent() == Some(dir))
+            .filter_map(|m| m.mount_point().file_name());
+        Some((mount.device, covered.collect()))
+    }
 }
+
+/// Filesystems whose files all report the superblock's device and whose
+/// directory entries carry each inode's own number, so that a directory
+/// entry's number names one file ([`Search::trusts_entries`]).
+const PLAIN_FILESYSTEMS: &[&str] = &["tmpfs", "ext2", "ext3", "ext4", "xfs"];
 
 /// Command lines, each read once.
 #[derive(Default)]

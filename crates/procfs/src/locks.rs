@@ -268,6 +268,34 @@ struct UnknownWords {
     mode: Box<str>,
 }
 
+/// A lock's identity apart from its ordinal, to find a granted lock
+/// listed twice ([`ProcLocks::parse_lenient`]).
+struct Identity<'a>(&'a LockRecord);
+
+impl Identity<'_> {
+    #[allow(clippy::type_complexity)] // A tuple, compared and hashed whole.
+    fn fields(
+        &self,
+    ) -> (i32, LockKey, u64, u64, RecordKind, RecordQualifier, RecordMode, Option<&UnknownWords>) {
+        let r = self.0;
+        (r.pid, r.key, r.start, r.end, r.kind, r.qualifier, r.mode, r.unknown.as_deref())
+    }
+}
+
+impl PartialEq for Identity<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Eq for Identity<'_> {}
+
+impl std::hash::Hash for Identity<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.fields().hash(state);
+    }
+}
+
 const NO_BLOCKER: u32 = u32::MAX;
 /// The kernel prints `EOF` for `OFFSET_MAX` (`i64::MAX`), so no real end
 /// offset reaches `u64::MAX`.
@@ -319,7 +347,7 @@ impl LockRecord {
 
     /// The kind's lower-case name: [`RecordKind::name`], or the kernel's
     /// word in lower case for a kind this crate does not know.
-    pub fn kind_name(&self) -> std::borrow::Cow<'_, str> {
+    pub fn kind_name(&self) -> std::borrow::Cow<'static, str> {
         match self.kind.name() {
             Some(name) => name.into(),
             None => self.kind_str().to_ascii_lowercase().into(),
@@ -334,6 +362,18 @@ impl LockRecord {
     /// The mode as the kernel printed it, known or not.
     pub fn mode_str(&self) -> &str {
         self.mode.as_str().or(self.unknown.as_ref().map(|u| &*u.mode)).unwrap_or_default()
+    }
+
+    /// The mode in lower case, as lslocks shows it (`read`, `write`, or the
+    /// kernel's word).
+    pub fn mode_name(&self) -> std::borrow::Cow<'static, str> {
+        match self.mode {
+            RecordMode::Read => "read".into(),
+            RecordMode::Write => "write".into(),
+            RecordMode::Unlocked => "unlck".into(),
+            RecordMode::None => "none".into(),
+            RecordMode::Other => self.mode_str().to_ascii_lowercase().into(),
+        }
     }
 
     /// The pid the kernel recorded: `-1` for OFD locks, `0` for an owner
@@ -772,23 +812,26 @@ impl ProcLocks {
     /// mode, file and range; any ordinal) kept once, its repeat's waiters
     /// dropped with it.
     fn merged(self) -> Self {
-        let mut seen = std::collections::HashSet::new();
+        // Which granted lines repeat an earlier one; nearly always none,
+        // and then the records are kept as they are.
+        let mut repeats = vec![false; self.records.len()];
+        let mut seen =
+            <foldhash::HashSet<Identity<'_>> as foldhash::HashSetExt>::with_capacity(self.records.len());
+        for (i, record) in self.records.iter().enumerate() {
+            if record.depth == 0 {
+                repeats[i] = !seen.insert(Identity(record));
+            }
+        }
+        drop(seen);
+        if !repeats.contains(&true) {
+            return self;
+        }
         let mut index = vec![NO_BLOCKER; self.records.len()];
         let mut records = Vec::with_capacity(self.records.len());
         let mut dropping = false;
         for (i, mut record) in self.records.into_iter().enumerate() {
             if record.depth == 0 {
-                let identity = (
-                    record.pid,
-                    record.key,
-                    record.start,
-                    record.end,
-                    record.kind,
-                    record.qualifier,
-                    record.mode,
-                    record.unknown.clone(),
-                );
-                dropping = !seen.insert(identity);
+                dropping = repeats[i];
             }
             if dropping {
                 continue;
