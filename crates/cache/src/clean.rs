@@ -19,7 +19,8 @@ pub enum Clean {
 }
 
 /// What [`Cache::clean`] did. Corrupt entries are removed by every policy.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct CleanReport {
     /// Keys removed.
@@ -35,10 +36,11 @@ pub struct CleanReport {
 
 /// What a clean would remove: made by [`Cache::plan_clean`], carried out
 /// by [`Cache::clean_planned`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct CleanPlan {
-    #[serde(skip)]
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) policy: Clean,
     /// The entries to remove: corrupt ones first, then by the policy's
     /// order (newest first, or least recently used first for a size cap).
@@ -55,7 +57,8 @@ impl CleanPlan {
 }
 
 /// One entry a [`CleanPlan`] removes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Victim {
     /// Its key.

@@ -9,8 +9,9 @@ use lockyard_flock::{FsType, Holders, LockError};
 use crate::key::KeyError;
 
 /// Why an entry cannot be trusted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum CorruptReason {
     /// The entry has no `entry.json`.
@@ -84,8 +85,9 @@ impl std::fmt::Display for NotACache {
 /// Why something in a cache root is not an entry lockyard made. Such
 /// items are reported and never removed unless named explicitly
 /// ([`crate::Cache::remove`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum ForeignReason {
     /// A file, symlink or other non-directory.

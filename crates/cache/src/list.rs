@@ -3,8 +3,9 @@
 use super::*;
 
 /// One entry as [`Cache::list`] found it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "state", rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Listed {
     /// A readable entry.

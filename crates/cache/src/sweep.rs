@@ -3,7 +3,8 @@
 use super::*;
 
 /// What [`Cache::sweep`] did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct SweepReport {
     /// Staging names whose writer was dead, now removed.
