@@ -20,6 +20,9 @@ pub enum Listed {
         last_used_ns: u64,
         /// BLAKE3 digest recorded at publication, hex.
         digest: String,
+        /// What the build function returned ([`EntryMeta::user`]): lets a
+        /// caller pick its entries from a listing without opening each.
+        user: serde_json::Value,
     },
     /// An entry lockyard published that cannot be trusted now (its
     /// `entry.json` is unreadable or malformed). Cleaning removes it.
@@ -119,6 +122,7 @@ impl Cache {
                     size: meta.size,
                     created_ns: meta.created_ns,
                     digest: meta.digest,
+                    user: meta.user,
                 },
                 Err(CorruptReason::MissingMetadata) => foreign(key, ForeignReason::NoMetadata),
                 Err(reason) => Listed::Corrupt { key, reason },

@@ -140,7 +140,7 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
 }
 
-fn age(ns: u64) -> String {
+pub(crate) fn age(ns: u64) -> String {
     format_age(Duration::from_nanos(now_ns().saturating_sub(ns)))
 }
 

@@ -75,12 +75,17 @@ pub enum Command {
         Exit status: 0 if nothing failed (warnings allowed), 1 if a check failed, 2 on error (such as an \
         unknown capability name).")]
     Preflight(PreflightArgs),
-    /// Find the kernel image a VM would boot, and why others were passed over.
+    /// Find the kernel image a VM would boot, and why others were passed over;
+    /// store kernels in the kernel cache and list them.
     #[command(after_help = "A SPEC (or $LOCKYARD_KERNEL) is a path (an image, or a build tree alone), a \
-        version (its cache entry, then the installed kernel of that release, each checked to name it), \
-        or a cache key (that entry alone); nothing else is tried.\n\n\
-        Without one, sources in order: --image (missing or unbootable is an error, never a \
-        fallback); --version as a key of the lockyard cache (the entry holds bzImage, Image or vmlinuz); \
+        version (the newest stored kernel of that release, then the installed kernel of that release, \
+        each checked to name it), or a cache key (that entry alone); nothing else is tried. A key named \
+        store or list is written key:store, key:list.\n\n\
+        Stored kernels (`lockyard kernel store`) of the wrong architecture, built from another config \
+        than --config (stale), or corrupt are passed over with the reason; the search goes on past \
+        them.\n\n\
+        Without a SPEC, sources in order: --image (missing or unbootable is an error, never a \
+        fallback); with --version, the stored kernels of that release, newest first; \
         each --search directory as a kernel build tree (arch/x86/boot/bzImage, arch/arm64/boot/Image), \
         then for image files in it or its boot/ (bzImage, Image, vmlinuz*), and nothing after them \
         unless --fallback; the installed kernel of --release (default: --version, else the running \
@@ -95,7 +100,7 @@ pub enum Command {
         Exit status: 0 if an image was found, 1 if none is bootable (or the cache entry stayed busy past \
         -w), 2 if what was asked for is wrong (a malformed SPEC, an --image that is missing or \
         unbootable). JSON says which as outcome: found, unavailable, or misconfigured.")]
-    Kernel(KernelArgs),
+    Kernel(Box<KernelArgs>),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -185,7 +190,11 @@ pub struct PreflightArgs {
 
 /// Options of `lockyard kernel`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct KernelArgs {
+    /// Store or list kernels instead of resolving one.
+    #[command(subcommand)]
+    pub action: Option<KernelAction>,
     /// What to boot: a path (an image, or a build tree), a version
     /// (6.14.2), or a cache key; `path:`, `version:` and `key:` say which
     /// outright. Default: $LOCKYARD_KERNEL, when no other source is given.
@@ -194,9 +203,14 @@ pub struct KernelArgs {
     /// Boot exactly this image.
     #[arg(long, value_name = "PATH")]
     pub image: Option<PathBuf>,
-    /// Look this version (or key) up in the lockyard cache.
+    /// Accept only kernels of this release: stored kernels of it first,
+    /// and every candidate's header must name it.
     #[arg(long, value_name = "V")]
     pub version: Option<String>,
+    /// Accept only stored kernels built from this .config (by its
+    /// fingerprint); others of the release are passed over as stale.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Kernel build trees to look in (repeatable, or several after one
     /// flag), and nowhere else unless --fallback.
     #[arg(long, value_name = "DIR", num_args = 1..)]
@@ -211,12 +225,75 @@ pub struct KernelArgs {
     /// The root installed kernels are under.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
-    /// The lockyard cache root for --version.
+    /// The lockyard cache root of the stored kernels.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Give up waiting for a busy cache entry after SECS seconds (default 10).
     #[arg(short = 'w', long = "wait", value_name = "SECS", default_value = "10", value_parser = crate::units::parse_wait)]
     pub wait: Duration,
+    /// Print one JSON document (schema 1, see docs/cli.md).
+    #[arg(short = 'J', long)]
+    pub json: bool,
+}
+
+/// `lockyard kernel store` and `lockyard kernel list`.
+#[derive(Debug, Subcommand)]
+pub enum KernelAction {
+    /// Put a kernel into the kernel cache, under a key made of its release,
+    /// architecture and config fingerprint.
+    #[command(after_help = "The image is checked as resolution checks it (a VMM must be able to boot it), \
+        and its release is read from its header (give --release for an arm64 Image, whose header has \
+        none). The key is kernel-RELEASE-ARCH, with -CONFIG (12 hex digits of the config's fingerprint) \
+        when a .config is given; storing the same kernel again replaces the entry atomically. From a \
+        build tree, its vmlinux and .config are taken too.\n\n\
+        Exit status: 0 stored, 2 on error (an unbootable image, an unreadable companion, the cache).")]
+    Store(KernelStoreArgs),
+    /// List the stored kernels, newest first.
+    #[command(after_help = "Entries under a kernel key whose metadata cannot be read are listed after the \
+        others as corrupt; `lockyard cache clean` removes them.\n\n\
+        Exit status: 0, also when none are stored; 2 on error.")]
+    List(KernelListArgs),
+}
+
+/// Options of `lockyard kernel store`.
+#[derive(Debug, Args)]
+pub struct KernelStoreArgs {
+    /// An image (bzImage, arm64 Image), or a kernel build tree.
+    #[arg(value_name = "IMAGE|TREE")]
+    pub from: PathBuf,
+    /// The vmlinux to keep beside the image (a tree's own by default).
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
+    /// The .config it was built from (a tree's own by default).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The release, for an image whose header names none.
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// Record that it was built from this git commit.
+    #[arg(long, value_name = "COMMIT", conflicts_with = "tarball")]
+    pub git: Option<String>,
+    /// Record that it was built from this tarball (URL or file name).
+    #[arg(long, value_name = "URL")]
+    pub tarball: Option<String>,
+    /// The lockyard cache root.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Give up waiting for readers of the entry it replaces after SECS
+    /// seconds (default 60).
+    #[arg(short = 'w', long = "wait", value_name = "SECS", default_value = "60", value_parser = crate::units::parse_wait)]
+    pub wait: Duration,
+    /// Print one JSON document (schema 1, see docs/cli.md).
+    #[arg(short = 'J', long)]
+    pub json: bool,
+}
+
+/// Options of `lockyard kernel list`.
+#[derive(Debug, Args)]
+pub struct KernelListArgs {
+    /// The lockyard cache root.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Print one JSON document (schema 1, see docs/cli.md).
     #[arg(short = 'J', long)]
     pub json: bool,

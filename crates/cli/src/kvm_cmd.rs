@@ -1,11 +1,14 @@
 //! `lockyard preflight` and `lockyard kernel`.
 
+use anyhow::Context;
 use lockyard::cache::{Cache, CacheError, CacheOptions, NotACache, Wait};
+use lockyard::kvm::kernels::{self, CachedKernel, CorruptKernel, KernelMeta, Origin, StoreKernel};
 use lockyard::kvm::{
     Candidate, Capability, ImageInfo, KernelSpec, Preflight, ResolveError, Resolver, Source, SourceKind,
     Status,
 };
-use lockyard_cli::cli::{KernelArgs, PreflightArgs};
+use lockyard_cli::cli::{KernelAction, KernelArgs, KernelListArgs, KernelStoreArgs, PreflightArgs};
+use lockyard_cli::table::{self, Column, Style};
 use lockyard_cli::units::format_size;
 use serde::Serialize;
 
@@ -54,7 +57,7 @@ fn chain(args: &KernelArgs, flags_given: bool) -> Result<Resolver, anyhow::Error
     if let Some(version) = &args.version {
         resolver = resolver.version(version.clone());
         if let Some(cache) = kernel_cache(args)? {
-            resolver = resolver.source(Source::Cache { cache, key: version.clone() });
+            resolver = resolver.source(Source::Kernels(cache));
         }
     }
     if !args.search.is_empty() {
@@ -88,12 +91,123 @@ fn chain(args: &KernelArgs, flags_given: bool) -> Result<Resolver, anyhow::Error
 /// The kernel cache, read-only; `None` where there is none yet (no
 /// cache is no cached kernel).
 fn kernel_cache(args: &KernelArgs) -> Result<Option<Cache>, anyhow::Error> {
-    let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
-    match Cache::open(&root, CacheOptions::new().wait(Wait::timeout(args.wait)).read_only()) {
+    read_only_cache(args.cache_dir.as_deref(), Wait::timeout(args.wait))
+}
+
+fn read_only_cache(dir: Option<&std::path::Path>, wait: Wait) -> Result<Option<Cache>, anyhow::Error> {
+    let root = crate::cache_cmd::root(dir, |name| std::env::var_os(name))?;
+    match Cache::open(&root, CacheOptions::new().wait(wait).read_only()) {
         Ok(cache) => Ok(Some(cache)),
         Err(CacheError::NotACache { reason: NotACache::Missing | NotACache::Empty, .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `lockyard kernel store`.
+fn store(args: &KernelStoreArgs) -> Outcome {
+    let mut request =
+        if args.from.is_dir() { StoreKernel::tree(&args.from)? } else { StoreKernel::image(&args.from) };
+    if let Some(path) = &args.vmlinux {
+        request = request.vmlinux(path);
+    }
+    if let Some(path) = &args.config {
+        request = request.config(path);
+    }
+    if let Some(release) = &args.release {
+        request = request.version(release);
+    }
+    if let Some(commit) = &args.git {
+        request = request.origin(Origin::Git { commit: commit.clone() });
+    } else if let Some(url) = &args.tarball {
+        request = request.origin(Origin::Tarball { url: url.clone() });
+    }
+    let root = crate::cache_cmd::root(args.cache_dir.as_deref(), |name| std::env::var_os(name))?;
+    let cache = Cache::open(&root, CacheOptions::new().wait(Wait::timeout(args.wait)))?;
+    let stored = request.store(&cache)?;
+    let path = stored.guard.path().display().to_string();
+    if args.json {
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            schema: u32,
+            key: &'a str,
+            path: String,
+            #[serde(flatten)]
+            meta: &'a KernelMeta,
+        }
+        print_json(&Stored { schema: SCHEMA, key: &stored.key, path, meta: &stored.meta })?;
+        return Ok(Exit::SUCCESS);
+    }
+    let meta = &stored.meta;
+    let mut files = vec![meta.image.as_str()];
+    if meta.vmlinux {
+        files.push("vmlinux");
+    }
+    if meta.config.is_some() {
+        files.push("config");
+    }
+    emit(&format!(
+        "stored:   {}\nversion:  {}\narch:     {}\nconfig:   {}\norigin:   {}\nfiles:    {}\npath:     {path}\n",
+        stored.key,
+        meta.version,
+        meta.arch,
+        meta.config.as_deref().unwrap_or("none given"),
+        meta.origin,
+        files.join(", "),
+    ))?;
+    Ok(Exit::SUCCESS)
+}
+
+/// `lockyard kernel list`.
+fn list(args: &KernelListArgs) -> Outcome {
+    let found = match read_only_cache(args.cache_dir.as_deref(), Wait::default())? {
+        Some(cache) => kernels::kernels(&cache).context("cannot list the kernel cache")?,
+        None => kernels::Kernels::default(),
+    };
+    if args.json {
+        #[derive(Serialize)]
+        struct Listing<'a> {
+            schema: u32,
+            kernels: &'a [CachedKernel],
+            corrupt: &'a [CorruptKernel],
+        }
+        print_json(&Listing { schema: SCHEMA, kernels: &found.kernels, corrupt: &found.corrupt })?;
+        return Ok(Exit::SUCCESS);
+    }
+    if found.kernels.is_empty() && found.corrupt.is_empty() {
+        emit("no kernels stored (`lockyard kernel store` adds one)\n")?;
+        return Ok(Exit::SUCCESS);
+    }
+    let column = |name, flexible| Column { name, flexible };
+    let columns = [
+        column("KEY", true),
+        column("VERSION", false),
+        column("ARCH", false),
+        column("CONFIG", false),
+        column("SIZE", false),
+        column("STORED", false),
+        column("ORIGIN", true),
+    ];
+    let rows: Vec<Vec<String>> = found
+        .kernels
+        .iter()
+        .map(|k| {
+            vec![
+                k.key.clone(),
+                k.meta.version.clone(),
+                k.meta.arch.to_string(),
+                k.meta.config.as_deref().map_or("-".to_owned(), |c| c[..c.len().min(12)].to_owned()),
+                format_size(k.size),
+                crate::cache_cmd::age(k.created_ns),
+                k.meta.origin.to_string(),
+            ]
+        })
+        .collect();
+    let mut text = table::render(&columns, &rows, Style { width: crate::stdout_width(), ..Style::default() });
+    for corrupt in &found.corrupt {
+        text.push_str(&format!("{}: corrupt: {}\n", table::escape(&corrupt.key, false), corrupt.reason));
+    }
+    emit(&text)?;
+    Ok(Exit::SUCCESS)
 }
 
 /// What was asked for is wrong: say so (and with --json, as an outcome
@@ -132,6 +246,11 @@ struct KernelReport<'a> {
 }
 
 pub(crate) fn kernel(args: &KernelArgs) -> Outcome {
+    match &args.action {
+        Some(KernelAction::Store(store_args)) => return store(store_args),
+        Some(KernelAction::List(list_args)) => return list(list_args),
+        None => {}
+    }
     let flags_given = args.image.is_some() || args.version.is_some() || !args.search.is_empty();
     let spec_text = args.spec.clone().or_else(|| {
         let from_env = std::env::var("LOCKYARD_KERNEL").ok().filter(|s| !s.is_empty());
@@ -149,6 +268,13 @@ pub(crate) fn kernel(args: &KernelArgs) -> Outcome {
             Err(e) => return misconfigured(args, &e.to_string()),
         },
         None => chain(args, flags_given)?,
+    };
+    let resolver = match &args.config {
+        Some(path) => match kernels::config_file_fingerprint(path) {
+            Ok(fingerprint) => resolver.config(fingerprint),
+            Err(e) => return misconfigured(args, &e.to_string()),
+        },
+        None => resolver,
     };
     let resolved = match resolver.resolve() {
         Ok(resolved) => resolved,

@@ -202,35 +202,71 @@ fn kernel_resolves_in_order_and_says_what_it_passed_over() {
     assert_eq!(out.status.code(), Some(2), "an explicit image that is missing is an error");
     assert!(text(&out.stderr).contains("missing"), "{}", text(&out.stderr));
 
-    // Cached under its version: found there, with the entry's path.
+    // Stored in the kernel cache: found by version, with the entry's path.
     let cache = dir.0.join("cache");
+    let cache_arg = cache.to_str().expect("utf-8");
     let src = dir.0.join("src");
     std::fs::create_dir_all(&src).expect("src");
     std::fs::write(src.join("bzImage"), bzimage("6.9.1-cached")).expect("image");
-    let put = Command::new(LOCKYARD)
-        .args(["cache", "--dir", cache.to_str().expect("utf-8"), "put", "6.9.1-cached"])
-        .arg(&src)
-        .output()
-        .expect("put");
-    assert!(put.status.success(), "{}", text(&put.stderr));
+    std::fs::write(src.join("a.config"), "CONFIG_SMP=y\n").expect("config");
+    std::fs::write(src.join("b.config"), "CONFIG_SMP=n\n").expect("config");
+    let image_arg = src.join("bzImage");
+    let image_arg = image_arg.to_str().expect("utf-8");
+    let a_config = src.join("a.config");
+    let a_config = a_config.to_str().expect("utf-8");
+    let b_config = src.join("b.config");
+    let b_config = b_config.to_str().expect("utf-8");
     let out = run(
         &[],
         &[
             "kernel",
-            "--version",
-            "6.9.1-cached",
+            "store",
+            image_arg,
+            "--config",
+            a_config,
+            "--git",
+            "abc",
             "--cache-dir",
-            cache.to_str().expect("utf-8"),
-            "--root",
-            root_arg,
+            cache_arg,
+            "--json",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stored = json(&out);
+    let key = stored["key"].as_str().expect("key").to_owned();
+    assert!(key.starts_with("kernel-6.9.1-cached-x86_64-"), "{stored}");
+    assert_eq!(stored["origin"]["commit"], "abc", "{stored}");
+
+    let listed = json(&run(&[], &["kernel", "list", "--cache-dir", cache_arg, "--json"]));
+    assert_eq!(listed["kernels"][0]["key"], key.as_str(), "{listed}");
+    assert_eq!(listed["kernels"][0]["version"], "6.9.1-cached", "{listed}");
+    let table = text(&run(&[], &["kernel", "list", "--cache-dir", cache_arg]).stdout);
+    assert!(table.starts_with("KEY") && table.contains(&key), "{table}");
+
+    let by_version = ["kernel", "--version", "6.9.1-cached", "--cache-dir", cache_arg, "--root", root_arg];
+    let out = run(&[], &by_version);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
-    assert!(
-        shown.contains(&format!("image:    {}", cache.join("6.9.1-cached/bzImage").display())),
-        "{shown}"
-    );
+    assert!(shown.contains(&format!("image:    {}", cache.join(&key).join("bzImage").display())), "{shown}");
     assert!(shown.contains("version:  6.9.1-cached\n"), "{shown}");
     assert!(shown.contains("source:   cache\n"), "{shown}");
+    // The same as a spec, and by its exact key.
+    let found =
+        json(&run(&[], &["kernel", "6.9.1-cached", "--cache-dir", cache_arg, "--root", root_arg, "--json"]));
+    assert_eq!(found["source"], "cache", "{found}");
+    let found = json(&run(&[], &["kernel", &format!("key:{key}"), "--cache-dir", cache_arg, "--json"]));
+    assert_eq!(found["source"], "cache", "{found}");
+
+    // Built from another config: stale, passed over with why.
+    let out = run(&[], &[&by_version[..], &["--config", b_config, "--json"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "unavailable", "{report}");
+    assert_eq!(report["passed_over"][0]["reason"]["kind"], "stale", "{report}");
+    let found = json(&run(&[], &[&by_version[..], &["--config", a_config, "--json"]].concat()));
+    assert_eq!(found["outcome"], "found", "{found}");
+
+    // Not a bootable image: refused before the cache is touched.
+    let out = run(&[], &["kernel", "store", a_config, "--cache-dir", cache_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

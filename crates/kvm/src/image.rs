@@ -31,7 +31,7 @@ use std::path::Path;
 use serde::Serialize;
 
 /// The architecture an image boots on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Arch {
@@ -192,6 +192,24 @@ pub enum Rejection {
     /// The cache entry holds no image file.
     #[error("the cache entry holds none of bzImage, Image, vmlinuz")]
     NoImageInEntry,
+    /// A stored kernel built from another `.config` than the one asked for.
+    #[error(
+        "built from another kernel config (fingerprint {}, {wanted} requested); rebuild it from this config and store it",
+        found.as_deref().unwrap_or("not recorded")
+    )]
+    Stale {
+        /// The fingerprint asked for.
+        wanted: String,
+        /// The entry's, if it recorded one.
+        found: Option<String>,
+    },
+    /// A cache entry that cannot be trusted (its `entry.json` is missing,
+    /// unreadable or malformed).
+    #[error("a corrupt cache entry: {reason}; `lockyard cache clean` removes it")]
+    CorruptEntry {
+        /// Why, as the cache says.
+        reason: String,
+    },
     /// Reading failed.
     #[error("cannot be read: {message}")]
     Io {

@@ -78,6 +78,8 @@
 mod caps;
 mod host;
 pub mod image;
+#[cfg(feature = "resolve")]
+pub mod kernels;
 mod preflight;
 #[cfg(feature = "resolve")]
 mod resolve;

@@ -4,10 +4,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use lockyard_cache::{Cache, CacheError, EntryGuard};
+use lockyard_cache::{Cache, CacheError, EntryGuard, Listed};
 use serde::Serialize;
 
 use crate::image::{self, Arch, ImageInfo, Rejection};
+use crate::kernels::{KEY_PREFIX, KernelMeta};
 
 /// Names an image may have inside a cache entry, in the order tried.
 pub const ENTRY_IMAGES: [&str; 3] = ["bzImage", "Image", "vmlinuz"];
@@ -28,6 +29,13 @@ pub enum Source {
         /// The key.
         key: String,
     },
+    /// The kernel cache ([`crate::kernels`]) in `cache`: stored kernels,
+    /// newest first, of the release asked for ([`Resolver::version`]; any,
+    /// without one). One of the wrong architecture, built from another
+    /// config than [`Resolver::config`] names (stale), or corrupt is
+    /// passed over with the reason, and the search goes on. The entry's
+    /// reader lock is held as for [`Source::Cache`].
+    Kernels(Cache),
     /// Kernel build trees: `arch/x86/boot/bzImage` or
     /// `arch/arm64/boot/Image` under each directory; failing that, image
     /// files directly in it or in its `boot/` (`bzImage`, `Image`,
@@ -48,7 +56,7 @@ impl Source {
     fn kind(&self) -> SourceKind {
         match self {
             Source::Image(_) => SourceKind::Image,
-            Source::Cache { .. } => SourceKind::Cache,
+            Source::Cache { .. } | Source::Kernels(_) => SourceKind::Cache,
             Source::BuildTrees(_) => SourceKind::BuildTree,
             Source::Installed { .. } => SourceKind::Installed,
         }
@@ -188,11 +196,12 @@ pub struct Resolver {
     sources: Vec<Source>,
     arch: Option<Arch>,
     version: Option<String>,
+    config: Option<String>,
 }
 
 impl Default for Resolver {
     fn default() -> Self {
-        Resolver { sources: Vec::new(), arch: Arch::host(), version: None }
+        Resolver { sources: Vec::new(), arch: Arch::host(), version: None, config: None }
     }
 }
 
@@ -211,10 +220,11 @@ impl Resolver {
 
     /// The chain for a [`KernelSpec`](crate::KernelSpec): a path is exactly
     /// that image, or that kernel build tree alone; a key is that entry of
-    /// `cache` alone; a version is its entry of `cache`, then the
-    /// installed kernel of that release under `root`, every candidate
-    /// checked to name that release in its header. Nothing else is tried:
-    /// a spec that finds nothing is "no kernel", not a fallback.
+    /// `cache` alone; a version is the kernel cache in `cache`
+    /// ([`Source::Kernels`]), then the installed kernel of that release
+    /// under `root`, every candidate checked to name that release in its
+    /// header. Nothing else is tried: a spec that finds nothing is "no
+    /// kernel", not a fallback.
     pub fn for_spec(spec: &crate::KernelSpec, cache: Option<Cache>, root: impl Into<PathBuf>) -> Resolver {
         use crate::KernelSpec;
         let resolver = Resolver::new();
@@ -230,7 +240,7 @@ impl Resolver {
             KernelSpec::Version(version) => {
                 let mut resolver = resolver.version(version.clone());
                 if let Some(cache) = cache {
-                    resolver = resolver.source(Source::Cache { cache, key: version.clone() });
+                    resolver = resolver.source(Source::Kernels(cache));
                 }
                 resolver.source(Source::Installed { root: root.into(), release: version.clone() })
             }
@@ -244,6 +254,16 @@ impl Resolver {
     #[must_use]
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
+        self
+    }
+
+    /// Accept only stored kernels built from the `.config` with this
+    /// [fingerprint](crate::kernels::config_fingerprint) from
+    /// [`Source::Kernels`]; others are passed over as stale. Other sources
+    /// record no config and are not affected.
+    #[must_use]
+    pub fn config(mut self, fingerprint: impl Into<String>) -> Self {
+        self.config = Some(fingerprint.into());
         self
     }
 
@@ -282,6 +302,11 @@ impl Resolver {
                         Err(e) if e.is_busy() => {
                             return Err(ResolveError::Contended { key: key.clone(), source: e });
                         }
+                        Err(CacheError::Corrupt { path, reason }) => {
+                            let reason = Rejection::CorruptEntry { reason: reason.to_string() };
+                            tried.push(Candidate { path, source: kind, reason });
+                            continue;
+                        }
                         Err(e) => return Err(ResolveError::Cache { key: key.clone(), source: e }),
                     };
                     let mut any = false;
@@ -299,6 +324,11 @@ impl Resolver {
                     if !any {
                         let reason = Rejection::NoImageInEntry;
                         tried.push(Candidate { path: guard.path().to_owned(), source: kind, reason });
+                    }
+                }
+                Source::Kernels(cache) => {
+                    if let Some(resolved) = self.search_kernels(cache, &mut tried)? {
+                        return Ok(resolved);
                     }
                 }
                 Source::BuildTrees(dirs) => {
@@ -336,6 +366,80 @@ impl Resolver {
             }
         }
         Err(ResolveError::Unavailable { tried })
+    }
+
+    /// [`Source::Kernels`]: the first good stored kernel, newest first.
+    fn search_kernels(
+        &self,
+        cache: &Cache,
+        tried: &mut Vec<Candidate>,
+    ) -> Result<Option<Resolved>, ResolveError> {
+        let kind = SourceKind::Cache;
+        let listed = cache.list().map_err(|source| ResolveError::Cache { key: "*".to_owned(), source })?;
+        let wanted_release =
+            |version: &str| self.version.as_deref().is_none_or(|w| release_matches(w, version));
+        let mut corrupt = Vec::new();
+        for entry in listed {
+            let (key, user) = match entry {
+                Listed::Valid { key, user, .. } => (key, user),
+                Listed::Corrupt { key, reason } if key.starts_with(KEY_PREFIX) => {
+                    corrupt.push((key, reason));
+                    continue;
+                }
+                _ => continue,
+            };
+            // Not a kernel, or another release: not a candidate at all.
+            let Some(meta) = KernelMeta::from_user(&user).filter(|m| wanted_release(&m.version)) else {
+                continue;
+            };
+            let path = cache.entry_path(&key);
+            if let Some(host) = self.arch.filter(|&host| host != meta.arch) {
+                tried.push(Candidate {
+                    path,
+                    source: kind,
+                    reason: Rejection::WrongArch { found: meta.arch, host },
+                });
+                continue;
+            }
+            if let Some(wanted) = self.config.as_ref().filter(|&w| meta.config.as_ref() != Some(w)) {
+                let reason = Rejection::Stale { wanted: wanted.clone(), found: meta.config.clone() };
+                tried.push(Candidate { path, source: kind, reason });
+                continue;
+            }
+            let guard = match cache.lookup(&key) {
+                Ok(Some(guard)) => guard,
+                // Removed since the listing.
+                Ok(None) => continue,
+                Err(e) if e.is_busy() => return Err(ResolveError::Contended { key, source: e }),
+                Err(CacheError::Corrupt { path, reason }) => {
+                    let reason = Rejection::CorruptEntry { reason: reason.to_string() };
+                    tried.push(Candidate { path, source: kind, reason });
+                    continue;
+                }
+                Err(e) => {
+                    tried.push(Candidate {
+                        path,
+                        source: kind,
+                        reason: Rejection::Io { message: e.to_string() },
+                    });
+                    continue;
+                }
+            };
+            // Replaced since the listing: what the lock holds is what counts.
+            if KernelMeta::from_user(&guard.meta().user).as_ref() != Some(&meta) {
+                continue;
+            }
+            let image = guard.path().join(&meta.image);
+            match self.check(&image) {
+                Ok(info) => return Ok(Some(found(&image, info, kind, std::mem::take(tried), Some(guard)))),
+                Err(reason) => tried.push(Candidate { path: image, source: kind, reason }),
+            }
+        }
+        for (key, reason) in corrupt {
+            let reason = Rejection::CorruptEntry { reason: reason.to_string() };
+            tried.push(Candidate { path: cache.entry_path(&key), source: kind, reason });
+        }
+        Ok(None)
     }
 
     fn check(&self, path: &Path) -> Result<ImageInfo, Rejection> {
