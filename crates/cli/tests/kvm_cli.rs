@@ -270,3 +270,62 @@ fn kernel_resolves_in_order_and_says_what_it_passed_over() {
     let out = run(&[], &["kernel", "store", a_config, "--cache-dir", cache_arg]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn with_no_source_the_trees_of_a_kernel_developer_come_first() {
+    if !cfg!(target_arch = "x86_64") {
+        lockyard_test_support::skip("the synthetic images here are x86 bzImages");
+        return;
+    }
+    let dir = Scratch::new("kernel-probes");
+    let work = dir.0.join("work");
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(root.join("boot")).expect("root");
+    std::fs::write(root.join("boot/vmlinuz"), bzimage("6.1.0-installed")).expect("installed");
+    let root_arg = root.to_str().expect("utf-8");
+    let kernel = |cwd: &Path| {
+        let out = Command::new(LOCKYARD)
+            .args(["kernel", "--root", root_arg, "--release", "6.1.0-installed", "--json"])
+            .current_dir(cwd)
+            .env_remove("LOCKYARD_KERNEL")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        json(&out)
+    };
+    // ./linux without build artifacts is not a tree: the installed kernel,
+    // and the source directory is not even named.
+    std::fs::create_dir_all(work.join("linux/kernel")).expect("source only");
+    let found = kernel(&work);
+    assert_eq!(found["source"], "installed", "{found}");
+    assert!(!found.to_string().contains("/linux"), "{found}");
+
+    // ../linux with a built image: found from a sibling directory.
+    let sibling = dir.0.join("sibling");
+    std::fs::create_dir_all(&sibling).expect("sibling");
+    std::fs::create_dir_all(dir.0.join("linux/arch/x86/boot")).expect("tree");
+    std::fs::write(dir.0.join("linux/arch/x86/boot/bzImage"), bzimage("6.15.0-parent")).expect("image");
+    let found = kernel(&sibling);
+    assert_eq!(
+        (found["source"].as_str(), found["image"]["version"].as_str()),
+        (Some("build_tree"), Some("6.15.0-parent")),
+        "{found}"
+    );
+
+    // ./linux, once built, comes before ../linux.
+    std::fs::create_dir_all(work.join("linux/arch/x86/boot")).expect("tree");
+    std::fs::write(work.join("linux/arch/x86/boot/bzImage"), bzimage("6.16.0-here")).expect("image");
+    let found = kernel(&work);
+    assert_eq!(found["image"]["version"], "6.16.0-here", "{found}");
+
+    // /lib/modules/RELEASE/build under --root, after them.
+    let build = root.join("lib/modules/6.1.0-installed/build/arch/x86/boot");
+    std::fs::create_dir_all(&build).expect("modules build");
+    std::fs::write(build.join("bzImage"), bzimage("6.1.0-installed")).expect("image");
+    let found = kernel(&sibling);
+    assert_eq!(found["image"]["version"], "6.15.0-parent", "{found}");
+    std::fs::remove_dir_all(dir.0.join("linux")).expect("rm");
+    let found = kernel(&sibling);
+    assert_eq!(found["source"], "build_tree", "{found}");
+    assert!(found["path"].as_str().expect("path").contains("lib/modules/6.1.0-installed/build"), "{found}");
+}
