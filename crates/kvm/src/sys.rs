@@ -1,6 +1,13 @@
 //! The three KVM ioctls preflight needs, and the only unsafe code in the
 //! crate. Each takes a descriptor borrowed for the call, so it is open
 //! throughout; none passes a pointer.
+//!
+//! Not rust-vmm's `kvm-ioctls`: preflight opens the device itself (after
+//! checking what the path is, and without blocking on a node swapped in
+//! since), and `kvm-ioctls` only adopts a descriptor it did not open
+//! through an `unsafe` `from_raw_fd`, so one unsafe call would replace
+//! these three while the crate gained `kvm-bindings` and `vmm-sys-util`
+//! for three argument-less requests.
 
 #![allow(unsafe_code)]
 
