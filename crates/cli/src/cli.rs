@@ -60,6 +60,9 @@ pub enum Command {
         whole LLCs, shared with other jobs, never with a benchmark). The command runs pinned to the \
         reserved CPUs with LOCKYARD_CPUS (the CPU list) and LOCKYARD_JOBS (their number) set; the \
         reservation is held until it exits. SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to it.\n\n\
+        With --enforce it runs in a cpuset cgroup of exactly those CPUs and their memory nodes (cgroup \
+        v1 cpuset or v2), removed when it exits; the cgroup of a lockyard killed meanwhile is removed \
+        by the next --enforce or by `lockyard topo --sweep` once nothing runs in it.\n\n\
         Without -n or -w, waits as long as it takes; a waiting request holds back newer ones, so a \
         large request is not starved (docs/topology.md). Lock directory: --lock-dir, else \
         $LOCKYARD_LOCK_DIR, else /run/lock/lockyard, else /tmp/lockyard.\n\n\
@@ -115,6 +118,14 @@ pub struct TopoArgs {
     /// The reservation lock directory to show holders from.
     #[arg(long, value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
+    /// Instead of the map, remove the cgroups of `reserve --enforce` whose
+    /// creator is gone (recognised by the lock it held), and say what was
+    /// removed and what was kept.
+    #[arg(long)]
+    pub sweep: bool,
+    /// With --sweep: the cgroup parent `reserve --enforce` used.
+    #[arg(long, value_name = "DIR", requires = "sweep")]
+    pub cgroup_parent: Option<PathBuf>,
     /// Print one JSON document (schema 1, see docs/cli.md).
     #[arg(short = 'J', long)]
     pub json: bool,
@@ -143,6 +154,25 @@ pub struct ReserveArgs {
     /// Only CPUs of this NUMA node.
     #[arg(long, value_name = "N")]
     pub node: Option<u32>,
+    /// Run the command in its own cpuset cgroup holding exactly the
+    /// reserved CPUs and their memory nodes, so neither it nor its
+    /// children can widen their affinity (needs root, or a delegated
+    /// cgroup v2 subtree as --cgroup-parent).
+    #[arg(long)]
+    pub enforce: bool,
+    /// Say on stderr what was reserved: CPUs, jobs, LLCs, nodes, the
+    /// cgroup; and warn when the CPUs span NUMA nodes.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Print what was reserved as one line of JSON on stdout, before the
+    /// command's own output (schema 1, see docs/cli.md).
+    #[arg(short = 'J', long)]
+    pub json: bool,
+    /// With --enforce: make the cgroup below this directory (default: on
+    /// cgroup v1, lockyard/ below this process's cpuset cgroup; on v2,
+    /// lockyard/ below the root cgroup).
+    #[arg(long, value_name = "DIR", requires = "enforce")]
+    pub cgroup_parent: Option<PathBuf>,
     /// Prefer idle LLCs over ones other jobs already share.
     #[arg(long)]
     pub spread: bool,

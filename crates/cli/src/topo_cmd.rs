@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use std::process::Command;
 
+use anyhow::Context;
 use lockyard::flock::Holders;
 use lockyard::topo::{
-    Amount, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, Wait, cpu_lock_name,
+    Amount, CgroupParent, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, Wait, cpu_lock_name,
 };
 use lockyard_cli::cli::{ReserveArgs, ReserveMode};
 use lockyard_cli::units::format_size;
@@ -43,9 +44,50 @@ struct TopoReport<'a> {
     held: BTreeMap<String, Holders>,
 }
 
+/// The cgroup parent `--cgroup-parent` names, or the default.
+fn cgroup_parent(dir: Option<&Path>) -> Result<CgroupParent, lockyard::topo::EnforceError> {
+    match dir {
+        Some(dir) => CgroupParent::at(dir),
+        None => CgroupParent::discover(),
+    }
+}
+
 pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Outcome {
     let topology = Topology::read(Path::new("/"));
     let dir = lock_dir(args.lock_dir.as_deref());
+    if args.sweep {
+        let parent = cgroup_parent(args.cgroup_parent.as_deref())?;
+        let allowed = topology.allowed();
+        let swept = Reserver::new(&dir, topology, &allowed)?.sweep_cgroups(&parent)?;
+        if args.json {
+            #[derive(Serialize)]
+            struct Swept<'a> {
+                schema: u32,
+                parent: String,
+                #[serde(flatten)]
+                swept: &'a lockyard::topo::CgroupSweep,
+            }
+            print_json(&Swept {
+                schema: SCHEMA,
+                parent: parent.path().display().to_string(),
+                swept: &swept,
+            })?;
+            return Ok(Exit::SUCCESS);
+        }
+        let mut text = String::new();
+        for (what, paths) in
+            [("removed", &swept.removed), ("kept, still running", &swept.busy), ("kept, in use", &swept.live)]
+        {
+            for path in paths {
+                text.push_str(&format!("{what}: {}\n", lockyard_cli::table::escape_path(path)));
+            }
+        }
+        if text.is_empty() {
+            text = format!("no reservation cgroups in {}\n", lockyard_cli::table::escape_path(parent.path()));
+        }
+        emit(&text)?;
+        return Ok(Exit::SUCCESS);
+    }
     let names: Vec<String> = topology
         .cpus
         .iter()
@@ -144,6 +186,69 @@ fn cpu_line(cpu: &Cpu, state: &dyn Fn(&str) -> String) -> String {
     )
 }
 
+/// What `reserve --verbose`/`--json` says was chosen.
+#[derive(Serialize)]
+struct Chosen<'a> {
+    schema: u32,
+    cpus: String,
+    jobs: usize,
+    mode: String,
+    llcs: Vec<String>,
+    nodes: &'a [u32],
+    /// Set when the CPUs span several NUMA nodes (memory is then remote
+    /// for some of them).
+    numa_spill: bool,
+    cgroup: Option<String>,
+}
+
+/// Say what was reserved: with `--json` one line on stdout before the
+/// command's output, with `--verbose` a few on stderr, and a warning on
+/// stderr in both when the reservation spans NUMA nodes.
+fn report(args: &ReserveArgs, reservation: &lockyard::topo::Reservation) -> anyhow::Result<()> {
+    let chosen = Chosen {
+        schema: SCHEMA,
+        cpus: reservation.cpus().to_string(),
+        jobs: reservation.jobs(),
+        mode: reservation.mode().to_string(),
+        llcs: reservation.llcs().iter().map(|k| format!("llc-{k}")).collect(),
+        nodes: reservation.nodes(),
+        numa_spill: reservation.nodes().len() > 1,
+        cgroup: reservation.cpuset().map(|c| c.path().display().to_string()),
+    };
+    if args.json {
+        let mut line = serde_json::to_string(&chosen)?;
+        line.push('\n');
+        emit(&line)?;
+    }
+    if args.verbose {
+        let nodes: Vec<String> = chosen.nodes.iter().map(ToString::to_string).collect();
+        let mut text = format!(
+            "lockyard: reserved cpus {} ({} jobs, {}), {}, node {}\n",
+            chosen.cpus,
+            chosen.jobs,
+            chosen.mode,
+            chosen.llcs.join(","),
+            if nodes.is_empty() { "unknown".to_owned() } else { nodes.join(",") },
+        );
+        if let Some(cpuset) = reservation.cpuset() {
+            text.push_str(&format!(
+                "lockyard: enforced by the {} cgroup {}\n",
+                cpuset.hierarchy(),
+                lockyard_cli::table::escape_path(cpuset.path())
+            ));
+        }
+        eprint!("{text}");
+    }
+    if chosen.numa_spill && (args.verbose || args.json) {
+        eprintln!(
+            "lockyard: warning: the reservation spans NUMA nodes {:?}; memory is remote for some of its CPUs \
+             (--node N keeps it on one)",
+            chosen.nodes
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn reserve(args: &ReserveArgs) -> Outcome {
     let amount = match (args.cpus, args.llcs) {
         (Some(cpus), None) => cpus,
@@ -170,11 +275,16 @@ pub(crate) fn reserve(args: &ReserveArgs) -> Outcome {
     let topology = Topology::read(Path::new("/"));
     let allowed = topology.allowed();
     let dir = lock_dir(args.lock_dir.as_deref());
-    let reserved = Reserver::new(&dir, topology, &allowed).and_then(|reserver| {
-        if args.nonblock { reserver.reserve(&request) } else { reserver.reserve_wait(&request, &wait) }
-    });
-    let reservation = reserved?;
+    let reserver = Reserver::new(&dir, topology, &allowed)?;
+    let mut reservation =
+        if args.nonblock { reserver.reserve(&request) } else { reserver.reserve_wait(&request, &wait) }?;
+    if args.enforce {
+        let parent =
+            cgroup_parent(args.cgroup_parent.as_deref()).context("cannot enforce the reservation")?;
+        reserver.enforce(&mut reservation, &parent).context("cannot enforce the reservation")?;
+    }
     tracing::info!(%reservation, "reserved");
+    report(args, &reservation)?;
     let mut command = Command::new(&args.command[0]);
     command
         .args(&args.command[1..])

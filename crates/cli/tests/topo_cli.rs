@@ -256,3 +256,29 @@ fn a_lock_directory_another_user_made_is_refused() {
     assert!(stderr.contains("writable by every user"), "{stderr}");
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn reserve_reports_what_it_chose_as_json_and_in_words() {
+    let dir = std::env::temp_dir().join(format!("lockyard-topo-report-{}", std::process::id()));
+    let out = Command::new(LOCKYARD)
+        .args(["reserve", "--cpus", "1", "--json", "--verbose", "--lock-dir"])
+        .arg(&dir)
+        .args(["--", "sh", "-c", "echo \"$LOCKYARD_CPUS\""])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let mut lines = stdout.lines();
+    let chosen: Value = serde_json::from_str(lines.next().expect("the report")).expect("json");
+    let cpus = lines.next().expect("the command's output");
+    assert_eq!(chosen["schema"], 1);
+    assert_eq!(chosen["cpus"], cpus, "{chosen}");
+    assert_eq!(chosen["jobs"], 1);
+    assert_eq!(chosen["mode"], "exclusive-cpu");
+    let nodes = chosen["nodes"].as_array().expect("nodes");
+    assert_eq!(chosen["numa_spill"], nodes.len() > 1, "{chosen}");
+    assert_eq!(chosen["cgroup"], Value::Null);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("lockyard: reserved cpus {cpus} (1 jobs, exclusive-cpu)")), "{stderr}");
+}

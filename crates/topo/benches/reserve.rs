@@ -11,6 +11,10 @@
 //! - `plan_acquire/per_file_scan/{llcs}`: the anchor, ktstr's way of
 //!   learning which lock files are held: one read of /proc/locks per lock
 //!   file, searched for that file's inode.
+//! - `enforce`: `reserve` of 1 CPU of this host and its release, plain
+//!   and with [`Reserver::enforce`] (a cpuset cgroup made, filled and
+//!   removed). Root and a cpuset hierarchy only; said and skipped
+//!   otherwise.
 //! - hand-off latency (printed, not a criterion group): a `reserve_wait`er
 //!   blocked behind a holder, timed from the holder's release to the
 //!   waiter's return, p50 and p99 over many rounds.
@@ -101,7 +105,39 @@ fn handoff(rounds: usize) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, plan_acquire);
+fn enforce(c: &mut Criterion) {
+    if !rustix::process::geteuid().is_root() {
+        println!("enforce: skipped (needs root to create cgroups)");
+        return;
+    }
+    let parent = match lockyard_topo::CgroupParent::discover() {
+        Ok(parent) => parent,
+        Err(e) => {
+            println!("enforce: skipped ({e})");
+            return;
+        }
+    };
+    let dir = lock_dir("enforce");
+    let topology = Topology::read(Path::new("/"));
+    let allowed = topology.allowed();
+    let reserver = Reserver::new(&dir, topology, &allowed).expect("reserver");
+    let request = Request::new(Amount::Cpus(1));
+    let mut group = c.benchmark_group("enforce");
+    group.bench_function("reserve", |b| {
+        b.iter(|| drop(black_box(reserver.reserve(&request).expect("reserve"))))
+    });
+    group.bench_function("reserve_enforce", |b| {
+        b.iter(|| {
+            let mut reservation = reserver.reserve(&request).expect("reserve");
+            reserver.enforce(&mut reservation, &parent).expect("enforce");
+            drop(black_box(reservation));
+        });
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, plan_acquire, enforce);
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");

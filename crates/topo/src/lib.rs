@@ -64,15 +64,18 @@
 
 #![warn(missing_docs)]
 
+pub mod cgroup;
 mod discover;
 mod plan;
 mod reserve;
+mod sys;
 
 use std::collections::BTreeMap;
 
 use lockyard_procfs::CpuList;
 use serde::{Deserialize, Serialize};
 
+pub use cgroup::{CgroupParent, CgroupSweep, Cpuset, EnforceError, Hierarchy};
 /// How waits are given, from lockyard-flock (re-exported so this crate is
 /// usable alone).
 pub use lockyard_flock::{CancelToken, Wait};

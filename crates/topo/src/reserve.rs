@@ -48,6 +48,7 @@ use lockyard_flock::{
 };
 use lockyard_procfs::{CpuList, LockKey};
 
+use crate::cgroup::{CgroupParent, CgroupSweep, Cpuset, EnforceError};
 use crate::plan::{self, Plan, Use};
 use crate::{Llc, Topology, cpu_lock_name};
 
@@ -309,6 +310,38 @@ impl Reserver {
         &self.topology
     }
 
+    /// Enforce `reservation` with a cpuset cgroup below `parent` holding
+    /// exactly its CPUs and their memory nodes, so that what
+    /// [`Reservation::spawn`] starts cannot widen its affinity (see
+    /// [`crate::cgroup`]). Orphaned cgroups below `parent` are swept first.
+    /// The cgroup is removed when the reservation is dropped.
+    ///
+    /// # Errors
+    /// [`EnforceError`]: no usable cpuset hierarchy, no permission, or the
+    /// CPUs or nodes not in the parent's cpuset.
+    pub fn enforce(&self, reservation: &mut Reservation, parent: &CgroupParent) -> Result<(), EnforceError> {
+        match crate::cgroup::sweep(parent, &self.dir) {
+            Ok(swept) if !swept.removed.is_empty() => {
+                tracing::info!(removed = swept.removed.len(), "swept orphaned reservation cgroups");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot sweep orphaned reservation cgroups"),
+        }
+        let cpuset = Cpuset::create(parent, &self.dir, &reservation.cpus, &reservation.nodes)?;
+        reservation.cpuset = Some(cpuset);
+        Ok(())
+    }
+
+    /// Remove the reservation cgroups below `parent` whose creator is gone
+    /// (recognised by the lock it held in this lock directory, never by
+    /// pid or age); those whose processes still run are kept.
+    ///
+    /// # Errors
+    /// `parent` cannot be listed, or an orphan cannot be removed.
+    pub fn sweep_cgroups(&self, parent: &CgroupParent) -> Result<CgroupSweep, EnforceError> {
+        crate::cgroup::sweep(parent, &self.dir)
+    }
+
     /// Reserve now, without waiting: all or nothing.
     ///
     /// # Errors
@@ -510,7 +543,7 @@ impl Reserver {
             plan.cpus.iter().filter_map(|&c| self.topology.cpu(c).and_then(|cpu| cpu.node)).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        Reservation { mode: request.mode, cpus, llcs, nodes, guards }
+        Reservation { mode: request.mode, cpus, llcs, nodes, guards, cpuset: None }
     }
 }
 
@@ -559,6 +592,8 @@ pub struct Reservation {
     llcs: Vec<u32>,
     nodes: Vec<u32>,
     guards: Vec<LockGuard>,
+    /// Declared after the guards: the cgroup goes first when dropped.
+    cpuset: Option<Cpuset>,
 }
 
 impl Reservation {
@@ -604,19 +639,45 @@ impl Reservation {
         self.guards.into_iter().map(LockGuard::into_fd).collect()
     }
 
-    /// Spawn `command` pinned to the reserved CPUs. The child inherits the
-    /// spawning thread's affinity, so that thread is pinned for the spawn
-    /// and restored after it: no code runs between fork and exec.
+    /// The cpuset cgroup enforcing it, if [`Reserver::enforce`] made one.
+    pub fn cpuset(&self) -> Option<&Cpuset> {
+        self.cpuset.as_ref()
+    }
+
+    /// Pin the calling thread to the reserved CPUs; threads it creates
+    /// from now on inherit that. (Other threads keep their affinity: for a
+    /// whole process, [`Cpuset::join_current`] on an enforced reservation.)
     ///
     /// # Errors
-    /// Setting the affinity or spawning failed.
-    pub fn spawn(&self, command: &mut Command) -> std::io::Result<std::process::Child> {
-        let before = rustix::thread::sched_getaffinity(None)?;
-        let mut pinned = rustix::thread::CpuSet::new();
+    /// `sched_setaffinity` failed (the CPUs are not all allowed here).
+    pub fn pin_current(&self) -> std::io::Result<()> {
+        rustix::thread::sched_setaffinity(None, &self.cpu_set())?;
+        Ok(())
+    }
+
+    fn cpu_set(&self) -> rustix::thread::CpuSet {
+        let mut set = rustix::thread::CpuSet::new();
         for cpu in self.cpus.iter() {
-            pinned.set(cpu as usize);
+            set.set(cpu as usize);
         }
-        rustix::thread::sched_setaffinity(None, &pinned)?;
+        set
+    }
+
+    /// Spawn `command` pinned to the reserved CPUs. The child inherits the
+    /// spawning thread's affinity, so that thread is pinned for the spawn
+    /// and restored after it. With a cpuset ([`Reserver::enforce`]), the
+    /// child also joins the cgroup before it execs, through a hook this
+    /// adds to `command` (it keeps the cgroup's `cgroup.procs` open for as
+    /// long as `command` lives).
+    ///
+    /// # Errors
+    /// Setting the affinity, joining the cgroup or spawning failed.
+    pub fn spawn(&self, command: &mut Command) -> std::io::Result<std::process::Child> {
+        if let Some(cpuset) = &self.cpuset {
+            crate::sys::join_cgroup_on_exec(command, std::sync::Arc::clone(cpuset.procs()));
+        }
+        let before = rustix::thread::sched_getaffinity(None)?;
+        rustix::thread::sched_setaffinity(None, &self.cpu_set())?;
         let spawned = command.spawn();
         let restored = rustix::thread::sched_setaffinity(None, &before);
         let child = spawned?;

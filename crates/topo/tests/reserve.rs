@@ -231,3 +231,25 @@ fn a_percentage_budget_scales_with_the_allowed_cpus() {
     assert!(matches!(err, ReserveError::Impossible { .. }), "{err}");
     assert_eq!(Amount::percent_of(30, 0), 0, "of nothing, nothing");
 }
+
+#[test]
+fn pin_current_pins_this_thread_and_the_threads_it_starts() {
+    let dir = Dir::new("pin");
+    let topology = Topology::read(std::path::Path::new("/"));
+    let allowed = topology.allowed();
+    let reserver = Reserver::new(&dir.0, topology, &allowed).expect("reserver");
+    let reservation = reserver.reserve(&Request::new(Amount::Cpus(1))).expect("one CPU");
+    let cpu = reservation.cpus().iter().next().expect("a CPU") as usize;
+    let affinity = || rustix::thread::sched_getaffinity(None).expect("affinity");
+    let before = affinity();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            reservation.pin_current().expect("pin");
+            let pinned = affinity();
+            assert!(pinned.is_set(cpu) && pinned.count() == 1, "pinned to {cpu}");
+            let child = std::thread::spawn(move || affinity().count()).join().expect("child");
+            assert_eq!(child, 1, "a thread started after the pin inherits it");
+        });
+    });
+    assert_eq!(affinity(), before, "other threads keep their affinity");
+}
