@@ -160,6 +160,14 @@ pub struct ReserveArgs {
     /// cgroup v2 subtree as --cgroup-parent).
     #[arg(long)]
     pub enforce: bool,
+    /// Let the command allocate memory only on the NUMA nodes of the
+    /// reserved CPUs (as `numactl --membind`; with --node N, node N).
+    #[arg(long, conflicts_with = "interleave")]
+    pub membind: bool,
+    /// Interleave the command's memory over the NUMA nodes of the reserved
+    /// CPUs (as `numactl --interleave`).
+    #[arg(long)]
+    pub interleave: bool,
     /// Say on stderr what was reserved: CPUs, jobs, LLCs, nodes, the
     /// cgroup; and warn when the CPUs span NUMA nodes.
     #[arg(short = 'v', long)]

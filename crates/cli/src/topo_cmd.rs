@@ -10,7 +10,8 @@ use std::process::Command;
 use anyhow::Context;
 use lockyard::flock::Holders;
 use lockyard::topo::{
-    Amount, CgroupParent, Cpu, Llc, Mode, Placement, Request, Reserver, Smt, Topology, Wait, cpu_lock_name,
+    Amount, CgroupParent, Cpu, Llc, MemPolicy, Mode, Placement, Request, Reserver, Smt, Topology, Wait,
+    cpu_lock_name,
 };
 use lockyard_cli::cli::{ReserveArgs, ReserveMode};
 use lockyard_cli::units::format_size;
@@ -282,6 +283,11 @@ pub(crate) fn reserve(args: &ReserveArgs) -> Outcome {
         let parent =
             cgroup_parent(args.cgroup_parent.as_deref()).context("cannot enforce the reservation")?;
         reserver.enforce(&mut reservation, &parent).context("cannot enforce the reservation")?;
+    }
+    if args.membind {
+        reservation.set_memory_policy(MemPolicy::Bind);
+    } else if args.interleave {
+        reservation.set_memory_policy(MemPolicy::Interleave);
     }
     tracing::info!(%reservation, "reserved");
     report(args, &reservation)?;

@@ -282,3 +282,37 @@ fn reserve_reports_what_it_chose_as_json_and_in_words() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("lockyard: reserved cpus {cpus} (1 jobs, exclusive-cpu)")), "{stderr}");
 }
+
+#[test]
+fn membind_and_interleave_set_the_commands_memory_policy() {
+    let dir = std::env::temp_dir().join(format!("lockyard-topo-membind-{}", std::process::id()));
+    for (flag, word) in [("--membind", "bind"), ("--interleave", "interleave")] {
+        let out = Command::new(LOCKYARD)
+            .args(["reserve", "--cpus", "1", flag, "--json", "--lock-dir"])
+            .arg(&dir)
+            .args(["--", "head", "-1", "/proc/self/numa_maps"])
+            .output()
+            .expect("run");
+        if out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("nodes are unknown") {
+            lockyard_test_support::skip("sysfs lists no NUMA node for this host's CPUs");
+            return;
+        }
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        let mut lines = stdout.lines();
+        let chosen: Value = serde_json::from_str(lines.next().expect("report")).expect("json");
+        let node = chosen["nodes"][0].as_u64().expect("a node");
+        let maps = lines.next().expect("numa_maps");
+        // One CPU is on one node: the policy names exactly it.
+        assert!(maps.split_whitespace().any(|w| w == format!("{word}:{node}")), "{flag}: {maps}");
+    }
+    let plain = Command::new(LOCKYARD)
+        .args(["reserve", "--cpus", "1", "--lock-dir"])
+        .arg(&dir)
+        .args(["--", "head", "-1", "/proc/self/numa_maps"])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    let maps = String::from_utf8_lossy(&plain.stdout);
+    assert!(maps.contains(" default "), "without a flag the policy is left alone: {maps}");
+}

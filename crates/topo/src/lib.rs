@@ -79,7 +79,7 @@ pub use cgroup::{CgroupParent, CgroupSweep, Cpuset, EnforceError, Hierarchy};
 /// How waits are given, from lockyard-flock (re-exported so this crate is
 /// usable alone).
 pub use lockyard_flock::{CancelToken, Wait};
-pub use reserve::{Amount, Mode, Placement, Request, Reservation, ReserveError, Reserver, Smt};
+pub use reserve::{Amount, MemPolicy, Mode, Placement, Request, Reservation, ReserveError, Reserver, Smt};
 
 /// One online CPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

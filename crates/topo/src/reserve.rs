@@ -543,7 +543,7 @@ impl Reserver {
             plan.cpus.iter().filter_map(|&c| self.topology.cpu(c).and_then(|cpu| cpu.node)).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        Reservation { mode: request.mode, cpus, llcs, nodes, guards, cpuset: None }
+        Reservation { mode: request.mode, cpus, llcs, nodes, guards, cpuset: None, memory: None }
     }
 }
 
@@ -594,6 +594,19 @@ pub struct Reservation {
     guards: Vec<LockGuard>,
     /// Declared after the guards: the cgroup goes first when dropped.
     cpuset: Option<Cpuset>,
+    memory: Option<MemPolicy>,
+}
+
+/// Where a reservation's command may allocate memory: among the NUMA
+/// nodes of the reserved CPUs (`set_mempolicy(2)`, as `numactl
+/// --membind`/`--interleave` does, inherited by everything it starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemPolicy {
+    /// Only on those nodes (`MPOL_BIND`).
+    Bind,
+    /// Spread page by page over those nodes (`MPOL_INTERLEAVE`).
+    Interleave,
 }
 
 impl Reservation {
@@ -639,6 +652,14 @@ impl Reservation {
         self.guards.into_iter().map(LockGuard::into_fd).collect()
     }
 
+    /// Have what [`Reservation::spawn`] starts allocate memory only on, or
+    /// interleaved over, the NUMA nodes of the reserved CPUs. (With
+    /// [`Reserver::enforce`], the cgroup's `cpuset.mems` already confines
+    /// it to them; the policy then says how to use them.)
+    pub fn set_memory_policy(&mut self, policy: MemPolicy) {
+        self.memory = Some(policy);
+    }
+
     /// The cpuset cgroup enforcing it, if [`Reserver::enforce`] made one.
     pub fn cpuset(&self) -> Option<&Cpuset> {
         self.cpuset.as_ref()
@@ -675,6 +696,19 @@ impl Reservation {
     pub fn spawn(&self, command: &mut Command) -> std::io::Result<std::process::Child> {
         if let Some(cpuset) = &self.cpuset {
             crate::sys::join_cgroup_on_exec(command, std::sync::Arc::clone(cpuset.procs()));
+        }
+        if let Some(policy) = self.memory {
+            if self.nodes.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the reserved CPUs' NUMA nodes are unknown (sysfs lists none), so memory cannot be bound to them",
+                ));
+            }
+            let mode = match policy {
+                MemPolicy::Bind => crate::sys::MPOL_BIND,
+                MemPolicy::Interleave => crate::sys::MPOL_INTERLEAVE,
+            };
+            crate::sys::mempolicy_on_exec(command, mode, &self.nodes);
         }
         let before = rustix::thread::sched_getaffinity(None)?;
         rustix::thread::sched_setaffinity(None, &self.cpu_set())?;
