@@ -293,7 +293,8 @@ fn membind_and_interleave_set_the_commands_memory_policy() {
             .args(["--", "head", "-1", "/proc/self/numa_maps"])
             .output()
             .expect("run");
-        if out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("nodes are unknown") {
+        if out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("nodes are unknown")
+        {
             lockyard_test_support::skip("sysfs lists no NUMA node for this host's CPUs");
             return;
         }

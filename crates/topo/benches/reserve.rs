@@ -124,7 +124,7 @@ fn enforce(c: &mut Criterion) {
     let request = Request::new(Amount::Cpus(1));
     let mut group = c.benchmark_group("enforce");
     group.bench_function("reserve", |b| {
-        b.iter(|| drop(black_box(reserver.reserve(&request).expect("reserve"))))
+        b.iter(|| drop(black_box(reserver.reserve(&request).expect("reserve"))));
     });
     group.bench_function("reserve_enforce", |b| {
         b.iter(|| {
