@@ -123,6 +123,10 @@ pub struct TopoArgs {
     /// removed and what was kept.
     #[arg(long)]
     pub sweep: bool,
+    /// Redraw the map every DUR (2s, 500ms) until interrupted: in place on
+    /// a terminal; with --json, one compact JSON document per line.
+    #[arg(long, value_name = "DUR", value_parser = crate::units::parse_interval, conflicts_with = "sweep")]
+    pub watch: Option<Duration>,
     /// With --sweep: the cgroup parent `reserve --enforce` used.
     #[arg(long, value_name = "DIR", requires = "sweep")]
     pub cgroup_parent: Option<PathBuf>,
@@ -367,6 +371,10 @@ pub struct LocksArgs {
     /// Print one JSON document (schema 1, see docs/cli.md).
     #[arg(short = 'J', long)]
     pub json: bool,
+    /// List again every DUR (2s, 500ms) until interrupted: in place on a
+    /// terminal; with --json, one compact JSON document per line.
+    #[arg(long, value_name = "DUR", value_parser = crate::units::parse_interval)]
+    pub watch: Option<Duration>,
 }
 
 /// A lock kind for `--kind`, named as [`RecordKind::name`] names it.

@@ -23,6 +23,7 @@ mod flock_cmd;
 mod kvm_cmd;
 mod run;
 mod topo_cmd;
+mod watch;
 
 fn main() -> ExitCode {
     init_logging();
@@ -132,14 +133,20 @@ fn locks(args: &LocksArgs) -> Outcome {
         paths: args.paths.clone(),
         kinds: args.kinds.iter().map(|k| k.0).collect(),
     };
-    let listing = listing::list(&options).context("cannot list locks")?;
     warn_if_nested_pid_namespace();
-    warn_skipped(&listing.skipped);
-    if args.json {
-        print_json(&listing)?;
-    } else {
-        emit(&render_locks(&listing, &columns, args))?;
+    let frame = || -> Result<watch::Frame> {
+        let listing = listing::list(&options).context("cannot list locks")?;
+        warn_skipped(&listing.skipped);
+        if args.json {
+            watch::json(&listing, args.watch.is_some())
+        } else {
+            Ok(watch::Frame::Text(render_locks(&listing, &columns, args)))
+        }
+    };
+    if let Some(interval) = args.watch {
+        return watch::watch(interval, frame);
     }
+    watch::print(frame()?)?;
     Ok(Exit::SUCCESS)
 }
 

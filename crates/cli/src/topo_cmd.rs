@@ -18,6 +18,7 @@ use lockyard_cli::units::format_size;
 use serde::Serialize;
 
 use crate::exit::{Exit, Outcome};
+use crate::watch::Frame;
 use crate::{SCHEMA, emit, print_json};
 
 /// The reservation lock directory: the flag, `LOCKYARD_LOCK_DIR`, the FHS
@@ -41,8 +42,16 @@ struct TopoReport<'a> {
     lock_dir: String,
     allowed: String,
     topology: &'a Topology,
+    /// Every CPU's and LLC's reservation lock, with its node and holders.
+    locks: Locks,
     /// Lock name to its holders, for the held ones only.
     held: BTreeMap<String, Holders>,
+}
+
+#[derive(Serialize)]
+struct Locks {
+    cpus: Vec<LockView>,
+    llcs: Vec<LockView>,
 }
 
 /// The cgroup parent `--cgroup-parent` names, or the default.
@@ -54,10 +63,10 @@ fn cgroup_parent(dir: Option<&Path>) -> Result<CgroupParent, lockyard::topo::Enf
 }
 
 pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Outcome {
-    let topology = Topology::read(Path::new("/"));
     let dir = lock_dir(args.lock_dir.as_deref());
     if args.sweep {
         let parent = cgroup_parent(args.cgroup_parent.as_deref())?;
+        let topology = Topology::read(Path::new("/"));
         let allowed = topology.allowed();
         let swept = Reserver::new(&dir, topology, &allowed)?.sweep_cgroups(&parent)?;
         if args.json {
@@ -89,6 +98,42 @@ pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Outcome {
         emit(&text)?;
         return Ok(Exit::SUCCESS);
     }
+    let (json, watching) = (args.json, args.watch.is_some());
+    let frame = move || topo_frame(&dir, json, watching);
+    match args.watch {
+        Some(interval) => crate::watch::watch(interval, frame),
+        None => {
+            crate::watch::print(frame()?)?;
+            Ok(Exit::SUCCESS)
+        }
+    }
+}
+
+/// One per-CPU or per-LLC reservation lock in `topo --json`.
+#[derive(Serialize)]
+struct LockView {
+    /// `cpu-N` or `llc-K`.
+    name: String,
+    /// The CPU's, or the LLC's lowest CPU's, NUMA node.
+    node: Option<u32>,
+    /// The lock file.
+    lock: String,
+    /// Who holds it: pid, command, and since when the process runs (Unix
+    /// seconds).
+    holders: Vec<HolderView>,
+}
+
+#[derive(Serialize)]
+struct HolderView {
+    pid: Option<u32>,
+    command: Option<String>,
+    since: Option<u64>,
+    mode: Option<lockyard::flock::LockMode>,
+}
+
+/// The topology map (text) or report (JSON) as it is now.
+fn topo_frame(dir: &Path, json: bool, watching: bool) -> anyhow::Result<Frame> {
+    let topology = Topology::read(Path::new("/"));
     let names: Vec<String> = topology
         .cpus
         .iter()
@@ -107,15 +152,36 @@ pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Outcome {
         })
         .collect();
     let allowed = topology.allowed();
-    if args.json {
-        print_json(&TopoReport {
+    if json {
+        let boot = boot_time();
+        let view = |name: String, node: Option<u32>| {
+            let holders = held.get(&name).map_or_else(Vec::new, |h| {
+                h.holding()
+                    .map(|holder| HolderView {
+                        pid: holder.pid,
+                        command: holder.cmdline.clone(),
+                        since: holder.start_time.zip(boot).map(|(ticks, boot)| boot + ticks / clock_ticks()),
+                        mode: holder.mode,
+                    })
+                    .collect()
+            });
+            LockView { lock: dir.join(format!("{name}.lock")).display().to_string(), name, node, holders }
+        };
+        let cpus: Vec<LockView> = topology.cpus.iter().map(|c| view(cpu_lock_name(c.id), c.node)).collect();
+        let llcs: Vec<LockView> = topology
+            .llcs
+            .iter()
+            .map(|l| view(l.lock_name(), topology.cpu(l.key).and_then(|c| c.node)))
+            .collect();
+        let report = TopoReport {
             schema: SCHEMA,
             lock_dir: dir.display().to_string(),
             allowed: allowed.to_string(),
             topology: &topology,
+            locks: Locks { cpus, llcs },
             held,
-        })?;
-        return Ok(Exit::SUCCESS);
+        };
+        return crate::watch::json(&report, watching);
     }
     let none = |s: String| if s.is_empty() { "none".to_owned() } else { s };
     let mut out = format!(
@@ -161,8 +227,18 @@ pub(crate) fn topo(args: &lockyard_cli::cli::TopoArgs) -> Outcome {
             out.push_str(&cpu_line(cpu, &state));
         }
     }
-    emit(&out)?;
-    Ok(Exit::SUCCESS)
+    Ok(Frame::Text(out))
+}
+
+/// Boot time, Unix seconds (`btime` of /proc/stat).
+fn boot_time() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Clock ticks per second, the unit of a process's start time.
+fn clock_ticks() -> u64 {
+    rustix::param::clock_ticks_per_second().max(1)
 }
 
 fn llc_lines(topology: &Topology, llc: &Llc, state: &dyn Fn(&str) -> String) -> String {

@@ -37,6 +37,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let (unit, next) = tail.split_at(unit_len);
         let value: f64 = number.parse().map_err(|_| bad())?;
         let scale = match unit {
+            "ms" => 0.001,
             "s" | "sec" | "secs" => 1.0,
             "m" | "min" | "mins" => 60.0,
             "h" | "hour" | "hours" => 3600.0,
@@ -65,6 +66,21 @@ pub fn parse_wait(text: &str) -> Result<Duration, String> {
              or a duration such as 90s or 5m"
         )
     })
+}
+
+/// Parse the interval of a `--watch`: a duration as [`parse_duration`]
+/// reads it (`2s`, `500ms`, a bare number of seconds), never zero.
+///
+/// # Errors
+/// A sentence quoting the text and saying what is accepted.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(interval) if interval.is_zero() => {
+            Err(format!("invalid interval {text:?}: it must be more than zero, such as 1s or 500ms"))
+        }
+        Ok(interval) => Ok(interval),
+        Err(_) => Err(format!("invalid interval {text:?}: give a duration such as 2s or 500ms, or seconds")),
+    }
 }
 
 fn seconds(secs: f64) -> Option<Duration> {
@@ -191,6 +207,11 @@ mod tests {
     #[test]
     fn every_wait_is_parsed_one_way() {
         assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        for bad in ["0", "0s", "0ms", "-1", "soon"] {
+            assert!(parse_interval(bad).expect_err(bad).contains(&format!("{bad:?}")));
+        }
         assert_eq!(parse_wait("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_wait("2m"), Ok(Duration::from_secs(120)));
         for bad in ["1e400", "inf", "nan", "NaN", "-1", "", "soon", "1e30"] {

@@ -317,3 +317,73 @@ fn membind_and_interleave_set_the_commands_memory_policy() {
     let maps = String::from_utf8_lossy(&plain.stdout);
     assert!(maps.contains(" default "), "without a flag the policy is left alone: {maps}");
 }
+
+#[test]
+fn watch_streams_json_frames_and_stops_on_sigterm_or_a_closed_pipe() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = std::env::temp_dir().join(format!("lockyard-topo-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("lock dir");
+    // A held CPU lock shows in every frame, with pid, command and since.
+    let lock = dir.join("cpu-0.lock");
+    let mut holder = Command::new("flock").arg(&lock).args(["sleep", "30"]).spawn().expect("flock(1)");
+    let mut watcher = Command::new(LOCKYARD)
+        .args(["topo", "--watch", "100ms", "--json", "--lock-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watch");
+    let mut frames = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let mut seen = None;
+    for _ in 0..100 {
+        let frame: Value =
+            serde_json::from_str(&frames.next().expect("a frame").expect("read")).expect("json");
+        assert_eq!(frame["schema"], 1);
+        let cpu0 =
+            frame["locks"]["cpus"].as_array().expect("cpus").iter().find(|c| c["name"] == "cpu-0").cloned();
+        let cpu0 = cpu0.expect("cpu-0 is listed");
+        if let Some(held) = cpu0["holders"].as_array().and_then(|h| h.first()).cloned() {
+            seen = Some(held);
+            break;
+        }
+    }
+    let started = std::time::Instant::now();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(watcher.id()).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let status = watcher.wait().expect("reap");
+    let took = started.elapsed();
+    holder.kill().expect("kill");
+    holder.wait().expect("reap");
+    let held = seen.expect("the held lock appeared in a frame");
+    assert_eq!(held["pid"].as_u64(), Some(u64::from(holder.id())), "{held}");
+    assert!(held["command"].as_str().is_some_and(|c| c.contains("flock")), "{held}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let since = held["since"].as_u64().expect("since");
+    assert!(since <= now && now - since < 120, "since {since}, now {now}");
+    assert_eq!(status.code(), Some(0), "SIGTERM ends the watch cleanly");
+    // Not a timing test (the machine is shared): a watch that ignored the
+    // signal until its next frame, or forever, would show here.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    println!("watch stopped {took:?} after SIGTERM");
+
+    // A reader that goes away ends it quietly.
+    let mut watcher = Command::new(LOCKYARD)
+        .args(["locks", "--watch", "50ms", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watch");
+    let mut first = String::new();
+    BufReader::new(watcher.stdout.take().expect("stdout")).read_line(&mut first).expect("read");
+    let _: Value = serde_json::from_str(&first).expect("json");
+    let status = watcher.wait().expect("exits once its reader is gone");
+    let mut stderr = String::new();
+    watcher.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    let out = Command::new(LOCKYARD).args(["topo", "--watch", "0"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than zero"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
