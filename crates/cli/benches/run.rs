@@ -5,9 +5,14 @@
 //!   times around `true`;
 //! - **explicit-unlock hand-off**: a holder takes the lock on a descriptor,
 //!   a waiter `X F sleep 0.05` queues behind it, the holder unlocks without
-//!   closing (as `flock -u` does) and reads /proc/locks until the waiter's
-//!   lock shows. Waiters blocking in the kernel's queue are woken at once;
-//!   a polling wait notices an unlock without a close only on a retry.
+//!   closing (as `flock -u` does) and watches the waiter's own
+//!   `/proc/PID/fdinfo/FD` until its lock shows. Not /proc/locks: each
+//!   read of it takes the kernel's file-lock rwsem for writing (which waits
+//!   for an RCU grace period, milliseconds), and every lock operation on
+//!   the host, the waiter's among them, waits for that: polling it made
+//!   both programs' hand-off look like 10 ms. Waiters blocking in the
+//!   kernel's queue are woken at once; a polling wait notices an unlock
+//!   without a close only on a retry.
 //!
 //! `cargo bench -p lockyard-cli --bench run`; `-- --test` (CI's smoke run)
 //! does a few rounds of each.
@@ -95,8 +100,7 @@ fn contended(dir: &Path, per_loop: usize) {
 fn handoff(dir: &Path, rounds: usize) {
     let file = dir.join("handoff.lock");
     std::fs::write(&file, b"").expect("lock file");
-    let key = lockyard::flock::Snapshot::read().and_then(|s| s.file_id(&file)).expect("key").key;
-    let me = std::process::id();
+    let target = std::fs::canonicalize(&file).expect("lock file path");
     let variants: [(&str, Vec<&str>); 3] = [
         ("flock(1)", vec!["flock"]),
         ("lockyard run", vec![LOCKYARD, "run"]),
@@ -116,11 +120,13 @@ fn handoff(dir: &Path, rounds: usize) {
                 .expect("waiter");
             // Let the waiter queue up behind us.
             std::thread::sleep(Duration::from_millis(30));
+            let fdinfo = lock_fdinfo(waiter.id(), &target);
             let unlocked = Instant::now();
             rustix::fs::flock(holder.as_fd(), rustix::fs::FlockOperation::Unlock).expect("unlock");
             let taken = loop {
-                let locks = lockyard::procfs::ProcLocks::read().expect("/proc/locks");
-                if locks.on(key).any(|r| !r.is_waiter() && r.pid_hint() != Some(me)) {
+                // A granted lock shows in its holder's fdinfo; a blocked
+                // request does not.
+                if std::fs::read_to_string(&fdinfo).is_ok_and(|info| info.contains("lock:")) {
                     break unlocked.elapsed();
                 }
                 assert!(
@@ -144,6 +150,23 @@ fn handoff(dir: &Path, rounds: usize) {
             at(0.99),
             latencies[latencies.len() - 1],
         );
+    }
+}
+
+/// The fdinfo file of the descriptor through which process `pid` has
+/// `target` open (the waiter's lock descriptor).
+fn lock_fdinfo(pid: u32, target: &Path) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                if std::fs::read_link(fd.path()).is_ok_and(|link| link == target) {
+                    return PathBuf::from(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "pid {pid} never opened {}", target.display());
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -451,7 +451,7 @@ fn ensure(cache: &Cache, key: &str, build: &str, command: &[OsString], close: bo
     let mut child = Command::new(&command[0]);
     child.args(&command[1..]).env("LOCKYARD_ENTRY", guard.path());
     if !close {
-        crate::run::inherit(&mut child, vec![guard.as_fd().as_raw_fd()]);
+        crate::run::inherit([guard.as_fd()]).context("cannot hand the entry's lock to the command")?;
     }
     let code = spawn_and_wait(child, |_| {});
     if close {

@@ -117,7 +117,12 @@ fn locked_run(args: &FlockArgs, prog: &str) -> Result<Exit, Exit> {
     command.args(&argv[1..]);
     match (&opened, args.close) {
         // Ours is close-on-exec: hand it over unless -o.
-        (Some(fd), false) => inherit(&mut command, vec![fd.as_raw_fd()]),
+        (Some(fd), false) => {
+            if let Err(e) = inherit([fd.as_fd()]) {
+                eprintln!("{prog}: {}: {}", fd.as_raw_fd(), io_message(&e));
+                return Err(Exit::status(EX_OSERR));
+            }
+        }
         (Some(_), true) => {}
         (None, close) => {
             // Inherited from the shell: the command gets it unless -o.

@@ -4,12 +4,11 @@
 //! through; and `pidfile claim` itself.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::process::Command;
 
 use lockyard::flock::{Pidfile, Wait};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::exit::{Exit, Outcome};
 
@@ -28,29 +27,24 @@ pub(crate) fn inherited_fd(number: i32) -> Option<std::os::fd::BorrowedFd<'stati
     Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(number) })
 }
 
-/// Let the command inherit the lock descriptors `fds`, as flock(1) does
-/// without `-o`: a lock is per open file description, so the command and
-/// whatever it leaves running hold it until the last of them exits, even
-/// if lockyard itself is killed first. The caller must then close its own
-/// copies without unlocking (`into_fd`), since an unlock through any copy
-/// releases the lock for all of them.
-#[allow(unsafe_code)]
-pub(crate) fn inherit(command: &mut Command, fds: Vec<std::os::fd::RawFd>) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec. It makes
-    // only async-signal-safe system calls (fcntl F_SETFD) and allocates
-    // nothing (`fds` was allocated before the fork); each fd is a lock
-    // descriptor, open in the child as in the parent, and `borrow_raw`
-    // only borrows it for that call.
-    unsafe {
-        command.pre_exec(move || {
-            for &fd in &fds {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            }
-            Ok(())
-        });
+/// Let the command lockyard is about to start inherit the lock
+/// descriptors `fds`, as flock(1) does without `-o`: a lock is per open
+/// file description, so the command and whatever it leaves running hold it
+/// until the last of them exits, even if lockyard itself is killed first.
+/// The caller must then close its own copies without unlocking
+/// (`into_fd`), since an unlock through any copy releases the lock for all
+/// of them.
+///
+/// Close-on-exec is cleared here, in lockyard, rather than in the child
+/// between fork and exec: lockyard execs nothing else, so nothing else can
+/// inherit them, and without a pre-exec hook std starts the command with
+/// `posix_spawn` (a `vfork`) instead of a `fork` that copies lockyard's
+/// page tables.
+pub(crate) fn inherit<'a>(fds: impl IntoIterator<Item = std::os::fd::BorrowedFd<'a>>) -> std::io::Result<()> {
+    for fd in fds {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
+    Ok(())
 }
 
 /// Start `command`, forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it
@@ -88,8 +82,8 @@ fn wait_status(
 ) -> u8 {
     // Registered before the child exists, so no signal is lost in between;
     // the child starts with default dispositions (exec resets handlers).
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]) {
-        Ok(signals) => signals,
+    let forward = match Forward::new() {
+        Ok(forward) => forward,
         Err(e) => {
             eprintln!("lockyard: cannot set up signal forwarding: {e}");
             return 71;
@@ -99,22 +93,8 @@ fn wait_status(
         Ok(child) => child,
         Err(e) => return cannot_run(command.get_program(), &e),
     };
-    let pid = child.id();
-    started(pid);
-    let handle = signals.handle();
-    let forwarder = std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if let (Some(pid), Some(signal)) = (
-                rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
-                rustix::process::Signal::from_named_raw(signal),
-            ) {
-                let _ = rustix::process::kill_process(pid, signal);
-            }
-        }
-    });
-    let status = child.wait();
-    handle.close();
-    let _ = forwarder.join();
+    started(child.id());
+    let status = forward.until_exit(&mut child);
     match status {
         Ok(status) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
             (Some(code), _) => u8::try_from(code).unwrap_or(1),
@@ -124,6 +104,99 @@ fn wait_status(
         Err(e) => {
             eprintln!("lockyard: waiting for the command failed: {e}");
             71
+        }
+    }
+}
+
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT, caught and passed on to the
+/// command. The handlers set a flag per signal and write a byte to a
+/// socket; the main thread waits in `poll` on that socket and on a pidfd
+/// of the command, so no thread is started for the forwarding (a thread
+/// was a sixth of an uncontended `lockyard run`).
+struct Forward {
+    wake: std::os::unix::net::UnixStream,
+    caught: Vec<(i32, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl Forward {
+    const SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
+
+    fn new() -> std::io::Result<Self> {
+        let (wake, waker) = std::os::unix::net::UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        let mut forward = Forward { wake, caught: Vec::new(), ids: Vec::new() };
+        for signal in Self::SIGNALS {
+            let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            forward.ids.push(signal_hook::flag::register(signal, std::sync::Arc::clone(&flag))?);
+            forward.ids.push(signal_hook::low_level::pipe::register(signal, waker.try_clone()?)?);
+            forward.caught.push((signal, flag));
+        }
+        Ok(forward)
+    }
+
+    /// Forward signals to `child` until it exits; its status.
+    fn until_exit(self, child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+        use rustix::event::{PollFd, PollFlags};
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+        let Some(pidfd) =
+            pid.and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+        else {
+            // A kernel before 5.3: look at the child between signals.
+            return self.until_exit_polling(child);
+        };
+        loop {
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN), PollFd::new(&self.wake, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.pass_on(child);
+            if !fds[0].revents().is_empty() {
+                return child.wait();
+            }
+        }
+    }
+
+    fn until_exit_polling(
+        self,
+        child: &mut std::process::Child,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let tick = Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            let mut fds = [PollFd::new(&self.wake, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&tick)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.pass_on(child);
+        }
+    }
+
+    /// Send `child` every signal caught since the last call.
+    fn pass_on(&self, child: &std::process::Child) {
+        use std::io::Read;
+        let mut drain = [0u8; 64];
+        while (&self.wake).read(&mut drain).is_ok_and(|n| n > 0) {}
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+        for (signal, flag) in &self.caught {
+            if flag.swap(false, std::sync::atomic::Ordering::SeqCst)
+                && let (Some(pid), Some(signal)) = (pid, rustix::process::Signal::from_named_raw(*signal))
+            {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
         }
     }
 }
@@ -143,7 +216,7 @@ pub(crate) fn pidfile_claim(
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
     if !close {
-        inherit(&mut command, vec![guard.as_fd().as_raw_fd()]);
+        anyhow::Context::context(inherit([guard.as_fd()]), "cannot hand the pidfile's lock to the command")?;
     }
     let code = spawn_and_wait(command, |pid| {
         if let Err(e) = guard.set_pid(pid) {

@@ -2,7 +2,6 @@
 //! their reservation locks.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use std::process::Command;
@@ -373,7 +372,8 @@ pub(crate) fn reserve(args: &ReserveArgs) -> Outcome {
         .env("LOCKYARD_CPUS", reservation.cpus().to_string())
         .env("LOCKYARD_JOBS", reservation.jobs().to_string());
     if !args.close {
-        crate::run::inherit(&mut command, reservation.lock_fds().map(|fd| fd.as_raw_fd()).collect());
+        crate::run::inherit(reservation.lock_fds())
+            .context("cannot hand the reservation's locks to the command")?;
     }
     let code =
         crate::run::spawn_with_and_wait(command, |c| reservation.spawn(c), |_| {}, crate::run::cannot_run);
