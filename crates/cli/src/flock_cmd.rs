@@ -92,7 +92,12 @@ fn locked_run(args: &FlockArgs, prog: &str) -> Result<Exit, Exit> {
                 (None, _) => lock_descriptor(fd, &options, &Wait::default()),
                 (Some(timeout), Some(ours)) => lock_within(ours, &options, timeout),
                 // The shell's descriptor: a lock taken after we gave up
-                // would stay with it, so wait with a wait that can stop.
+                // would stay with it, so the wait must end in this thread:
+                // a flock interrupted by a timer, as flock(1) waits.
+                (Some(timeout), None) if !args.fcntl && !timeout.is_zero() => {
+                    lock_interrupted(fd, args.op, timeout)
+                }
+                // Byte ranges (--fcntl): the library's wait, which can stop.
                 (Some(timeout), None) => lock_descriptor(fd, &options, &Wait::timeout(timeout)),
             };
             locked.map_err(|e| lock_failed(prog, args, &e))?;
@@ -177,6 +182,27 @@ fn lock_within(fd: &OwnedFd, options: &LockOptions, timeout: Duration) -> Result
             let holders = lockyard::flock::holders_of(&path).unwrap_or_default();
             Err(LockError::Timeout { path, waited: started.elapsed(), holders })
         }
+    }
+}
+
+/// flock(2) `fd` in mode `op`, waiting in the kernel's queue for at most
+/// `timeout` ([`crate::run::with_alarm`]).
+fn lock_interrupted(fd: BorrowedFd<'_>, op: Op, timeout: Duration) -> Result<LockKind, LockError> {
+    let started = Instant::now();
+    let path = || std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
+    let operation = if op == Op::Shared {
+        rustix::fs::FlockOperation::LockShared
+    } else {
+        rustix::fs::FlockOperation::LockExclusive
+    };
+    match crate::run::with_alarm(timeout, || rustix::fs::flock(fd, operation)) {
+        Ok(true) => Ok(LockKind::Flock),
+        Ok(false) => {
+            let path = path();
+            let holders = lockyard::flock::holders_of(&path).unwrap_or_default();
+            Err(LockError::Timeout { path, waited: started.elapsed(), holders })
+        }
+        Err(e) => Err(LockError::Io { path: path(), op: "flock", source: e.into() }),
     }
 }
 

@@ -47,6 +47,71 @@ pub(crate) fn inherit<'a>(fds: impl IntoIterator<Item = std::os::fd::BorrowedFd<
     Ok(())
 }
 
+/// Retry the blocking lock call `call` until it succeeds or `timeout` has
+/// passed, a timer signal interrupting it, as flock(1) times its waits:
+/// the wait stays in the kernel's queue (woken at once by an unlock), and
+/// the call's own result says whether the lock was taken, so a lock
+/// granted as the time ran out is never left behind on a descriptor
+/// lockyard gave up on. `Ok(false)`: the time ran out.
+///
+/// SIGALRM is caught (by a handler that does nothing, installed without
+/// `SA_RESTART` so the call returns `EINTR`) for the duration of the wait
+/// and restored after. The timer fires at the deadline and every 10 ms
+/// after it, so a signal that lands just before the call blocks is not
+/// the last. Only for a thread with no other use of SIGALRM (the
+/// command-line program, before it starts the command).
+#[allow(unsafe_code)]
+pub(crate) fn with_alarm(
+    timeout: std::time::Duration,
+    mut call: impl FnMut() -> Result<(), rustix::io::Errno>,
+) -> Result<bool, rustix::io::Errno> {
+    use rustix::io::Errno;
+    extern "C" fn interrupt(_: libc::c_int) {}
+    fn timeval(d: std::time::Duration) -> libc::timeval {
+        libc::timeval {
+            tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(d.subsec_micros()),
+        }
+    }
+    let last = || Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO);
+    let deadline = std::time::Instant::now() + timeout;
+    // SAFETY: `sigaction` is a plain C struct for which all zeroes is a
+    // valid value (no handler, no flags, an empty mask).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: as above.
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live `sigaction` values; the handler
+    // does nothing, so it is async-signal-safe.
+    if unsafe { libc::sigaction(libc::SIGALRM, &action, &mut previous) } != 0 {
+        return Err(last());
+    }
+    let arm = |value: std::time::Duration, interval: std::time::Duration| {
+        let timer = libc::itimerval { it_value: timeval(value), it_interval: timeval(interval) };
+        // SAFETY: `timer` is a live value; the old value is not asked for.
+        unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) }
+    };
+    // A zero it_value would disarm the timer: at least a microsecond.
+    let tick = std::time::Duration::from_millis(10);
+    let armed = arm(timeout.max(std::time::Duration::from_micros(1)), tick);
+    let result = if armed != 0 {
+        Err(last())
+    } else {
+        loop {
+            match call() {
+                Ok(()) => break Ok(true),
+                Err(Errno::INTR) if std::time::Instant::now() >= deadline => break Ok(false),
+                Err(Errno::INTR) => {}
+                Err(e) => break Err(e),
+            }
+        }
+    };
+    arm(std::time::Duration::ZERO, std::time::Duration::ZERO);
+    // SAFETY: restores the disposition saved above.
+    unsafe { libc::sigaction(libc::SIGALRM, &previous, std::ptr::null_mut()) };
+    result
+}
+
 /// Start `command`, forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it
 /// until it exits, and turn its status into ours (128+N for signal N;
 /// 127 if it cannot be found, 126 if it cannot be run). `started` sees the

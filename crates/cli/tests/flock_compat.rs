@@ -74,6 +74,28 @@ fn descriptor_mode_locks_the_shells_descriptor_in_place() {
 }
 
 #[test]
+fn a_timed_wait_on_the_shells_descriptor_waits_in_the_kernel_and_leaves_nothing_behind() {
+    let dir = Scratch::new("flock-fd-wait");
+    // Queued behind a holder that unlocks in place (flock -u: no close),
+    // the waiter gets the lock while its -w still runs.
+    prints(
+        dir.dir(),
+        r#"exec 8>"$F"; flock 8; ( sleep 0.3; flock -u 8 ) &
+           ( $L -w 10 9 && echo "got it: $?"; flock -n "$F" true; echo "held by the shell: $?" ) 9>"$F"; wait"#,
+        "got it: 0\nheld by the shell: 1\n",
+    );
+    // Timed out: the conflict status, and once the holder is gone nothing
+    // holds the file, the shell's descriptor included.
+    prints(
+        dir.dir(),
+        r#"flock "$F" sleep 1 & sleep 0.2
+           exec 9>"$F"; $L -w 0.3 9; echo "timed out: $?"; wait
+           flock -n "$F" true; echo "free: $?""#,
+        "timed out: 1\nfree: 0\n",
+    );
+}
+
+#[test]
 fn options_and_spellings_flock1_accepts() {
     let dir = Scratch::new("flock-options");
     prints(
