@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockyard::flock::{
-    ByteRange, FsPolicy, LockError, LockKind, LockMode, LockOptions, Wait, lock_descriptor, unlock_descriptor,
+    ByteRange, FsPolicy, LockError, LockKind, LockMode, LockOptions, Wait, lock_descriptor,
+    lock_descriptor_queued, unlock_descriptor,
 };
 use lockyard_cli::flock_args::{self, Action, FlockArgs, Op, Program, Target, UsageError};
 use rustix::fs::{Mode, OFlags};
@@ -90,7 +91,9 @@ fn locked_run(args: &FlockArgs, prog: &str) -> Result<Exit, Exit> {
                 _ if args.nonblock => lock_descriptor(fd, &options, &Wait::timeout(Duration::ZERO)),
                 // No limit: block in the kernel's queue, as flock(1) does.
                 (None, _) => lock_descriptor(fd, &options, &Wait::default()),
-                (Some(timeout), Some(ours)) => lock_within(ours, &options, timeout),
+                // Ours alone: wait in the kernel's queue on a thread; a
+                // lock it takes after we gave up goes when we exit.
+                (Some(timeout), Some(ours)) => lock_descriptor_queued(ours.as_fd(), &options, timeout),
                 // The shell's descriptor: a lock taken after we gave up
                 // would stay with it, so the wait must end in this thread:
                 // a flock interrupted by a timer, as flock(1) waits.
@@ -153,36 +156,6 @@ fn locked_run(args: &FlockArgs, prog: &str) -> Result<Exit, Exit> {
     // Our copy closes when we exit, without unlocking: whatever the
     // command left running keeps the lock it inherited, as with flock(1).
     Ok(spawn_with_and_wait(command, Command::spawn, |_| {}, cannot_run))
-}
-
-/// Lock a descriptor only we hold, waiting at most `timeout`, in the
-/// kernel's queue: a thread blocks in the lock call (on a duplicate, which
-/// shares the open file description and so the lock) while this one
-/// waits for it with the timeout. The kernel wakes the first waiter the
-/// moment the lock is free, however it is released; lockyard's own
-/// waits notice an explicit unlock only on their next retry.
-///
-/// On timeout the thread stays blocked, and lockyard exits with the
-/// conflict code, which ends it: a lock it took in the meantime goes
-/// with our descriptors. That is why this is for a descriptor nobody
-/// else shares; an inherited one uses [`lock_descriptor`]'s wait.
-fn lock_within(fd: &OwnedFd, options: &LockOptions, timeout: Duration) -> Result<LockKind, LockError> {
-    let started = Instant::now();
-    let path = || std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let dup = fd.try_clone().map_err(|source| LockError::Io { path: path(), op: "dup", source })?;
-    let blocking = options.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(lock_descriptor(dup.as_fd(), &blocking, &Wait::default()));
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(result) => result,
-        Err(_) => {
-            let path = path();
-            let holders = lockyard::flock::holders_of(&path).unwrap_or_default();
-            Err(LockError::Timeout { path, waited: started.elapsed(), holders })
-        }
-    }
 }
 
 /// flock(2) `fd` in mode `op`, waiting in the kernel's queue for at most

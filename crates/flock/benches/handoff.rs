@@ -10,6 +10,9 @@
 //! - `lockyard_unlock_only`: the holder unlocks with `flock(LOCK_UN)` and
 //!   keeps the descriptor open; no inotify event, so the waiter notices on
 //!   its capped backoff.
+//! - `queued_unlock_only`: the same unlock, the waiter in
+//!   [`lockyard_flock::lock_descriptor_queued`] (blocked in the kernel on
+//!   a thread of its own, with a timeout).
 //! - `kernel_blocking_flock`: the anchor, a waiter blocked in `flock(2)`
 //!   itself, woken by the kernel (what lockyard cannot use because it
 //!   cannot be cancelled without signals).
@@ -19,6 +22,7 @@
 
 #![allow(clippy::print_stdout)]
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -30,6 +34,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 enum Case {
     LockyardClose,
     LockyardUnlockOnly,
+    QueuedUnlockOnly,
     KernelBlocking,
 }
 
@@ -44,6 +49,14 @@ fn one_handoff(path: &Path, case: Case) -> Duration {
                 let fd = rustix::fs::open(&waiter_path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
                     .expect("open");
                 rustix::fs::flock(&fd, FlockOperation::LockExclusive).expect("flock");
+                Instant::now()
+            }
+            Case::QueuedUnlockOnly => {
+                let fd = rustix::fs::open(&waiter_path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+                    .expect("open");
+                let options = lockyard_flock::LockOptions::new().exclusive();
+                lockyard_flock::lock_descriptor_queued(fd.as_fd(), &options, Duration::from_secs(10))
+                    .expect("lock");
                 Instant::now()
             }
             Case::LockyardClose | Case::LockyardUnlockOnly => {
@@ -61,7 +74,7 @@ fn one_handoff(path: &Path, case: Case) -> Duration {
     std::thread::sleep(Duration::from_millis(40));
     let released = Instant::now();
     match case {
-        Case::LockyardUnlockOnly => {
+        Case::LockyardUnlockOnly | Case::QueuedUnlockOnly => {
             rustix::fs::flock(&holder, FlockOperation::Unlock).expect("unlock");
             let acquired = waiter.join().expect("join");
             drop(holder);
@@ -88,6 +101,7 @@ fn main() {
     for (name, case) in [
         ("lockyard_close", Case::LockyardClose),
         ("lockyard_unlock_only", Case::LockyardUnlockOnly),
+        ("queued_unlock_only", Case::QueuedUnlockOnly),
         ("kernel_blocking_flock", Case::KernelBlocking),
     ] {
         let mut samples: Vec<Duration> = (0..rounds).map(|_| one_handoff(&path, case)).collect();

@@ -80,7 +80,7 @@ pub use holders::{
 };
 pub use lock::{
     Busy, BusyLock, ByteRange, LockDir, LockFile, LockGuard, LockKind, LockMode, LockOptions, Wait,
-    lock_descriptor, unlock_descriptor,
+    lock_descriptor, lock_descriptor_queued, unlock_descriptor,
 };
 pub use open::DirTrust;
 pub use pidfile::{Claimant, PROBE_GRACE, Pidfile, PidfileGuard, PidfileState};
