@@ -179,7 +179,11 @@ fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> Stri
         .locks
         .iter()
         .flat_map(|lock| {
-            let (pid, command): (Cow<'_, str>, Option<&str>) = if listing.exact && !lock.holders.is_empty() {
+            // The recorded pid, as lslocks shows it; the holders where
+            // asked for, or where none is recorded (an OFD lock found by
+            // --pid).
+            let by_holders = (listing.exact || lock.pid.is_none()) && !lock.holders.is_empty();
+            let (pid, command): (Cow<'_, str>, Option<&str>) = if by_holders {
                 (pids(&lock.holders), lock.holders[0].command.as_deref())
             } else {
                 (

@@ -139,6 +139,12 @@ fn locks_resolves_ofd_paths_and_exact_names_the_holder() {
     // `who` switches to exact attribution by itself for OFD locks.
     let who = json(&lockyard(&["who", p, "--json"]));
     assert_eq!(who["files"][0]["holders"][0]["pid"], python.pid());
+
+    // So does `locks --pid` (as util-linux's range-lock test asks of
+    // lslocks): the OFD lock is found by its holder's pid, and shown with it.
+    let pid = python.pid().to_string();
+    let raw = lockyard(&["locks", "--pid", &pid, "--noheadings", "--raw", "-o", "pid,start,end,path"]);
+    assert_eq!(String::from_utf8_lossy(&raw.stdout), format!("{pid} 10 14 {p}\n"));
 }
 
 #[test]

@@ -48,7 +48,9 @@ const COMMAND_WIDTH: usize = 200;
 pub struct ListOptions {
     /// Attribute locks through fdinfo (see the module docs).
     pub exact: bool,
-    /// Only locks held (or recorded) by these pids.
+    /// Only locks held (or recorded) by these pids. Filtering by pid
+    /// attributes every lock through fdinfo, as `exact` does, so that an
+    /// OFD lock (which records no pid) is found by its holder's.
     pub pids: Vec<u32>,
     /// Only locks on these files.
     pub paths: Vec<PathBuf>,
@@ -95,8 +97,8 @@ pub struct LockRow {
     pub pid: Option<u32>,
     /// Command line of `pid`.
     pub command: Option<String>,
-    /// Processes holding a descriptor that carries the lock (exact mode;
-    /// empty otherwise).
+    /// Processes holding a descriptor that carries the lock (exact mode,
+    /// or when filtering by pid; empty otherwise).
     pub holders: Vec<Process>,
     /// Processes blocked waiting for this lock.
     pub blocked: Vec<Process>,
@@ -153,8 +155,11 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
     // Scan the recorded pids first; everyone if exact, or if a lock still
     // has no path.
     let recorded: HashSet<u32> = granted.iter().filter_map(|&i| records[i].pid_hint()).collect();
+    // Filtering by pid needs to know who holds the locks no pid is
+    // recorded for (OFD locks, flocks inherited from an exited parent).
+    let exact = options.exact || !options.pids.is_empty();
     let mut search = Search::new(&keys, &snapshot);
-    if options.exact {
+    if exact {
         search.scan(lockyard_procfs::pids()?, true)?;
     } else {
         search.scan(recorded.iter().copied(), false)?;
@@ -180,7 +185,7 @@ pub fn list(options: &ListOptions) -> Result<Listing, LockError> {
         let key = record.key().expect("kept records have keys");
         let entry = found.get(&key);
         let pid = record.pid_hint();
-        let holders = if options.exact {
+        let holders = if exact {
             entry
                 .map(|f| {
                     f.carriers
