@@ -160,6 +160,9 @@ fn a_killed_supervisors_cgroup_is_swept_once_nothing_runs_in_it() {
     // Its creator lives: kept.
     let report = sweep(&locks);
     assert!(listed(&report, "live", &cgroup), "{report}");
+    // A sweep from another lock directory has no say over it.
+    let report = sweep(&dir.path("other-locks"));
+    assert!(!listed(&report, "removed", &cgroup) && cgroup.exists(), "{report}");
 
     // The supervisor is killed; its command still runs in the cgroup: kept.
     supervisor.kill().expect("SIGKILL");

@@ -33,11 +33,14 @@
 //! # Orphans
 //!
 //! While its cgroup exists, the creator holds an exclusive lock on
-//! `cgroup-{name}.lock` in the reservation lock directory. If it is
+//! `cgroup-{name}.lock` in the reservation lock directory (taken before the
+//! cgroup is made, the file removed only after the cgroup is). If it is
 //! killed (SIGKILL, OOM), the lock goes with it, and
 //! [`Reserver::sweep_cgroups`](crate::Reserver::sweep_cgroups) (run by
 //! every enforced reservation, and by `lockyard topo --sweep`) removes
-//! each `lockyard-*` cgroup whose lock it can take: never by pid or age,
+//! each `lockyard-*` cgroup whose lock file is in its lock directory and
+//! can be locked (cgroups of other lock directories are not its to
+//! judge): never by pid or age,
 //! which can be reused or lie. A cgroup whose processes still run (a
 //! killed supervisor's command) cannot be removed and is kept.
 
@@ -327,32 +330,43 @@ impl Cpuset {
         mems: &[u32],
     ) -> Result<Self, EnforceError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!("{PREFIX}{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let lock_name = owner_lock(&name);
-        // The lock first: a cgroup that exists without it is an orphan to
-        // any sweep.
-        let owner = locks.lock_file(&lock_name, LockOptions::new().exclusive().permissions(0o644))?.lock()?;
-        let owner_path = locks.lock_path(&lock_name);
-        let dir = parent.dir.join(&name);
-        if let Err(e) = rustix::fs::mkdir(&dir, Mode::from(0o755)) {
-            let _ = std::fs::remove_file(&owner_path);
-            return Err(EnforceError::io(&dir, "mkdir", e));
-        }
-        let made = Cpuset::fill(parent, &dir, cpus, mems);
-        match made {
-            Ok(procs) => Ok(Cpuset {
-                dir,
-                hierarchy: parent.hierarchy,
-                procs: Arc::new(procs),
-                owner: Some(owner),
-                owner_path,
-            }),
-            Err(e) => {
-                let _ = rustix::fs::rmdir(&dir);
-                let _ = std::fs::remove_file(&owner_path);
-                Err(e)
+        let options = LockOptions::new().exclusive().permissions(0o644);
+        // A name is free when its owner lock can be taken and no cgroup has
+        // it: a pid can be reused while an orphan of its earlier owner
+        // still runs, and another pid namespace can have the same pid.
+        for _ in 0..64 {
+            let name = format!("{PREFIX}{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+            let lock_name = owner_lock(&name);
+            // The lock first: a cgroup that exists without it is an orphan
+            // to any sweep.
+            let Some(owner) = locks.lock_file(&lock_name, options.clone())?.try_lock()? else { continue };
+            let owner_path = locks.lock_path(&lock_name);
+            let dir = parent.dir.join(&name);
+            match rustix::fs::mkdir(&dir, Mode::from(0o755)) {
+                Ok(()) => {}
+                // An orphan's: leave it, and its lock file, to a sweep.
+                Err(Errno::EXIST) => continue,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&owner_path);
+                    return Err(EnforceError::io(&dir, "mkdir", e));
+                }
             }
+            return match Cpuset::fill(parent, &dir, cpus, mems) {
+                Ok(procs) => Ok(Cpuset {
+                    dir,
+                    hierarchy: parent.hierarchy,
+                    procs: Arc::new(procs),
+                    owner: Some(owner),
+                    owner_path,
+                }),
+                Err(e) => {
+                    let _ = rustix::fs::rmdir(&dir);
+                    let _ = std::fs::remove_file(&owner_path);
+                    Err(e)
+                }
+            };
         }
+        Err(EnforceError::Unavailable { why: format!("no free cgroup name below {}", parent.dir.display()) })
     }
 
     fn fill(
@@ -443,20 +457,25 @@ pub(crate) fn sweep(parent: &CgroupParent, locks: &LockDir) -> Result<CgroupSwee
         }
         let dir = entry.path();
         let lock_name = owner_lock(name);
-        // Opening creates a missing lock file: a cgroup whose lock file is
-        // gone was orphaned (its creator removes both together).
-        let Ok(file) = locks.lock_file(&lock_name, LockOptions::new().exclusive().permissions(0o644)) else {
-            continue;
-        };
+        // Only cgroups whose owner lock is in this lock directory: another
+        // directory's are another set of reservations (and their lock
+        // file, missing here, says nothing about them). The creator takes
+        // the lock before it makes the cgroup and removes the file only
+        // after removing the cgroup, so the file exists as long as the
+        // cgroup does.
+        let options = LockOptions::new().exclusive().must_exist();
+        let Ok(file) = locks.lock_file(&lock_name, options) else { continue };
         let Ok(Some(held)) = file.try_lock() else {
             report.live.push(dir);
             continue;
         };
         match rustix::fs::rmdir(&dir) {
-            Ok(()) | Err(Errno::NOENT) => {
+            Ok(()) => {
                 let _ = std::fs::remove_file(locks.lock_path(&lock_name));
                 report.removed.push(dir);
             }
+            // Its creator removed it meanwhile.
+            Err(Errno::NOENT) => {}
             Err(Errno::BUSY) => report.busy.push(dir),
             Err(e) => {
                 drop(held);
