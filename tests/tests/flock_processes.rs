@@ -754,17 +754,25 @@ fn an_already_open_descriptor_is_locked_in_place() {
 
 #[test]
 fn a_queued_wait_takes_an_unlock_in_place_and_never_keeps_a_lock_it_gave_up_on() {
-    use std::os::fd::AsFd;
+    use std::os::fd::OwnedFd;
     let dir = Scratch::new("flock-queued");
     let path = dir.path("queued.lock");
-    let open = || std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
-    let holder = open().expect("holder");
+    let open = || -> OwnedFd {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .expect("open")
+            .into()
+    };
+    let holder = open();
     rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).expect("hold");
     let options = LockOptions::new().exclusive();
 
     // Given up on: Timeout naming the holder (this process).
-    let waiter = open().expect("waiter");
-    let err = lockyard_flock::lock_descriptor_queued(waiter.as_fd(), &options, Duration::from_millis(100))
+    let err = lockyard_flock::lock_descriptor_queued(open(), &options, Duration::from_millis(100))
         .expect_err("held");
     match &err {
         LockError::Timeout { holders, .. } => {
@@ -773,10 +781,9 @@ fn a_queued_wait_takes_an_unlock_in_place_and_never_keeps_a_lock_it_gave_up_on()
         other => panic!("not a timeout: {other}"),
     }
     // The abandoned wait gets the lock once it is free, and lets it go at
-    // once: a third description can take it, and the waiter's does not
-    // hold it.
+    // once (its descriptor closes): a third description can take it.
     rustix::fs::flock(&holder, rustix::fs::FlockOperation::Unlock).expect("unlock in place");
-    let third = open().expect("third");
+    let third = open();
     eventually("the abandoned wait to let go", || {
         rustix::fs::flock(&third, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
     });
@@ -789,7 +796,7 @@ fn a_queued_wait_takes_an_unlock_in_place_and_never_keeps_a_lock_it_gave_up_on()
         rustix::fs::flock(&holder, rustix::fs::FlockOperation::Unlock).expect("unlock in place");
         holder
     });
-    let kind = lockyard_flock::lock_descriptor_queued(waiter.as_fd(), &options, Duration::from_secs(10))
+    let (locked, kind) = lockyard_flock::lock_descriptor_queued(open(), &options, Duration::from_secs(10))
         .expect("handed over");
     assert_eq!(kind, LockKind::Flock);
     let holder = release.join().expect("join");
@@ -797,4 +804,5 @@ fn a_queued_wait_takes_an_unlock_in_place_and_never_keeps_a_lock_it_gave_up_on()
         rustix::fs::flock(&holder, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err(),
         "the waiter's description holds it now"
     );
+    drop(locked);
 }

@@ -93,7 +93,13 @@ fn locked_run(args: &FlockArgs, prog: &str) -> Result<Exit, Exit> {
                 (None, _) => lock_descriptor(fd, &options, &Wait::default()),
                 // Ours alone: wait in the kernel's queue on a thread; a
                 // lock it takes after we gave up goes when we exit.
-                (Some(timeout), Some(ours)) => lock_descriptor_queued(ours.as_fd(), &options, timeout),
+                // A duplicate goes to the waiting thread, against the
+                // function's rule of one descriptor per description: safe
+                // here because lockyard exits on a timeout, closing both.
+                (Some(timeout), Some(ours)) => match ours.try_clone() {
+                    Ok(copy) => lock_descriptor_queued(copy, &options, timeout).map(|(_, kind)| kind),
+                    Err(e) => Err(LockError::Io { path: std::path::PathBuf::new(), op: "dup", source: e }),
+                },
                 // The shell's descriptor: a lock taken after we gave up
                 // would stay with it, so the wait must end in this thread:
                 // a flock interrupted by a timer, as flock(1) waits.

@@ -22,7 +22,6 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -55,9 +54,11 @@ fn one_handoff(path: &Path, case: Case) -> Duration {
                 let fd = rustix::fs::open(&waiter_path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
                     .expect("open");
                 let options = lockyard_flock::LockOptions::new().exclusive();
-                lockyard_flock::lock_descriptor_queued(fd.as_fd(), &options, Duration::from_secs(10))
+                let locked = lockyard_flock::lock_descriptor_queued(fd, &options, Duration::from_secs(10))
                     .expect("lock");
-                Instant::now()
+                let at = Instant::now();
+                drop(locked);
+                at
             }
             Case::LockyardClose | Case::LockyardUnlockOnly => {
                 let file = LockFile::new(&waiter_path).expect("file");

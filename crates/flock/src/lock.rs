@@ -777,59 +777,62 @@ pub fn lock_descriptor(
     }
 }
 
-/// As [`lock_descriptor`] with a timeout, but waiting in the kernel's own
-/// queue, on a thread of its own, so that the lock is taken the moment it
-/// is free, however it is released. [`lock_descriptor`]'s timed wait
-/// cannot block in the kernel (only a signal could end that, and the
-/// library installs no handlers behind its caller's back): it retries on
-/// a capped backoff, and a holder that unlocks without closing is noticed
-/// up to 10 ms late (docs/benchmarks.md measures 5.8 ms p50 against 46 µs
-/// for a waiter blocked in the kernel).
+/// Lock `fd` as [`lock_descriptor`] does with a timeout, but waiting in
+/// the kernel's own queue, on a thread of its own, so that the lock is
+/// taken the moment it is free, however it is released. Returns the
+/// descriptor, locked, and the kind taken.
 ///
-/// The price is a thread per wait that times out, blocked until the lock
-/// is free: when it then gets the lock, it sees it was given up on and
-/// releases it at once (a decision made under a mutex, so a lock taken as
-/// the time runs out is either returned or released, never left held).
-/// Use it where waits end (a command, a job that gives up and exits), not
-/// to retry a lock held forever in a loop.
+/// [`lock_descriptor`]'s timed wait cannot block in the kernel (only a
+/// signal could end that, and the library installs no handlers behind its
+/// caller's back): it retries on a capped backoff, and a holder that
+/// unlocks without closing is noticed up to 10 ms late (docs/benchmarks.md
+/// measures 5.8 ms p50, against 46 µs for a waiter blocked in the kernel).
+///
+/// The descriptor is taken, and must be the only one of its open file
+/// description (not a `dup` or an inherited copy): when the wait times
+/// out it stays with the waiting thread, blocked until the lock is free,
+/// and that thread closes it once its call returns, releasing whatever it
+/// got. Nothing the caller still holds can be locked or unlocked behind
+/// its back. The price is a thread per wait that times out, for as long
+/// as the lock stays held: use it where waits end (a command, a job that
+/// gives up), not to retry a lock held forever in a loop.
 ///
 /// # Errors
 /// As [`lock_descriptor`]: [`LockError::Timeout`] naming the holders,
 /// [`LockError::UnsupportedFilesystem`], or the lock call's own error.
 pub fn lock_descriptor_queued(
-    fd: BorrowedFd<'_>,
+    fd: OwnedFd,
     options: &LockOptions,
     timeout: Duration,
-) -> Result<LockKind, LockError> {
+) -> Result<(OwnedFd, LockKind), LockError> {
     use std::sync::{Mutex, mpsc};
     if timeout.is_zero() {
-        return lock_descriptor(fd, options, &Wait::timeout(timeout));
+        let kind = lock_descriptor(fd.as_fd(), options, &Wait::timeout(timeout))?;
+        return Ok((fd, kind));
     }
     let started = Instant::now();
-    let path = || descriptor_path(fd);
-    let magic = fs_magic(fd).map_err(|e| LockError::io(path(), "statfs", e))?;
-    options.fs_policy.check(magic).map_err(|fs| LockError::UnsupportedFilesystem { path: path(), fs })?;
-    // A second descriptor of the same open file description: the lock the
-    // thread takes is the caller's.
-    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| LockError::io(path(), "dup", e))?;
+    let path = descriptor_path(fd.as_fd());
+    let magic = fs_magic(fd.as_fd()).map_err(|e| LockError::io(&path, "statfs", e))?;
+    options
+        .fs_policy
+        .check(magic)
+        .map_err(|fs| LockError::UnsupportedFilesystem { path: path.clone(), fs })?;
     let abandoned = Arc::new(Mutex::new(false));
     let (tx, rx) = mpsc::channel();
     let (mode, range, mut kind) = (options.mode, options.range, options.kind);
     let given_up = Arc::clone(&abandoned);
     std::thread::spawn(move || {
         let result = loop {
-            match lock_call(dup.as_fd(), &mut kind, Some(mode), range, true) {
+            match lock_call(fd.as_fd(), &mut kind, Some(mode), range, true) {
                 Err(Errno::INTR) => {}
                 other => break other,
             }
         };
+        // Decided under the mutex: either the waiter still wants it, or
+        // the descriptor (and with it any lock just taken) closes here.
         let given_up = given_up.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *given_up {
-            if result.is_ok() {
-                let _ = apply(dup.as_fd(), &mut kind, None, range);
-            }
-        } else {
-            let _ = tx.send(result.map(|()| kind));
+        if !*given_up {
+            let _ = tx.send(result.map(|()| (fd, kind)));
         }
     });
     let result = match rx.recv_timeout(timeout) {
@@ -840,14 +843,13 @@ pub fn lock_descriptor_queued(
             match rx.try_recv() {
                 Ok(result) => result,
                 Err(_) => {
-                    let path = path();
                     let holders = crate::holders::holders_of(&path).unwrap_or_default();
                     return Err(LockError::Timeout { path, waited: started.elapsed(), holders });
                 }
             }
         }
     };
-    result.map_err(|e| LockError::io(path(), lock_op(options.kind), e))
+    result.map_err(|e| LockError::io(&path, lock_op(options.kind), e))
 }
 
 /// Release this open file description's lock of `kind` on `range` (the
