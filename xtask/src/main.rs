@@ -61,55 +61,43 @@ fn ci_steps() -> Vec<Step> {
     ]
 }
 
-/// util-linux's release whose flock(1) tests are run, from Debian's
+/// A util-linux release whose flock(1) tests are run, from Debian's
 /// archive (a registry CI reaches), checked by its digest.
-const UTIL_LINUX: &str = "util-linux-2.38.1";
-const UTIL_LINUX_URL: &str =
-    "http://deb.debian.org/debian/pool/main/u/util-linux/util-linux_2.38.1.orig.tar.xz";
-const UTIL_LINUX_SHA256: &str = "60492a19b44e6cf9a3ddff68325b333b8b52b6c59ce3ebd6a0ecaa4c5117e84f";
+struct Suite {
+    /// The tarball's top directory.
+    name: &'static str,
+    url: &'static str,
+    sha256: &'static str,
+    /// Whether the system's flock(1) (2.38 on these machines) runs it too.
+    with_system_flock: bool,
+}
 
-/// Run util-linux's flock(1) test suite (`tests/ts/misc/flock`) twice:
-/// with the system's flock(1), which proves the harness, and with
-/// lockyard installed as `flock` (the name under which it is flock(1)).
-/// Nothing of util-linux is committed here: the release is downloaded
-/// into target/ and its digest checked.
+const SUITES: [Suite; 2] = [
+    // Run against the system's flock(1) as well, which proves the harness.
+    Suite {
+        name: "util-linux-2.38.1",
+        url: "http://deb.debian.org/debian/pool/main/u/util-linux/util-linux_2.38.1.orig.tar.xz",
+        sha256: "60492a19b44e6cf9a3ddff68325b333b8b52b6c59ce3ebd6a0ecaa4c5117e84f",
+        with_system_flock: true,
+    },
+    // The newest release the archive has: adds the --fcntl cases, which
+    // flock(1) 2.38 predates, so only lockyard runs it.
+    Suite {
+        name: "util-linux-2.41",
+        url: "http://deb.debian.org/debian/pool/main/u/util-linux/util-linux_2.41.orig.tar.xz",
+        sha256: "81ee93b3cfdfeb7d7c4090cedeba1d7bbce9141fd0b501b686b3fe475ddca4c6",
+        with_system_flock: false,
+    },
+];
+
+/// Run util-linux's flock(1) test suites (`tests/ts/misc/flock`) with
+/// lockyard installed as `flock` (the name under which it is flock(1)),
+/// and the oldest also with the system's flock(1), which proves the
+/// harness.
 fn flock_suite() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("target/util-linux");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tarball = dir.join("util-linux.orig.tar.xz");
-    if !tarball.exists() {
-        let partial = dir.join("download.partial");
-        let status = Command::new("curl")
-            .args(["-fsSL", "--retry", "3", "-o"])
-            .arg(&partial)
-            .arg(UTIL_LINUX_URL)
-            .status()
-            .context("cannot run curl")?;
-        if !status.success() {
-            bail!("cannot download {UTIL_LINUX_URL} ({status})");
-        }
-        let sum = Command::new("sha256sum").arg(&partial).output().context("cannot run sha256sum")?;
-        let digest = String::from_utf8_lossy(&sum.stdout);
-        if digest.split_whitespace().next() != Some(UTIL_LINUX_SHA256) {
-            bail!("{UTIL_LINUX_URL} does not have the expected digest ({digest})");
-        }
-        std::fs::rename(&partial, &tarball)?;
-    }
-    let tests = dir.join(UTIL_LINUX);
-    if !tests.join("tests/ts/misc/flock").exists() {
-        let status = Command::new("tar")
-            .arg("xf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&dir)
-            .arg(format!("{UTIL_LINUX}/tests"))
-            .status()
-            .context("cannot run tar")?;
-        if !status.success() {
-            bail!("cannot unpack {} ({status})", tarball.display());
-        }
-    }
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let built = Command::new(&cargo).args(["build", "--quiet", "--package", "lockyard-cli"]).status()?;
     if !built.success() {
@@ -122,37 +110,84 @@ fn flock_suite() -> Result<()> {
             .find(|p| p.is_file())
             .ok_or_else(|| anyhow::anyhow!("{cmd} is not installed (cargo xtask deps)"))
     };
-    let candidates = [("flock(1)", which("flock")?), ("lockyard", root.join("target/debug/lockyard"))];
-    for (name, flock) in candidates {
-        let build = dir.join(format!("build-{}", if name == "lockyard" { "lockyard" } else { "flock" }));
-        if build.exists() {
-            std::fs::remove_dir_all(&build)?;
+    for suite in &SUITES {
+        let tests = fetch_tests(&dir, suite)?;
+        let mut programs = vec![("lockyard", root.join("target/debug/lockyard"))];
+        if suite.with_system_flock {
+            programs.insert(0, ("flock(1)", which("flock")?));
         }
-        std::fs::create_dir_all(&build)?;
-        std::os::unix::fs::symlink(&flock, build.join("flock"))?;
-        std::os::unix::fs::symlink(which("lslocks")?, build.join("lslocks"))?;
-        let out = Command::new("bash")
-            .arg(tests.join("tests/ts/misc/flock"))
-            .arg(format!("--srcdir={}", tests.display()))
-            .arg(format!("--builddir={}", build.display()))
-            .current_dir(tests.join("tests"))
-            .output()
-            .context("cannot run the flock test suite")?;
-        let report = String::from_utf8_lossy(&out.stdout);
-        eprint!("{report}");
-        if !out.status.success() || !report.contains("OK (all") {
-            for diff in
-                ["flock-non-block", "flock-no-fork", "flock-shared", "flock-exclusive", "flock-timeout"]
-            {
-                if let Ok(text) = std::fs::read_to_string(build.join("tests/diff/misc").join(diff)) {
-                    eprintln!("{text}");
-                }
+        for (name, flock) in programs {
+            let build = dir.join(format!(
+                "build-{}-{}",
+                suite.name,
+                if name == "lockyard" { "lockyard" } else { "flock" }
+            ));
+            if build.exists() {
+                std::fs::remove_dir_all(&build)?;
             }
-            bail!("util-linux's flock tests failed against {name} ({})", flock.display());
+            std::fs::create_dir_all(&build)?;
+            std::os::unix::fs::symlink(&flock, build.join("flock"))?;
+            std::os::unix::fs::symlink(which("lslocks")?, build.join("lslocks"))?;
+            let out = Command::new("bash")
+                .arg(tests.join("tests/ts/misc/flock"))
+                .arg(format!("--srcdir={}", tests.display()))
+                .arg(format!("--builddir={}", build.display()))
+                .current_dir(tests.join("tests"))
+                .output()
+                .context("cannot run the flock test suite")?;
+            let report = String::from_utf8_lossy(&out.stdout);
+            eprint!("{report}");
+            if !out.status.success() || !report.contains("OK (all") {
+                let diffs = build.join("tests/diff/misc");
+                for diff in std::fs::read_dir(&diffs).into_iter().flatten().flatten() {
+                    if let Ok(text) = std::fs::read_to_string(diff.path()) {
+                        eprintln!("{text}");
+                    }
+                }
+                bail!("util-linux {}'s flock tests failed against {name} ({})", suite.name, flock.display());
+            }
+            eprintln!("xtask flock-suite: every case of {} passed against {name}", suite.name);
         }
-        eprintln!("xtask flock-suite: every case passed against {name}");
     }
     Ok(())
+}
+
+/// The unpacked `tests/` of `suite`, downloaded and checked on first use.
+fn fetch_tests(dir: &Path, suite: &Suite) -> Result<PathBuf> {
+    let tarball = dir.join(format!("{}.orig.tar.xz", suite.name));
+    if !tarball.exists() {
+        let partial = dir.join("download.partial");
+        let status = Command::new("curl")
+            .args(["-fsSL", "--retry", "3", "-o"])
+            .arg(&partial)
+            .arg(suite.url)
+            .status()
+            .context("cannot run curl")?;
+        if !status.success() {
+            bail!("cannot download {} ({status})", suite.url);
+        }
+        let sum = Command::new("sha256sum").arg(&partial).output().context("cannot run sha256sum")?;
+        let digest = String::from_utf8_lossy(&sum.stdout);
+        if digest.split_whitespace().next() != Some(suite.sha256) {
+            bail!("{} does not have the expected digest ({digest})", suite.url);
+        }
+        std::fs::rename(&partial, &tarball)?;
+    }
+    let tests = dir.join(suite.name);
+    if !tests.join("tests/ts/misc/flock").exists() {
+        let status = Command::new("tar")
+            .arg("xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(dir)
+            .arg(format!("{}/tests", suite.name))
+            .status()
+            .context("cannot run tar")?;
+        if !status.success() {
+            bail!("cannot unpack {} ({status})", tarball.display());
+        }
+    }
+    Ok(tests)
 }
 
 /// Package every published crate and build each from its package alone.
@@ -263,7 +298,7 @@ fn usage() {
          man     write the lockyard(1) man page to target/man/lockyard.1\n  \
          msrv    fail unless rustc is the workspace's rust-version\n  \
          package package every published crate and build each from its package\n  \
-         flock-suite  run util-linux 2.38.1's flock tests against flock(1) and lockyard run\n  \
+         flock-suite  run util-linux 2.38.1's flock tests against flock(1) and lockyard run, and 2.41's against lockyard\n  \
          kernel-fixture  download and unpack Debian's cloud kernel into target/kernel-fixture (for lockyard-kvm's tests)"
     );
 }
