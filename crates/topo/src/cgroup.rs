@@ -146,9 +146,8 @@ impl CgroupParent {
                     why: "/proc/self/cgroup names no cpuset cgroup".into(),
                 })?;
             let noprefix = mount.super_options().contains("noprefix");
-            let base =
-                CgroupParent { dir: beneath(mount.mount_point(), path), hierarchy: Hierarchy::V1, noprefix };
-            return base.child_parent();
+            let dir = beneath(mount.mount_point(), mount.root(), path)?;
+            return CgroupParent { dir, hierarchy: Hierarchy::V1, noprefix }.child_parent();
         }
         let Some(mount) = mounts.iter().find(|m| m.fs_type() == "cgroup2") else {
             return Err(EnforceError::Unavailable {
@@ -158,7 +157,8 @@ impl CgroupParent {
         let path = own_path(&own, str::is_empty).ok_or_else(|| EnforceError::Unavailable {
             why: "/proc/self/cgroup names no v2 cgroup".into(),
         })?;
-        if path != "/" {
+        let dir = beneath(mount.mount_point(), mount.root(), path)?;
+        if dir != mount.mount_point() {
             return Err(EnforceError::Unavailable {
                 why: format!(
                     "cgroup v2: this process runs in {path}, and a cgroup holding processes cannot have \
@@ -167,9 +167,7 @@ impl CgroupParent {
                 ),
             });
         }
-        let root =
-            CgroupParent { dir: mount.mount_point().to_owned(), hierarchy: Hierarchy::V2, noprefix: false };
-        root.child_parent()
+        CgroupParent { dir, hierarchy: Hierarchy::V2, noprefix: false }.child_parent()
     }
 
     /// `dir` as the parent: a v1 cpuset cgroup, or a v2 cgroup (delegated
@@ -282,9 +280,18 @@ fn own_path(text: &str, controllers: impl Fn(&str) -> bool) -> Option<&str> {
     })
 }
 
-/// `path` (absolute within the hierarchy) under the mount point.
-fn beneath(mount: &Path, path: &str) -> PathBuf {
-    mount.join(path.trim_start_matches('/'))
+/// The directory of cgroup `path` (absolute within the hierarchy) where
+/// the part of the hierarchy below `root` is mounted at `mount` (a
+/// container may see only its own subtree).
+fn beneath(mount: &Path, root: &Path, path: &str) -> Result<PathBuf, EnforceError> {
+    let below = Path::new(path).strip_prefix(root).map_err(|_| EnforceError::Unavailable {
+        why: format!(
+            "this process's cgroup {path} is outside the part of the hierarchy mounted at {} ({})",
+            mount.display(),
+            root.display()
+        ),
+    })?;
+    Ok(mount.join(below))
 }
 
 fn read(path: &Path) -> Result<String, EnforceError> {
@@ -506,10 +513,14 @@ mod tests {
         assert_eq!(own_path(text, |c| c.split(',').any(|c| c == "cpuset")), Some("/a/b"));
         assert_eq!(own_path(text, str::is_empty), Some("/user.slice/session-1.scope"));
         assert_eq!(own_path("0::/\n", |c| c == "cpuset"), None);
-        assert_eq!(beneath(Path::new("/sys/fs/cgroup/cpuset"), "/"), Path::new("/sys/fs/cgroup/cpuset"));
-        assert_eq!(
-            beneath(Path::new("/sys/fs/cgroup/cpuset"), "/a/b"),
-            Path::new("/sys/fs/cgroup/cpuset/a/b")
-        );
+        let mount = Path::new("/sys/fs/cgroup/cpuset");
+        let root = Path::new("/");
+        assert_eq!(beneath(mount, root, "/").expect("root"), mount);
+        assert_eq!(beneath(mount, root, "/a/b").expect("below"), mount.join("a/b"));
+        // A container's view: only its subtree is mounted.
+        let theirs = Path::new("/docker/abc");
+        assert_eq!(beneath(mount, theirs, "/docker/abc").expect("its root"), mount);
+        assert_eq!(beneath(mount, theirs, "/docker/abc/x").expect("below"), mount.join("x"));
+        assert!(beneath(mount, theirs, "/elsewhere").is_err());
     }
 }
