@@ -229,6 +229,13 @@ const HEADER: usize = 0x1000;
 /// # Errors
 /// The [`Rejection`] that says why it cannot be booted.
 pub fn inspect(path: &Path) -> Result<ImageInfo, Rejection> {
+    open_and_inspect(path).map(|(_, info)| info)
+}
+
+/// Open `path` and read its header: the file, positioned at its start
+/// (the header is read with `pread`), and what it is. For a caller that
+/// goes on to read the very file it checked.
+pub(crate) fn open_and_inspect(path: &Path) -> Result<(File, ImageInfo), Rejection> {
     use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK: a FIFO planted as a candidate must not hang the open
     // (it is then refused by the type check on what was opened).
@@ -246,7 +253,8 @@ pub fn inspect(path: &Path) -> Result<ImageInfo, Rejection> {
     let size = meta.len();
     let mut header = vec![0u8; HEADER.min(usize::try_from(size).unwrap_or(HEADER))];
     file.read_exact_at(&mut header, 0).map_err(|e| Rejection::Io { message: e.to_string() })?;
-    identify(&header, size, |offset, buf| file.read_at(buf, offset))
+    let info = identify(&header, size, |offset, buf| file.read_at(buf, offset))?;
+    Ok((file, info))
 }
 
 fn open_rejection(path: &Path, e: &std::io::Error) -> Rejection {

@@ -285,7 +285,8 @@ impl StoreKernel {
     /// known or does not agree, an unreadable companion, or the cache's
     /// errors.
     pub fn store(&self, cache: &Cache) -> Result<StoredKernel, StoreError> {
-        let info = image::inspect(&self.image)
+        // The file checked is the file stored: one open for both.
+        let (image_file, info) = image::open_and_inspect(&self.image)
             .map_err(|reason| StoreError::Image { path: self.image.clone(), reason })?;
         let version = match (&info.version, &self.version) {
             (Some(found), Some(given)) if found != given => {
@@ -299,28 +300,22 @@ impl StoreKernel {
             (None, Some(given)) => given.clone(),
             (None, None) => return Err(StoreError::NoVersion { path: self.image.clone() }),
         };
+        // Read once: the fingerprint describes exactly the bytes stored.
         let config = match &self.config {
             Some(path) => Some(read_config(path)?),
             None => None,
         };
-        let mut sources = vec![(self.image.clone(), image_name(&info))];
-        if let Some(vmlinux) = &self.vmlinux {
-            sources.push((vmlinux.clone(), "vmlinux"));
-        }
-        if let Some(path) = &self.config {
-            sources.push((path.clone(), "config"));
-        }
         // Open everything first: a companion that cannot be read fails the
         // store before the cache is touched.
-        let mut files = Vec::with_capacity(sources.len());
-        for (path, name) in &sources {
-            files.push((open_regular(path)?, path.clone(), *name));
+        let mut files = vec![(image_file, self.image.clone(), image_name(&info))];
+        if let Some(vmlinux) = &self.vmlinux {
+            files.push((open_regular(vmlinux)?, vmlinux.clone(), "vmlinux"));
         }
         let meta = KernelMeta {
             kernel: KERNEL_SCHEMA,
             version,
             arch: info.arch,
-            config: config.map(|bytes| config_fingerprint(&bytes)),
+            config: config.as_deref().map(config_fingerprint),
             origin: self.origin.clone(),
             image: image_name(&info).to_owned(),
             vmlinux: self.vmlinux.is_some(),
@@ -332,6 +327,9 @@ impl StoreKernel {
                 let mut out = File::create(dir.join(name))?;
                 std::io::copy(&mut file, &mut out)
                     .map_err(|e| BuildError::from(format!("{}: copy: {e}", path.display())))?;
+            }
+            if let Some(bytes) = config {
+                std::fs::write(dir.join("config"), bytes)?;
             }
             Ok(stored)
         })?;
