@@ -281,6 +281,9 @@ struct Chosen<'a> {
 /// command's output, with `--verbose` a few on stderr, and a warning on
 /// stderr in both when the reservation spans NUMA nodes.
 fn report(args: &ReserveArgs, reservation: &lockyard::topo::Reservation) -> anyhow::Result<()> {
+    if !args.json && !args.verbose {
+        return Ok(());
+    }
     let chosen = Chosen {
         schema: SCHEMA,
         cpus: reservation.cpus().to_string(),
@@ -315,7 +318,7 @@ fn report(args: &ReserveArgs, reservation: &lockyard::topo::Reservation) -> anyh
         }
         eprint!("{text}");
     }
-    if chosen.numa_spill && (args.verbose || args.json) {
+    if chosen.numa_spill {
         eprintln!(
             "lockyard: warning: the reservation spans NUMA nodes {:?}; memory is remote for some of its CPUs \
              (--node N keeps it on one)",
