@@ -17,9 +17,10 @@
 //! taken as the lock's file only where it cannot mean another file (a
 //! regular file, not a mount point, on tmpfs, ext2/3/4 or xfs in a
 //! directory that reports its superblock's device); elsewhere (btrfs,
-//! overlayfs, network and FUSE filesystems) each candidate is `statx`ed. A path is then a name that reaches
-//! the locked file from this process, or the holder's own link target
-//! (`... (deleted)` for a file since removed).
+//! overlayfs, network and FUSE filesystems) each candidate is `statx`ed.
+//! A path is then a name that reaches the locked file from this process,
+//! or the holder's own link target (`... (deleted)` for a file since
+//! removed).
 //!
 //! With `exact` every process is scanned and each lock is attributed to
 //! the processes that hold a descriptor whose fdinfo carries it.
