@@ -167,6 +167,13 @@ fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> Stri
     // by every row (10,000 rows are 100,000 cells).
     let pid_text: std::collections::HashMap<u32, String> =
         listing.locks.iter().filter_map(|l| l.pid).map(|p| (p, p.to_string())).collect();
+    // Each distinct kind and mode in upper case, once (lslocks's spelling).
+    let shouted: &std::collections::HashMap<&str, String> = &listing
+        .locks
+        .iter()
+        .flat_map(|l| [&*l.kind, &*l.mode])
+        .map(|word| (word, word.to_ascii_uppercase()))
+        .collect();
     let number = |n: u64| -> Cow<'_, str> { if n == 0 { Cow::Borrowed("0") } else { n.to_string().into() } };
     // Names known to be valid (checked by the caller), resolved once.
     let names: Vec<&'static str> = columns
@@ -195,8 +202,8 @@ fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> Stri
                 match name {
                     "COMMAND" => command.unwrap_or_default().into(),
                     "PID" => pid.clone(),
-                    "KIND" => upper(&lock.kind),
-                    "MODE" => upper(&lock.mode),
+                    "KIND" => Cow::Borrowed(&shouted[&*lock.kind]),
+                    "MODE" => Cow::Borrowed(&shouted[&*lock.mode]),
                     "START" => number(lock.start),
                     "END" => lock.end.map_or(Cow::Borrowed("EOF"), number),
                     "PATH" => lock
@@ -220,16 +227,6 @@ fn render_locks(listing: &Listing, columns: &[String], args: &LocksArgs) -> Stri
         &rows,
         Style { noheadings: args.noheadings, raw: args.raw, width: stdout_width() },
     )
-}
-
-/// A listing's lower-case word as lslocks prints it, without allocating
-/// for the words the kernel uses.
-fn upper(word: &str) -> std::borrow::Cow<'static, str> {
-    const WORDS: [&str; 8] = ["FLOCK", "POSIX", "OFD", "LEASE", "DELEGATION", "ACCESS", "READ", "WRITE"];
-    match WORDS.iter().find(|w| w.eq_ignore_ascii_case(word)) {
-        Some(w) => std::borrow::Cow::Borrowed(w),
-        None => word.to_ascii_uppercase().into(),
-    }
 }
 
 /// One file's answer in `lockyard who --json`.
