@@ -10,7 +10,8 @@
 //!   (write, digest, fsync of every file and directory, rename, root
 //!   fsync, staging clean-up), against writing the same bytes, `fsync`ing
 //!   them and renaming into place by hand, and against `cp -r` of a
-//!   prepared tree followed by `sync`.
+//!   prepared tree followed by `sync`; `lockyard_put` copies that tree in
+//!   with `Cache::put` (one pass: read, digest, write, fsync).
 //! - `list_10k` / `sweep_10k`: `list` over 10,000 entries, `sweep` of
 //!   10,000 dead staging slots (a lock file and a directory each, as a
 //!   killed writer leaves them).
@@ -91,6 +92,11 @@ fn publish(c: &mut Criterion, size: usize, label: &str) {
                     .expect("store"),
             ));
         });
+    });
+    // The same bytes copied in from a directory: one pass, digested and
+    // synced as they are written (what `lockyard cache put` does).
+    group.bench_function("lockyard_put", |b| {
+        b.iter(|| drop(black_box(cache.put("k", &source, ()).expect("put"))));
     });
     let by_hand = dir.join("by-hand");
     group.bench_function("write_fsync_rename", |b| {

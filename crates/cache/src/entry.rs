@@ -44,48 +44,175 @@ pub struct EntryMeta {
 }
 
 /// Size, file count and digest of a directory tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Walked {
     pub(crate) size: u64,
     pub(crate) files: u64,
     pub(crate) digest: String,
 }
 
+/// What a walk in canonical order tells: each item once, parents before
+/// children, names sorted bytewise (depth first), paths relative to the
+/// top. The digest ([`Digest`]), the tree writer behind `put` and pull,
+/// and the archive packer behind push are its visitors.
+pub(crate) trait Visit {
+    /// A directory.
+    fn dir(&mut self, rel: &Path) -> Result<(), CacheError>;
+    /// A symlink and its target (never followed).
+    fn symlink(&mut self, rel: &Path, target: &OsStr) -> Result<(), CacheError>;
+    /// A regular file of `len` bytes: `data` yields them, and a visitor
+    /// reads exactly `len` (`path` names the source in messages).
+    fn file(
+        &mut self,
+        rel: &Path,
+        exec: bool,
+        len: u64,
+        data: &mut dyn Read,
+        path: &Path,
+    ) -> Result<(), CacheError>;
+}
+
+/// The digest of a tree in canonical order. Per item it takes its type,
+/// its relative path, and then for a file the executable bit, the length
+/// and the bytes, for a symlink its target.
+#[derive(Default)]
+pub(crate) struct Digest {
+    hasher: blake3::Hasher,
+    size: u64,
+    files: u64,
+    dirs: u64,
+}
+
+impl Digest {
+    pub(crate) fn dir(&mut self, rel: &Path) {
+        self.item(b'd', rel);
+        self.dirs += 1;
+    }
+
+    pub(crate) fn symlink(&mut self, rel: &Path, target: &OsStr) {
+        self.item(b'l', rel);
+        self.hasher.update(target.as_bytes());
+        self.hasher.update(b"\0");
+        self.files += 1;
+    }
+
+    /// Start a file; its bytes follow through [`Digest::data`].
+    pub(crate) fn file(&mut self, rel: &Path, exec: bool, len: u64) {
+        self.item(b'f', rel);
+        self.hasher.update(&[u8::from(exec)]);
+        self.hasher.update(&len.to_le_bytes());
+        self.size += len;
+        self.files += 1;
+    }
+
+    pub(crate) fn data(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    /// Bytes, files (and symlinks) and directories so far.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        (self.size, self.files, self.dirs)
+    }
+
+    pub(crate) fn finish(&self) -> Walked {
+        Walked { size: self.size, files: self.files, digest: self.hasher.finalize().to_hex().to_string() }
+    }
+
+    fn item(&mut self, kind: u8, rel: &Path) {
+        self.hasher.update(&[kind]);
+        self.hasher.update(rel.as_os_str().as_bytes());
+        self.hasher.update(b"\0");
+    }
+}
+
+impl Visit for Digest {
+    fn dir(&mut self, rel: &Path) -> Result<(), CacheError> {
+        Digest::dir(self, rel);
+        Ok(())
+    }
+
+    fn symlink(&mut self, rel: &Path, target: &OsStr) -> Result<(), CacheError> {
+        Digest::symlink(self, rel, target);
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        rel: &Path,
+        exec: bool,
+        len: u64,
+        data: &mut dyn Read,
+        path: &Path,
+    ) -> Result<(), CacheError> {
+        Digest::file(self, rel, exec, len);
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut seen = 0u64;
+        while seen < len {
+            let want = buf.len().min(usize::try_from(len - seen).unwrap_or(usize::MAX));
+            let n = data.read(&mut buf[..want]).map_err(|e| CacheError::io(path, "read", e))?;
+            if n == 0 {
+                break;
+            }
+            seen += n as u64;
+            self.hasher.update(&buf[..n]);
+        }
+        Ok(())
+    }
+}
+
+/// The buffer each copy or hash of file data goes through.
+pub(crate) const COPY_BUF: usize = 256 * 1024;
+
 /// Digest the directory `dir` (a readable descriptor, named `path` in
-/// messages) in a canonical order (names sorted bytewise, depth first),
-/// skipping the top-level `entry.json`; with `sync`, `fsync` every file
-/// and directory on the way (children before their directory).
-///
-/// Per item the digest takes its type, its path relative to `dir`, and
-/// then for a file the executable bit, the length and the bytes, for a
-/// symlink its target. Every name is opened relative to its directory's
-/// descriptor and symlinks are never followed; other file types (FIFOs,
-/// devices, sockets) are refused, as no reader could copy them.
-///
-/// The walk is iterative and holds one directory descriptor at a time
-/// (leaving a directory by `..`, checked to be the one it came from), so
-/// no depth of tree overflows the stack or the descriptor table.
-///
-/// `progress` is told the bytes of every chunk read, as it is read.
+/// messages) in canonical order, skipping the top-level `entry.json`;
+/// with `sync`, `fsync` every file and directory on the way (children
+/// before their directory). `progress` is told the bytes of every chunk
+/// read, as it is read.
 pub(crate) fn walk(
     dir: impl AsFd,
     path: &Path,
     sync: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Walked, CacheError> {
-    let mut hasher = blake3::Hasher::new();
-    let mut walked = Walked { size: 0, files: 0, digest: String::new() };
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut walker = Walker { sync, hasher: &mut hasher, walked: &mut walked, buf: &mut buf, progress };
-    walker.walk_tree(dir.as_fd(), path)?;
-    walked.digest = hasher.finalize().to_hex().to_string();
-    Ok(walked)
+    let mut digest = Digest::default();
+    visit(dir, path, Walk { sync, skip_metadata: true }, &mut digest, progress)?;
+    Ok(digest.finish())
+}
+
+/// How [`visit`] walks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Walk {
+    /// `fsync` every file and directory on the way.
+    pub(crate) sync: bool,
+    /// Leave out the top-level `entry.json` (an entry's own metadata).
+    pub(crate) skip_metadata: bool,
+}
+
+/// Walk the directory `dir` (named `path` in messages) in canonical
+/// order (names sorted bytewise, depth first), telling `visitor` of each
+/// item.
+///
+/// Every name is opened relative to its directory's descriptor and
+/// symlinks are never followed; other file types (FIFOs, devices,
+/// sockets) are refused, as no reader could copy them. A file whose size
+/// changes while it is read fails the walk.
+///
+/// The walk is iterative and holds one directory descriptor at a time
+/// (leaving a directory by `..`, checked to be the one it came from), so
+/// no depth of tree overflows the stack or the descriptor table.
+pub(crate) fn visit(
+    dir: impl AsFd,
+    path: &Path,
+    how: Walk,
+    visitor: &mut dyn Visit,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), CacheError> {
+    Walker { how, visitor, progress }.walk_tree(dir.as_fd(), path)
 }
 
 struct Walker<'a> {
-    sync: bool,
-    hasher: &'a mut blake3::Hasher,
-    walked: &'a mut Walked,
-    buf: &'a mut [u8],
+    how: Walk,
+    visitor: &'a mut dyn Visit,
     progress: &'a mut dyn FnMut(u64),
 }
 
@@ -105,7 +232,9 @@ fn sorted_names(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<std::ffi::OsStri
 impl Walker<'_> {
     fn walk_tree(&mut self, top: BorrowedFd<'_>, top_path: &Path) -> Result<(), CacheError> {
         let mut todo = sorted_names(top, top_path)?;
-        todo.retain(|name| name != METADATA);
+        if self.how.skip_metadata {
+            todo.retain(|name| name != METADATA);
+        }
         let mut levels = vec![Level { id: dirfd::identity(top, top_path)?, todo }];
         // `None` while at the top, which the caller owns.
         let mut cur: Option<std::os::fd::OwnedFd> = None;
@@ -120,7 +249,7 @@ impl Walker<'_> {
                     .map_err(|e| CacheError::io(&child_path, "stat", e))?;
                 match FileType::from_raw_mode(st.st_mode) {
                     FileType::Directory => {
-                        item(self.hasher, b'd', &child_rel);
+                        self.visitor.dir(&child_rel)?;
                         let child = dirfd::open_dir(dir, name.as_os_str())
                             .map_err(|e| CacheError::io(&child_path, "open", e))?;
                         let id = dirfd::identity(&child, &child_path)?;
@@ -131,19 +260,16 @@ impl Walker<'_> {
                         rel = child_rel;
                     }
                     FileType::Symlink => {
-                        item(self.hasher, b'l', &child_rel);
                         let target = rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())
                             .map_err(|e| CacheError::io(&child_path, "readlink", e))?;
-                        self.hasher.update(target.as_bytes());
-                        self.hasher.update(b"\0");
-                        self.walked.files += 1;
+                        self.visitor.symlink(&child_rel, OsStr::from_bytes(target.as_bytes()))?;
                     }
                     FileType::RegularFile => self.file(dir, &name, &child_path, &child_rel)?,
                     _ => return Err(refused(child_path)),
                 }
                 continue;
             }
-            if self.sync {
+            if self.how.sync {
                 rustix::fs::fsync(dir).map_err(|e| CacheError::io(&path, "fsync", e))?;
             }
             levels.pop();
@@ -163,64 +289,59 @@ impl Walker<'_> {
             return Err(refused(path.to_owned()));
         }
         let len = u64::try_from(st.st_size).unwrap_or(0);
-        item(self.hasher, b'f', rel);
-        self.hasher.update(&[u8::from(st.st_mode & 0o111 != 0)]);
-        self.hasher.update(&len.to_le_bytes());
+        let exec = st.st_mode & 0o111 != 0;
         let file = std::fs::File::from(fd);
-        if self.sync && len >= OVERLAP_SYNC_FROM {
-            // Write back while we hash: the disk and the CPU each take
+        let mut source = Source { file: &file, seen: 0, progress: &mut *self.progress };
+        if self.how.sync && len >= OVERLAP_SYNC_FROM {
+            // Write back while we read: the disk and the CPU each take
             // about as long on a large file, so doing both at once almost
             // halves a publish.
             std::thread::scope(|scope| {
                 let syncing = scope.spawn(|| file.sync_all());
-                let hashed = self.hash(&file, path, len);
+                let visited = self.visitor.file(rel, exec, len, &mut source, path);
                 let synced = syncing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                hashed?;
+                visited?;
                 synced.map_err(|e| CacheError::io(path, "fsync", e))
             })?;
         } else {
-            self.hash(&file, path, len)?;
-            if self.sync {
+            self.visitor.file(rel, exec, len, &mut source, path)?;
+            if self.how.sync {
                 file.sync_all().map_err(|e| CacheError::io(path, "fsync", e))?;
             }
         }
-        self.walked.size += len;
-        self.walked.files += 1;
-        Ok(())
-    }
-
-    /// Hash `file`'s bytes, which must number `len`.
-    fn hash(&mut self, mut file: &std::fs::File, path: &Path, len: u64) -> Result<(), CacheError> {
-        let mut seen = 0u64;
-        loop {
-            let n = file.read(self.buf).map_err(|e| CacheError::io(path, "read", e))?;
-            if n == 0 {
-                break;
-            }
-            seen += n as u64;
-            self.hasher.update(&self.buf[..n]);
-            (self.progress)(n as u64);
-        }
-        if seen != len {
-            // Changed under us: nothing trustworthy can be said.
+        // The visitor read `len` bytes; anything more, or less, means the
+        // file changed under us and nothing trustworthy can be said.
+        let mut probe = [0u8; 1];
+        let more = (&file).read(&mut probe).map_err(|e| CacheError::io(path, "read", e))?;
+        if source.seen != len || more != 0 {
             return Err(CacheError::io(path, "read", std::io::Error::other("file changed while read")));
         }
         Ok(())
     }
 }
 
+/// A file being read by a visitor: counts what it reads and reports it.
+struct Source<'a> {
+    file: &'a std::fs::File,
+    seen: u64,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl Read for Source<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.seen += n as u64;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+}
+
 /// Files at least this large are synced on a thread of their own while
-/// they are hashed; below it a thread costs more than it saves.
+/// they are read; below it a thread costs more than it saves.
 const OVERLAP_SYNC_FROM: u64 = 8 << 20;
 
 fn refused(path: PathBuf) -> CacheError {
     CacheError::Refused { path, what: "a FIFO, socket or device node in an entry".to_owned() }
-}
-
-fn item(hasher: &mut blake3::Hasher, kind: u8, rel: &Path) {
-    hasher.update(&[kind]);
-    hasher.update(rel.as_os_str().as_bytes());
-    hasher.update(b"\0");
 }
 
 /// Read and check an entry's `entry.json`.
@@ -234,7 +355,7 @@ pub(crate) fn read_meta(entry: impl AsFd, key: &str) -> Result<EntryMeta, Corrup
 
 /// The largest `entry.json` read: this crate writes a few hundred bytes
 /// plus the build's own metadata.
-const MAX_METADATA: usize = 4 << 20;
+pub(crate) const MAX_METADATA: usize = 4 << 20;
 
 /// Read and check an opened `entry.json`.
 pub(crate) fn read_meta_from(file: impl AsFd, key: &str) -> Result<EntryMeta, CorruptReason> {
@@ -258,7 +379,15 @@ pub(crate) fn read_meta_from(file: impl AsFd, key: &str) -> Result<EntryMeta, Co
             Err(_) => return Err(CorruptReason::Unreadable),
         }
     }
-    let meta: EntryMeta = match serde_json::from_slice(&bytes) {
+    parse_meta(&bytes, key)
+}
+
+/// Parse and check the bytes of an `entry.json` for `key`.
+pub(crate) fn parse_meta(bytes: &[u8], key: &str) -> Result<EntryMeta, CorruptReason> {
+    if bytes.len() > MAX_METADATA {
+        return Err(CorruptReason::Malformed);
+    }
+    let meta: EntryMeta = match serde_json::from_slice(bytes) {
         Ok(meta) => meta,
         Err(_) => {
             // A newer layout is not malformed: say which it is.
@@ -266,7 +395,7 @@ pub(crate) fn read_meta_from(file: impl AsFd, key: &str) -> Result<EntryMeta, Co
             struct Version {
                 schema: u32,
             }
-            return Err(match serde_json::from_slice::<Version>(&bytes) {
+            return Err(match serde_json::from_slice::<Version>(bytes) {
                 Ok(v) if v.schema > SCHEMA => CorruptReason::SchemaFromTheFuture,
                 _ => CorruptReason::Malformed,
             });

@@ -197,6 +197,28 @@ pub enum CacheError {
         /// The build's own error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A tree being written into the cache (by [`crate::Cache::put`] or a
+    /// pull) broke its rules: a path out of order or outside the entry, a
+    /// symlink leading out, more or other data than declared. Nothing was
+    /// published.
+    #[error("{}: refused: {reason}; nothing was published", path.display())]
+    Rejected {
+        /// Where the item would have gone.
+        path: PathBuf,
+        /// Which rule it broke.
+        reason: String,
+    },
+    /// The remote tier failed: unreachable, timed out, refused, or not
+    /// configured. The local cache is unaffected.
+    #[error("remote cache {url}: {op}: {source}")]
+    Remote {
+        /// The remote's URL (it never carries credentials).
+        url: String,
+        /// What was being done.
+        op: &'static str,
+        /// The cause, from the object store client.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A lock could not be opened or taken for another reason.
     #[error(transparent)]
     Lock(LockError),
@@ -233,12 +255,12 @@ impl CacheError {
             CacheError::Contended { .. } => io::ErrorKind::WouldBlock,
             CacheError::Timeout { .. } => io::ErrorKind::TimedOut,
             CacheError::Cancelled { .. } => io::ErrorKind::Interrupted,
-            CacheError::Corrupt { .. } => io::ErrorKind::InvalidData,
+            CacheError::Corrupt { .. } | CacheError::Rejected { .. } => io::ErrorKind::InvalidData,
             CacheError::InvalidKey { .. } | CacheError::NotACache { .. } => io::ErrorKind::InvalidInput,
             CacheError::ReadOnly { .. } => io::ErrorKind::ReadOnlyFilesystem,
             CacheError::UnsupportedFilesystem { .. } => io::ErrorKind::Unsupported,
             CacheError::Refused { .. } => io::ErrorKind::PermissionDenied,
-            CacheError::Build { .. } => io::ErrorKind::Other,
+            CacheError::Build { .. } | CacheError::Remote { .. } => io::ErrorKind::Other,
             CacheError::Lock(e) => e.io_kind(),
             CacheError::Io { source, .. } => source.kind(),
         }

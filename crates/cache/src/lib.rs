@@ -112,10 +112,13 @@ mod key;
 mod list;
 mod lookup;
 mod options;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod root;
 mod staging;
 mod store;
 mod sweep;
+mod tree;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -142,6 +145,8 @@ pub use lockyard_flock::{CancelToken, Wait};
 pub use options::CacheOptions;
 #[cfg(feature = "test-hooks")]
 pub use options::Step;
+#[cfg(feature = "remote")]
+pub use remote::{Manifest, Pushed, Remote};
 use root::adopt;
 use staging::Slot;
 pub use sweep::SweepReport;

@@ -5,13 +5,22 @@ use super::*;
 impl Cache {
     /// The entry for `key`, held for reading, or `None` if there is none.
     /// Waits (bounded by [`CacheOptions::wait`]) while a writer publishes.
+    /// With a remote ([`CacheOptions::remote`], feature `remote`), a local
+    /// miss is pulled from it, unless another process of this host is
+    /// building or pulling the key right now (then it is a miss).
     ///
     /// # Errors
     /// [`CacheError::InvalidKey`], [`CacheError::Corrupt`], a timeout, or
     /// a lock or I/O error.
     pub fn lookup(&self, key: &str) -> Result<Option<EntryGuard>, CacheError> {
         check_key(key)?;
-        self.lookup_until(key, self.deadline())
+        let deadline = self.deadline();
+        let found = self.lookup_until(key, deadline)?;
+        #[cfg(feature = "remote")]
+        if found.is_none() {
+            return self.pull_through(key, deadline);
+        }
+        Ok(found)
     }
 
     /// As [`Cache::lookup`], but not recorded as a use: for tools that

@@ -28,6 +28,10 @@ pub struct CacheOptions {
     pub(crate) fs_policy: FsPolicy,
     pub(crate) trust: DirTrust,
     pub(crate) read_only: bool,
+    #[cfg(feature = "remote")]
+    pub(crate) remote: Option<std::sync::Arc<crate::Remote>>,
+    #[cfg(feature = "remote")]
+    pub(crate) require_remote: bool,
     #[cfg(feature = "test-hooks")]
     pub(crate) hook: Option<std::sync::Arc<dyn Fn(Step) + Send + Sync>>,
     #[cfg(feature = "test-hooks")]
@@ -41,6 +45,10 @@ impl Default for CacheOptions {
             fs_policy: FsPolicy::default(),
             trust: DirTrust::private(),
             read_only: false,
+            #[cfg(feature = "remote")]
+            remote: None,
+            #[cfg(feature = "remote")]
+            require_remote: false,
             #[cfg(feature = "test-hooks")]
             hook: None,
             #[cfg(feature = "test-hooks")]
@@ -51,12 +59,14 @@ impl Default for CacheOptions {
 
 impl std::fmt::Debug for CacheOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheOptions")
-            .field("wait", &self.wait)
+        let mut f = f.debug_struct("CacheOptions");
+        f.field("wait", &self.wait)
             .field("fs_policy", &self.fs_policy)
             .field("trust", &self.trust)
-            .field("read_only", &self.read_only)
-            .finish()
+            .field("read_only", &self.read_only);
+        #[cfg(feature = "remote")]
+        f.field("remote", &self.remote).field("require_remote", &self.require_remote);
+        f.finish()
     }
 }
 
@@ -103,6 +113,28 @@ impl CacheOptions {
     #[must_use]
     pub fn read_only(mut self) -> Self {
         self.read_only = true;
+        self
+    }
+
+    /// Share entries through `remote` (see [`crate::remote`]): a lookup
+    /// or `ensure` that misses locally pulls the entry from it, and
+    /// `store`, `put` and `ensure` push what they build. Failures of the
+    /// remote are logged as warnings and the local cache goes on, unless
+    /// [`CacheOptions::require_remote`].
+    #[cfg(feature = "remote")]
+    #[must_use]
+    pub fn remote(mut self, remote: crate::Remote) -> Self {
+        self.remote = Some(std::sync::Arc::new(remote));
+        self
+    }
+
+    /// Make the remote's failures errors: an operation whose pull or
+    /// push fails returns [`CacheError::Remote`] (a push after a build
+    /// still leaves the local entry published).
+    #[cfg(feature = "remote")]
+    #[must_use]
+    pub fn require_remote(mut self, required: bool) -> Self {
+        self.require_remote = required;
         self
     }
 

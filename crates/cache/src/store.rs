@@ -41,6 +41,8 @@ impl Cache {
         if let Err(e) = discarded {
             tracing::warn!(error = %e, "leaving staging debris for the next sweep");
         }
+        #[cfg(feature = "remote")]
+        let guard = self.push_built(guard)?;
         Ok(guard)
     }
 
@@ -67,10 +69,26 @@ impl Cache {
             });
         }
         let walked = entry::walk(&dir, &path, true, &mut |_| {})?;
+        self.seal_and_publish(key, slot, &dir, walked, user, now_ns())
+    }
+
+    /// Write `entry.json` for the synced tree in `slot` (its directory
+    /// `dir`), sync the directory, and publish it.
+    pub(crate) fn seal_and_publish(
+        &self,
+        key: &str,
+        slot: &Slot<'_>,
+        dir: &OwnedFd,
+        walked: entry::Walked,
+        user: serde_json::Value,
+        created_ns: u64,
+    ) -> Result<EntryGuard, CacheError> {
+        let path = slot.path();
+        let meta_path = path.join(METADATA);
         let meta = EntryMeta {
             schema: SCHEMA,
             key: key.to_owned(),
-            created_ns: now_ns(),
+            created_ns,
             size: walked.size,
             files: walked.files,
             digest: walked.digest,
@@ -78,8 +96,8 @@ impl Cache {
         };
         let encoded = serde_json::to_vec_pretty(&meta)
             .map_err(|e| CacheError::io(&meta_path, "encode", std::io::Error::other(e)))?;
-        write_synced(&dir, &meta_path, &encoded)?;
-        rustix::fs::fsync(&dir).map_err(|e| CacheError::io(&path, "fsync", e))?;
+        write_synced(dir, &meta_path, &encoded)?;
+        rustix::fs::fsync(dir).map_err(|e| CacheError::io(&path, "fsync", e))?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::Synced);
 
@@ -92,6 +110,60 @@ impl Cache {
         self.step(Step::Published);
         lock.set_mode(LockMode::Shared).map_err(|e| CacheError::from_lock(key, e))?;
         Ok(EntryGuard { path: self.entry_path(key), meta, lock })
+    }
+
+    /// Store a copy of the directory `source` as `key`'s entry, with
+    /// `meta` for `entry.json`, replacing any previous one atomically.
+    ///
+    /// The copy is made in one pass: each file is read once, and its bytes
+    /// are digested, written and synced as they go (a [`Cache::store`]
+    /// whose build copies reads them again to digest). It keeps what the
+    /// digest covers: directories, regular files with their executable
+    /// bit (written 0755, else 0644, less the umask), and symlinks as
+    /// they are. Symlinks are never followed, and one pointing outside
+    /// the entry, a FIFO, socket or device node, or a top-level
+    /// `entry.json` is refused.
+    ///
+    /// # Errors
+    /// [`CacheError::Rejected`] or [`CacheError::Refused`] for what cannot
+    /// be stored (nothing is published), [`CacheError::Io`] if the source
+    /// cannot be read, and as [`Cache::store`].
+    pub fn put<M: serde::Serialize>(
+        &self,
+        key: &str,
+        source: impl AsRef<Path>,
+        meta: M,
+    ) -> Result<EntryGuard, CacheError> {
+        check_key(key)?;
+        self.writable()?;
+        let source = source.as_ref();
+        let user = serde_json::to_value(meta)
+            .map_err(|e| CacheError::Build { key: key.to_owned(), source: e.into() })?;
+        let from =
+            rustix::fs::open(source, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| CacheError::io(source, "open", e))?;
+        let deadline = self.deadline();
+        let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", deadline)?;
+        let slot = self.staging_slot(key, true)?;
+        let outcome = (|| {
+            let path = slot.path();
+            let dir = dirfd::open_dir(&self.staging, slot.name.as_str())
+                .map_err(|e| CacheError::io(&path, "open", e))?;
+            let mut writer = tree::TreeWriter::new(dir.as_fd(), &path, tree::Limits::NONE);
+            let how = entry::Walk { sync: false, skip_metadata: false };
+            entry::visit(&from, source, how, &mut writer, &mut |_| {})?;
+            let (walked, _) = writer.finish()?;
+            self.seal_and_publish(key, &slot, &dir, walked, user, now_ns())
+        })();
+        let discarded = slot.discard();
+        drop(cache_lock);
+        let guard = outcome?;
+        if let Err(e) = discarded {
+            tracing::warn!(error = %e, "leaving staging debris for the next sweep");
+        }
+        #[cfg(feature = "remote")]
+        let guard = self.push_built(guard)?;
+        Ok(guard)
     }
 
     /// Move the staging directory into place; the caller holds the entry
@@ -136,8 +208,10 @@ impl Cache {
         dirfd::sync_dir(&self.staging, self.staging.path())
     }
 
-    /// The entry for `key`: read it if present, otherwise build it, with
-    /// one builder among all processes that ask at once. The others wait
+    /// The entry for `key`: read it if present, otherwise pull it from the
+    /// remote if one is set, otherwise build it (and push it), with one
+    /// builder or downloader among all processes of the host that ask at
+    /// once. The others wait
     /// (bounded by [`CacheOptions::wait`], cancellable) and read what it
     /// published; if the builder dies, one of them builds instead.
     ///
@@ -159,6 +233,12 @@ impl Cache {
         // Whoever held the build lock before us may have published.
         if let Some(found) = self.lookup_until(key, deadline)? {
             return Ok(found);
+        }
+        #[cfg(feature = "remote")]
+        if let Some(remote) = self.options.remote.as_deref()
+            && let Some(pulled) = self.download_or_warn(remote, key)?
+        {
+            return Ok(pulled);
         }
         self.store_until(key, build, deadline)
     }

@@ -510,3 +510,74 @@ fn a_root_of_another_user_or_writable_by_all_is_not_trusted() {
     let cache = Cache::open(&squatted, CacheOptions::new().trust(lockyard_flock::DirTrust::group(65534)));
     assert!(cache.is_ok(), "{:?}", cache.err());
 }
+
+/// A source tree with what `put` keeps: nested directories, an
+/// executable, symlinks inside the tree, names that sort around `/`.
+fn source_tree(top: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(top.join("a/b")).expect("mkdir");
+    std::fs::create_dir_all(top.join("a-b")).expect("mkdir");
+    std::fs::write(top.join("a/b/data"), vec![7u8; 300_000]).expect("write");
+    std::fs::write(top.join("a-b/x"), "x").expect("write");
+    std::fs::write(top.join("run"), "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(top.join("run"), std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    std::os::unix::fs::symlink("../run", top.join("a/up")).expect("symlink");
+    std::os::unix::fs::symlink("b/data", top.join("a/down")).expect("symlink");
+}
+
+#[test]
+fn put_copies_in_one_pass_with_the_digest_a_store_gets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("put");
+    let cache = open(&dir);
+    let src = dir.0.join("src");
+    source_tree(&src);
+    let put = cache.put("k", &src, serde_json::json!({ "from": "put" })).expect("put");
+    let copied = cache
+        .store("k2", |staging| {
+            std::fs::remove_dir(staging)?;
+            let ok = std::process::Command::new("cp").arg("-a").arg(&src).arg(staging).status()?;
+            assert!(ok.success());
+            Ok(())
+        })
+        .expect("store");
+    assert_eq!(put.meta().digest, copied.meta().digest, "one pass digests as the walk does");
+    assert_eq!((put.meta().size, put.meta().files), (300_000 + 1 + 10, 5));
+    assert_eq!(put.meta().user["from"], "put");
+    let mode = |p: &str| std::fs::metadata(put.path().join(p)).expect("stat").permissions().mode() & 0o111;
+    assert_ne!(mode("run"), 0, "the executable bit is kept");
+    assert_eq!(mode("a-b/x"), 0);
+    assert_eq!(std::fs::read_link(put.path().join("a/up")).expect("link"), Path::new("../run"));
+    drop((put, copied));
+    assert_eq!(cache.verify("k").expect("verify").expect("present").key, "k");
+    assert!(staging_is_empty(&cache));
+}
+
+#[test]
+fn put_refuses_what_an_entry_cannot_hold_and_publishes_nothing() {
+    let dir = Scratch::new("put-refused");
+    let cache = open(&dir);
+    let refused = |name: &str, make: &dyn Fn(&Path)| {
+        let src = dir.0.join(name);
+        std::fs::create_dir(&src).expect("mkdir");
+        std::fs::write(src.join("ok"), "fine").expect("write");
+        make(&src);
+        let err = cache.put(name, &src, ()).expect_err(name);
+        assert!(matches!(err, CacheError::Rejected { .. } | CacheError::Refused { .. }), "{name}: {err}");
+        assert!(cache.lookup(name).expect("lookup").is_none(), "{name}: nothing published");
+        assert!(staging_is_empty(&cache), "{name}: no debris");
+        err.to_string()
+    };
+    let out =
+        refused("escape", &|src| std::os::unix::fs::symlink("../../etc/passwd", src.join("l")).expect("ln"));
+    assert!(out.contains("outside the entry"), "{out}");
+    let out = refused("absolute", &|src| std::os::unix::fs::symlink("/etc", src.join("l")).expect("ln"));
+    assert!(out.contains("outside the entry"), "{out}");
+    let out = refused("meta", &|src| std::fs::write(src.join("entry.json"), "{}").expect("write"));
+    assert!(out.contains("reserves"), "{out}");
+    let out = refused("fifo", &|src| {
+        rustix::fs::mknodat(rustix::fs::CWD, src.join("p"), rustix::fs::FileType::Fifo, 0o644.into(), 0)
+            .expect("mkfifo");
+    });
+    assert!(out.contains("FIFO"), "{out}");
+}

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use lockyard::cache::{Cache, CacheError, CacheOptions, Clean, CleanPlan, Listed, NotACache, Wait};
-use lockyard_cli::cli::{CacheArgs, CacheCommand};
+use lockyard_cache::{Manifest, Pushed, Remote};
+use lockyard_cli::cli::{CacheArgs, CacheCommand, RemoteCommand};
 use lockyard_cli::table::{self, Column, Style};
 use lockyard_cli::units::{format_age, format_size, parse_duration, parse_size};
 use serde::Serialize;
@@ -22,16 +23,36 @@ use crate::run::spawn_and_wait;
 use crate::{SCHEMA, emit, print_json};
 
 pub(crate) fn cache(args: &CacheArgs) -> Outcome {
+    let remote = match args.remote.as_deref().filter(|url| !url.is_empty()) {
+        Some(url) => Some(Remote::open(url, args.remote_timeout)?),
+        None => None,
+    };
+    if let CacheCommand::Remote { command: RemoteCommand::List { json } } = &args.command {
+        let Some(remote) = remote else {
+            bail!("no remote: give --remote URL or set LOCKYARD_CACHE_REMOTE");
+        };
+        return remote_list(&remote, *json);
+    }
+    if matches!(args.command, CacheCommand::Push { .. } | CacheCommand::Pull { .. }) && remote.is_none() {
+        bail!("no remote: give --remote URL or set LOCKYARD_CACHE_REMOTE");
+    }
+    let url = args.remote.as_deref().unwrap_or_default();
     let root = root(args.dir.as_deref(), |name| std::env::var_os(name))?;
     // Without -w, as long as it takes (like flock(1)).
-    let options = CacheOptions::new().wait(args.wait.map_or_else(Wait::default, Wait::timeout));
+    let mut options = CacheOptions::new().wait(args.wait.map_or_else(Wait::default, Wait::timeout));
+    if let Some(remote) = remote {
+        options = options.remote(remote).require_remote(args.require_remote);
+    }
     // Looking creates nothing, and neither does removing from a cache
     // that is not there: those open read-only first.
-    let stores = matches!(args.command, CacheCommand::Put { .. } | CacheCommand::Ensure { .. });
+    let stores = matches!(
+        args.command,
+        CacheCommand::Put { .. } | CacheCommand::Ensure { .. } | CacheCommand::Pull { .. }
+    );
     if !stores {
         match Cache::open(&root, options.clone().read_only()) {
             Ok(cache) => {
-                if let Some(code) = look(&cache, &args.command)? {
+                if let Some(code) = look(&cache, &args.command, url)? {
                     return Ok(code);
                 }
             }
@@ -63,21 +84,27 @@ pub(crate) fn cache(args: &CacheArgs) -> Outcome {
             };
             clean(&cache, policy, *dry_run, *yes)
         }
+        CacheCommand::Pull { key } => pull(&cache, key, url),
         CacheCommand::Sweep => sweep(&cache),
         CacheCommand::Remove { names } => remove(&cache, names),
-        CacheCommand::List { .. } | CacheCommand::Show { .. } | CacheCommand::Verify { .. } => {
-            unreachable!("answered read-only above")
+        CacheCommand::List { .. }
+        | CacheCommand::Show { .. }
+        | CacheCommand::Verify { .. }
+        | CacheCommand::Push { .. }
+        | CacheCommand::Remote { .. } => {
+            unreachable!("answered above")
         }
     }
 }
 
 /// The commands that only look, on a cache opened read-only; `None` for
-/// the others.
-fn look(cache: &Cache, command: &CacheCommand) -> Result<Option<Exit>> {
+/// the others. `url` is the remote's.
+fn look(cache: &Cache, command: &CacheCommand, url: &str) -> Result<Option<Exit>> {
     Ok(Some(match command {
         CacheCommand::List { json } => list(cache, *json)?,
         CacheCommand::Show { key, json } => show(cache, key, *json)?,
         CacheCommand::Verify { key, json } => verify(cache, key.as_deref(), *json)?,
+        CacheCommand::Push { key } => push(cache, key, url)?,
         _ => return Ok(None),
     }))
 }
@@ -97,7 +124,9 @@ fn nothing_there(root: &Path, command: &CacheCommand) -> Outcome {
                 entries: Vec::new(),
             })?;
         }
-        CacheCommand::Show { key, .. } | CacheCommand::Verify { key: Some(key), .. } => {
+        CacheCommand::Show { key, .. }
+        | CacheCommand::Verify { key: Some(key), .. }
+        | CacheCommand::Push { key } => {
             eprintln!("lockyard: no entry {key:?}: no cache at {shown} yet");
             return Ok(Exit::NO);
         }
@@ -359,61 +388,95 @@ fn put(cache: &Cache, key: &str, src: &Path) -> Outcome {
             root.display()
         );
     }
-    let result = cache.store(key, |staging| {
-        copy_tree(src, staging)?;
-        Ok(serde_json::json!({ "source": source.display().to_string() }))
-    });
-    let guard = match result {
-        Ok(guard) => guard,
-        // Our closure's only failure is the copy.
-        Err(CacheError::Build { source: cause, .. }) => {
-            bail!("cannot copy {} into the cache: {cause}; nothing was stored", src.display())
+    let guard = cache.put(key, src, serde_json::json!({ "source": source.display().to_string() }))?;
+    emit(&format!("{}\n", guard.path().display()))?;
+    Ok(Exit::SUCCESS)
+}
+
+fn push(cache: &Cache, key: &str, url: &str) -> Outcome {
+    let Some(pushed) = cache.push(key)? else {
+        eprintln!("lockyard: no entry {key:?} in {}", table::escape_path(cache.root()));
+        return Ok(Exit::NO);
+    };
+    let said = match pushed {
+        Pushed::Uploaded { archive_size } => format!("pushed {key} to {url} ({})", format_size(archive_size)),
+        Pushed::Present => format!("{url} already holds this build of {key}"),
+        Pushed::Kept { digest } => {
+            format!(
+                "{url} holds another build of {key} (digest {}), kept: the first push wins",
+                &digest[..16]
+            )
         }
-        Err(e) => return Err(e.into()),
+        _ => format!("{url} holds {key}"),
+    };
+    emit(&format!("{}\n", crate::escape(&said)))?;
+    Ok(Exit::SUCCESS)
+}
+
+fn pull(cache: &Cache, key: &str, url: &str) -> Outcome {
+    let Some(guard) = cache.pull(key)? else {
+        eprintln!("lockyard: no entry {key:?} in {}", crate::escape(url));
+        return Ok(Exit::NO);
     };
     emit(&format!("{}\n", guard.path().display()))?;
     Ok(Exit::SUCCESS)
 }
 
-/// Copy a tree: directories, regular files (with their permissions) and
-/// symlinks (as symlinks); anything else is refused. Iterative, so the
-/// depth of the source cannot overflow the stack.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    enum Work {
-        Copy(PathBuf, PathBuf),
-        /// A directory's mode, set once its contents are in.
-        Mode(PathBuf, std::fs::Permissions),
+#[derive(Serialize)]
+struct RemoteListReport<'a> {
+    schema: u32,
+    remote: &'a str,
+    entries: Vec<RemoteListed<'a>>,
+}
+
+#[derive(Serialize)]
+struct RemoteListed<'a> {
+    /// Named by the manifest when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(flatten)]
+    manifest: Option<&'a Manifest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn remote_list(remote: &Remote, json: bool) -> Outcome {
+    let listed = remote.list()?;
+    if json {
+        let entries = listed
+            .iter()
+            .map(|(key, item)| RemoteListed {
+                key: item.is_err().then_some(key.as_str()),
+                manifest: item.as_ref().ok(),
+                error: item.as_ref().err().map(ToString::to_string),
+            })
+            .collect();
+        print_json(&RemoteListReport { schema: SCHEMA, remote: remote.url(), entries })?;
+        return Ok(Exit::SUCCESS);
     }
-    let mut work = vec![Work::Copy(from.to_owned(), to.to_owned())];
-    while let Some(item) = work.pop() {
-        let (from, to) = match item {
-            Work::Mode(dir, mode) => {
-                std::fs::set_permissions(&dir, mode)?;
-                continue;
-            }
-            Work::Copy(from, to) => (from, to),
-        };
-        for item in std::fs::read_dir(&from)? {
-            let item = item?;
-            let (src, dst) = (item.path(), to.join(item.file_name()));
-            let kind = item.file_type()?;
-            if kind.is_dir() {
-                std::fs::create_dir(&dst)?;
-                work.push(Work::Mode(dst.clone(), std::fs::symlink_metadata(&src)?.permissions()));
-                work.push(Work::Copy(src, dst));
-            } else if kind.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-            } else if kind.is_file() {
-                std::fs::copy(&src, &dst)?;
-            } else {
-                return Err(std::io::Error::other(format!(
-                    "{}: a FIFO, socket or device node cannot be stored",
-                    src.display()
-                )));
-            }
-        }
-    }
-    Ok(())
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .map(|(key, item)| match item {
+            Ok(m) => vec![
+                key.clone(),
+                format_size(m.size),
+                m.files.to_string(),
+                age(m.created_ns),
+                m.digest.chars().take(16).collect(),
+            ],
+            Err(e) => vec![key.clone(), "-".into(), "-".into(), "-".into(), format!("UNUSABLE: {e}")],
+        })
+        .collect();
+    let column = |name, flexible| Column { name, flexible };
+    let columns = [
+        column("KEY", true),
+        column("SIZE", false),
+        column("FILES", false),
+        column("CREATED", false),
+        column("DIGEST", true),
+    ];
+    emit(&table::render(&columns, &rows, Style { width: crate::stdout_width(), ..Style::default() }))?;
+    Ok(Exit::SUCCESS)
 }
 
 /// A build command that exited non-zero (or was killed): its status is

@@ -461,7 +461,9 @@ pub enum PidfileCommand {
 /// Options of `lockyard cache`.
 #[derive(Debug, Args)]
 #[command(after_help = "The cache root is --dir, else $LOCKYARD_CACHE_DIR, else $XDG_CACHE_HOME/lockyard, \
-    else $HOME/.cache/lockyard. It, and every directory on the way to it, must belong to you or root and \
+    else $HOME/.cache/lockyard. An s3:// remote takes its endpoint, region and credentials from the \
+    variables AWS's tools read (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+    AWS_SESSION_TOKEN, AWS_PROFILE); a URL with credentials in it is refused. It, and every directory on the way to it, must belong to you or root and \
     not be writable by other users (sticky directories such as /tmp may be crossed). A directory that \
     holds other files and no .lockyard-cache marker is refused and left untouched. list, show and verify \
     create nothing. Layout and protocol: docs/cache.md; output and exit codes: docs/cli.md.")]
@@ -475,6 +477,18 @@ pub struct CacheArgs {
     /// after SECS seconds; the default is to wait as long as it takes.
     #[arg(short = 'w', long = "wait", global = true, value_name = "SECS", value_parser = crate::units::parse_wait)]
     pub wait: Option<Duration>,
+    /// Share entries through an object store: s3://BUCKET/PREFIX, or
+    /// file:///PATH for a shared directory. A lookup that misses pulls
+    /// from it; put and ensure push what they store.
+    #[arg(long, global = true, value_name = "URL", env = "LOCKYARD_CACHE_REMOTE")]
+    pub remote: Option<String>,
+    /// Fail when the remote fails (unreachable, timed out, a rejected
+    /// download), instead of warning and going on with the local cache.
+    #[arg(long, global = true, requires = "remote")]
+    pub require_remote: bool,
+    /// Give up on a remote request after DUR without progress (default 30s).
+    #[arg(long, global = true, value_name = "DUR", default_value = "30s", value_parser = crate::units::parse_interval)]
+    pub remote_timeout: Duration,
     /// What to do.
     #[command(subcommand)]
     pub command: CacheCommand,
@@ -588,6 +602,32 @@ pub enum CacheCommand {
         #[arg(short = 'y', long)]
         yes: bool,
     },
+    /// Upload KEY's entry to the remote, unless the remote holds KEY
+    /// already (the first build pushed wins).
+    #[command(after_help = "The entry is packed as tar + zstd while it is read, its digest checked on \
+        the way, then a manifest is written; neither is replaced if it exists. Protocol: docs/cache.md.\n\n\
+        Exit status: 0 if the remote holds KEY afterwards, 1 if there is no local entry KEY, 2 on error.")]
+    Push {
+        /// The entry's key.
+        key: String,
+    },
+    /// Download KEY's entry from the remote into the local cache (unless
+    /// it is there already), verify it, and print its path.
+    #[command(after_help = "The archive is unpacked into staging, checked against its manifest (size, \
+        file count, digest; no path outside the entry, no device or FIFO) and only then published. A \
+        rejected archive leaves nothing behind.\n\n\
+        Exit status: 0 on success, 1 if the remote has no entry KEY, 2 on error (a rejected archive is \
+        an error).")]
+    Pull {
+        /// The entry's key.
+        key: String,
+    },
+    /// Look at the remote itself.
+    Remote {
+        /// What to do with the remote.
+        #[command(subcommand)]
+        command: RemoteCommand,
+    },
     /// Remove what crashed writers left behind (only debris whose writer
     /// is proven dead by its lock).
     #[command(after_help = "Exit status: 0 on success, 2 on error.")]
@@ -604,6 +644,19 @@ pub enum CacheCommand {
         /// What to remove: a key, or a name `list` reports as foreign.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
+    },
+}
+
+/// `lockyard cache remote` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// List the keys the remote holds, with size, file count, age and
+    /// digest from their manifests.
+    #[command(after_help = "Exit status: 0 on success, 2 on error (no remote given, or it failed).")]
+    List {
+        /// Print one JSON document (schema 1, see docs/cli.md).
+        #[arg(short = 'J', long)]
+        json: bool,
     },
 }
 

@@ -68,13 +68,27 @@ fn main() -> ExitCode {
     })
 }
 
+/// `LOCKYARD_LOG` (a tracing filter) when set; otherwise only the
+/// remote cache's warnings, which say that the command went on without it.
 fn init_logging() {
-    if let Ok(filter) = std::env::var("LOCKYARD_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-            .try_init();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    match std::env::var("LOCKYARD_LOG") {
+        Ok(filter) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .try_init();
+        }
+        Err(_) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("lockyard_cache::remote=warn"))
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .without_time()
+                .with_target(false)
+                .try_init();
+        }
     }
 }
 
