@@ -369,6 +369,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("pkill", "procps"),
 ];
 
+/// The S3 server the remote cache's tests start (pinned: its behaviour,
+/// such as conditional writes, is what the tests rely on).
+const MOTO: &str = "moto[server]==5.2.1";
+
 /// Make sure every tool the tests use is here: as root, install the
 /// Debian packages of the missing ones; cargo-fuzz (from crates.io) is
 /// installed for any user. Returns what is still missing.
@@ -410,8 +414,27 @@ fn deps() -> Result<Vec<String>> {
             still.push("cargo-fuzz (cargo install cargo-fuzz --locked)".to_owned());
         }
     }
+    // The remote cache's tests run against moto's S3 server, and tamper
+    // with its objects through boto3 (a dependency of moto).
+    let moto = || {
+        Command::new("python3")
+            .args(["-c", "import moto.server, boto3"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !moto() {
+        eprintln!("xtask deps: installing {MOTO} from PyPI");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", MOTO])
+            .status()
+            .context("run pip")?;
+        if !status.success() || !moto() {
+            still.push(format!("moto's S3 server (python3 -m pip install '{MOTO}')"));
+        }
+    }
     if still.is_empty() {
-        eprintln!("xtask deps: all {} tools the tests use are here, and cargo-fuzz", TOOLS.len());
+        eprintln!("xtask deps: all {} tools the tests use are here, cargo-fuzz and moto", TOOLS.len());
     }
     Ok(still)
 }

@@ -153,8 +153,13 @@ impl Remote {
     /// # Errors
     /// [`CacheError::Remote`] for a URL this crate cannot use.
     pub fn open(url: &str, timeout: Duration) -> Result<Remote, CacheError> {
+        // Never echo a user or password given in the URL.
+        let shown = match url.split_once('@') {
+            Some((_, host)) => format!("<redacted>@{host}"),
+            None => url.to_owned(),
+        };
         let bad =
-            |why: &str| CacheError::Remote { url: url.to_owned(), op: "open", source: why.to_owned().into() };
+            |why: &str| CacheError::Remote { url: shown.clone(), op: "open", source: why.to_owned().into() };
         let (scheme, rest) =
             url.split_once("://").ok_or_else(|| bad("not a URL; give s3://BUCKET/PREFIX or file:///PATH"))?;
         if rest.contains(['@', '?', '#']) {
