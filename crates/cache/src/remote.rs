@@ -37,8 +37,9 @@
 //! # Pull
 //!
 //! Under the key's build lock (so one process per host downloads): the
-//! manifest is read (at most 64 KiB) and checked; the archive must be
-//! exactly as long as the manifest says. It is streamed into a staging
+//! manifest is read (at most 64 KiB) and checked; exactly the archive
+//! length it declares is read, and a shorter object is refused as
+//! truncated. The archive is streamed into a staging
 //! slot: every path must be plain, relative, in canonical order and
 //! inside a directory that came before it; symlinks may not lead out;
 //! only directories, regular files and symlinks are accepted; the tree
@@ -215,6 +216,13 @@ impl Remote {
     /// The URL it was opened with.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The opendal operator behind it, rooted at the URL's prefix: for
+    /// what this crate does not do (and for measuring it against opendal
+    /// alone). What it writes outside `v1/` is not the cache's.
+    pub fn operator(&self) -> &opendal::blocking::Operator {
+        &self.op
     }
 
     /// The manifest of `key`, `None` if the remote has none.
@@ -554,20 +562,6 @@ impl Cache {
     pub(crate) fn download(&self, remote: &Remote, key: &str) -> Result<Option<EntryGuard>, CacheError> {
         let Some(manifest) = remote.manifest(key)? else { return Ok(None) };
         let archive = archive_path(key, &manifest.digest);
-        let rejected = |why: String| CacheError::Rejected { path: remote.object(&archive), reason: why };
-        let length = match remote.op.stat(&archive) {
-            Ok(meta) => meta.content_length(),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(rejected("its manifest names an archive that is not there".to_owned()));
-            }
-            Err(e) => return Err(remote.failed("stat", e)),
-        };
-        if length != manifest.archive_size {
-            return Err(rejected(format!(
-                "{length} bytes where its manifest says {}: truncated or replaced",
-                manifest.archive_size
-            )));
-        }
         let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", self.deadline())?;
         let slot = self.staging_slot(key, true)?;
         let outcome = self.unpack(remote, key, &manifest, &archive, &slot);
@@ -592,21 +586,42 @@ impl Cache {
         let dir = dirfd::open_dir(&self.staging, slot.name.as_str())
             .map_err(|e| CacheError::io(&path, "open", e))?;
         let options = ReaderOptions { chunk: Some(CHUNK), concurrent: 1, ..ReaderOptions::default() };
-        let reader = remote
+        // Exactly the declared length is read: a longer object is never
+        // read past it, and a shorter one fails the read (opendal checks
+        // that a range comes back whole).
+        let reader = match remote
             .op
             .reader_options(archive, options)
             .and_then(|r| r.into_std_read(0..manifest.archive_size))
-            .map_err(|e| remote.failed("download", e))?;
+        {
+            Ok(reader) => reader,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(CacheError::Rejected {
+                    path: remote.object(archive),
+                    reason: "its manifest names an archive that is not there".to_owned(),
+                });
+            }
+            Err(e) => return Err(remote.failed("download", e)),
+        };
         let fetched = Arc::new(std::sync::Mutex::new(None));
         let source = Fetched { inner: reader, failed: Arc::clone(&fetched) };
         let rejected =
             |why: &str| CacheError::Rejected { path: remote.object(archive), reason: why.to_owned() };
         // A transport failure surfaces as a format error further up: say
         // which it was.
+        // A short object is told apart from a transport failure by its
+        // length, asked only then.
         let explain = |e: CacheError| match fetched.lock().map(|mut f| f.take()) {
-            Ok(Some(cause)) => {
-                CacheError::Remote { url: remote.url.to_string(), op: "download", source: cause.into() }
-            }
+            Ok(Some(cause)) => match remote.op.stat(archive).map(|m| m.content_length()) {
+                Ok(length) if length < manifest.archive_size => CacheError::Rejected {
+                    path: remote.object(archive),
+                    reason: format!(
+                        "{length} bytes where its manifest says {}: truncated or replaced",
+                        manifest.archive_size
+                    ),
+                },
+                _ => CacheError::Remote { url: remote.url.to_string(), op: "download", source: cause.into() },
+            },
             _ => e,
         };
         let result = (|| {

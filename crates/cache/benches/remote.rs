@@ -1,0 +1,196 @@
+//! The remote tier against a local S3 server (moto, as in the tests),
+//! compared in the same run with opendal alone moving the same bytes:
+//!
+//! - **push**: `Cache::push` of a one-file entry (pack as tar + zstd while
+//!   reading and digesting, multipart upload, manifest) against opendal's
+//!   writer streaming the same file up in the same 8 MiB parts;
+//! - **pull**: `Cache::pull` into an empty cache (download, unpack, digest,
+//!   fsync, publish) against opendal's reader streaming the object into a
+//!   file that is then fsynced.
+//!
+//! Each side runs in a child process of its own (the S3 settings are
+//! passed in its environment) and reports its median time and its peak
+//! RSS (VmHWM). `cargo bench -p lockyard-cache --features remote --bench
+//! remote`; `-- --test` (CI's smoke run) moves 1 MiB once each way.
+
+#![allow(clippy::print_stdout)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockyard_cache::{Cache, CacheOptions, Remote};
+
+const BUCKET: &str = "lockyard-bench";
+const PART: usize = 8 << 20;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return child(&args[1..]);
+    }
+    let smoke = args.iter().any(|a| a == "--test");
+    let dir = std::env::temp_dir().join(format!("lockyard-bench-remote-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut server = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto's S3 server (cargo xtask deps installs it)");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "moto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let made = Command::new("python3")
+        .args(["-c", &format!(
+            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', \
+             aws_access_key_id='k', aws_secret_access_key='s').create_bucket(Bucket='{BUCKET}')"
+        )])
+        .status()
+        .expect("boto3");
+    assert!(made.success(), "create the bucket");
+
+    let sizes: &[(usize, &str, usize)] =
+        if smoke { &[(1 << 20, "1MiB", 1)] } else { &[(1 << 20, "1MiB", 9), (256 << 20, "256MiB", 3)] };
+    println!("| entry | op | lockyard | opendal alone | ratio | lockyard peak RSS | opendal peak RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    for &(size, label, rounds) in sizes {
+        let case = dir.join(label);
+        std::fs::create_dir_all(case.join("src")).expect("mkdir");
+        let mut data = vec![0u8; size];
+        // Incompressible, as built artefacts mostly are once compressed.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for chunk in data.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(case.join("src/data"), &data).expect("write");
+        drop(data);
+        let run = |op: &str| -> (Duration, u64) {
+            let out = Command::new(std::env::current_exe().expect("self"))
+                .args(["--child", op, &case.display().to_string(), &rounds.to_string(), label])
+                .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "k")
+                .env("AWS_SECRET_ACCESS_KEY", "s")
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("child");
+            assert!(out.status.success(), "{op} failed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut words = text.split_whitespace().map(|w| w.parse::<u64>().expect("a number"));
+            (Duration::from_nanos(words.next().expect("time")), words.next().expect("rss"))
+        };
+        // The order matters: pulls read what pushes wrote.
+        let push = run("push");
+        let put = run("anchor-put");
+        let pull = run("pull");
+        let get = run("anchor-get");
+        for (op, ours, theirs) in [("push", push, put), ("pull", pull, get)] {
+            println!(
+                "| {label} | {op} | {:.1?} | {:.1?} | **{:.2}x** | {} MiB | {} MiB |",
+                ours.0,
+                theirs.0,
+                ours.0.as_secs_f64() / theirs.0.as_secs_f64(),
+                ours.1 >> 10,
+                theirs.1 >> 10
+            );
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One side of one comparison, `rounds` times: prints the median in ns
+/// and this process's peak RSS in KiB.
+fn child(args: &[String]) {
+    let [op, case, rounds, label] = args else { panic!("--child OP CASE ROUNDS LABEL") };
+    let case = PathBuf::from(case);
+    let rounds: usize = rounds.parse().expect("rounds");
+    let remote = |prefix: String| {
+        Remote::open(&format!("s3://{BUCKET}/{label}/{prefix}"), Duration::from_secs(60)).expect("remote")
+    };
+    let local = Cache::open(case.join("local"), CacheOptions::new()).expect("cache");
+    if op == "push" {
+        drop(local.put("k", case.join("src"), ()).expect("put"));
+    }
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let started;
+        match op.as_str() {
+            "push" => {
+                let cache =
+                    Cache::open(case.join("local"), CacheOptions::new().remote(remote(format!("r{round}"))))
+                        .expect("cache");
+                started = Instant::now();
+                cache.push("k").expect("push").expect("an entry");
+            }
+            "pull" => {
+                let cache = Cache::open(
+                    case.join(format!("pulled{round}")),
+                    CacheOptions::new().remote(remote(format!("r{round}"))).require_remote(true),
+                )
+                .expect("cache");
+                started = Instant::now();
+                drop(cache.pull("k").expect("pull").expect("on the remote"));
+            }
+            "anchor-put" => {
+                let op = remote(format!("a{round}"));
+                started = Instant::now();
+                anchor_put(&op, &case.join("src/data"));
+            }
+            "anchor-get" => {
+                let op = remote(format!("a{round}"));
+                started = Instant::now();
+                anchor_get(&op, &case.join(format!("got{round}")));
+            }
+            other => panic!("unknown op {other}"),
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM");
+    println!("{} {hwm}", times[times.len() / 2].as_nanos());
+}
+
+/// opendal alone: stream a file up in 8 MiB parts.
+fn anchor_put(remote: &Remote, file: &Path) {
+    let op = remote.operator();
+    let options = opendal::options::WriteOptions { chunk: Some(PART), concurrent: 1, ..Default::default() };
+    let mut writer = op.writer_options("object", options).expect("writer").into_std_write();
+    let mut source = std::fs::File::open(file).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = source.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        writer.write_all(&buf[..n]).expect("write");
+    }
+    writer.close().expect("close");
+}
+
+/// opendal alone: stream the object down into a file, and sync it.
+fn anchor_get(remote: &Remote, file: &Path) {
+    let op = remote.operator();
+    let length = op.stat("object").expect("stat").content_length();
+    let options = opendal::options::ReaderOptions { chunk: Some(PART), concurrent: 1, ..Default::default() };
+    let mut reader =
+        op.reader_options("object", options).and_then(|r| r.into_std_read(0..length)).expect("reader");
+    let mut out = std::fs::File::create(file).expect("create");
+    std::io::copy(&mut reader, &mut out).expect("copy");
+    out.sync_all().expect("fsync");
+}
