@@ -79,7 +79,9 @@
 //!   atime is unreliable under `noatime`/`relatime`).
 //!
 //! The library reads no environment variables: the root and every wait
-//! are values from the caller.
+//! are values from the caller. (A remote on S3, feature `remote`, is
+//! the exception: opendal reads the `AWS_*` variables, as AWS's own
+//! clients do.)
 //!
 //! # Example
 //!
