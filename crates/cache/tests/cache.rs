@@ -581,3 +581,35 @@ fn put_refuses_what_an_entry_cannot_hold_and_publishes_nothing() {
     });
     assert!(out.contains("FIFO"), "{out}");
 }
+
+/// The remote tier through a shared directory (`file://`): what one
+/// cache stores, another finds by a plain lookup.
+#[cfg(feature = "remote")]
+#[test]
+fn a_directory_remote_shares_entries_between_two_roots() {
+    use lockyard_cache::{Pushed, Remote};
+    let dir = Scratch::new("remote-dir");
+    std::fs::create_dir(dir.0.join("shared")).expect("mkdir");
+    let url = format!("file://{}", dir.0.join("shared").display());
+    let with_remote = |name: &str| {
+        let remote = Remote::open(&url, Duration::from_secs(10)).expect("remote");
+        Cache::open(dir.0.join(name), CacheOptions::new().remote(remote).require_remote(true)).expect("open")
+    };
+    let (a, b) = (with_remote("a"), with_remote("b"));
+    let stored = a.store("k", writes("shared")).expect("store pushes");
+    let digest = stored.meta().digest.clone();
+    drop(stored);
+    assert_eq!(a.push("k").expect("push"), Some(Pushed::Present));
+    let found = b.lookup("k").expect("lookup").expect("pulled on a miss");
+    assert_eq!(found.meta().digest, digest);
+    assert_eq!(found.meta().user["text"], "shared");
+    assert_eq!(std::fs::read_to_string(found.path().join("data")).expect("data"), "shared");
+    assert_eq!(std::fs::read_link(found.path().join("nested/link")).expect("link"), Path::new("../data"));
+    drop(found);
+    assert_eq!(b.verify("k").expect("verify").expect("present").digest, digest);
+    let listed = Remote::open(&url, Duration::from_secs(10)).expect("remote").list().expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1.as_ref().expect("a manifest").digest, digest);
+    assert!(b.pull("missing").expect("pull").is_none());
+    assert!(staging_is_empty(&b));
+}
