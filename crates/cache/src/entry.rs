@@ -67,7 +67,7 @@ pub(crate) trait Visit {
         rel: &Path,
         exec: bool,
         len: u64,
-        data: &mut dyn Read,
+        data: &mut Source<'_>,
         path: &Path,
     ) -> Result<(), CacheError>;
 }
@@ -141,10 +141,11 @@ impl Visit for Digest {
         rel: &Path,
         exec: bool,
         len: u64,
-        data: &mut dyn Read,
+        data: &mut Source<'_>,
         path: &Path,
     ) -> Result<(), CacheError> {
         Digest::file(self, rel, exec, len);
+        let data: &mut dyn Read = data;
         let mut buf = vec![0u8; COPY_BUF];
         let mut seen = 0u64;
         while seen < len {
@@ -321,10 +322,25 @@ impl Walker<'_> {
 }
 
 /// A file being read by a visitor: counts what it reads and reports it.
-struct Source<'a> {
+pub(crate) struct Source<'a> {
     file: &'a std::fs::File,
     seen: u64,
     progress: &'a mut dyn FnMut(u64),
+}
+
+impl Source<'_> {
+    /// The file itself, at the position reading has reached, for a
+    /// visitor that moves its bytes without reading them (which then
+    /// reports them with [`Source::consumed`]).
+    pub(crate) fn file(&self) -> &std::fs::File {
+        self.file
+    }
+
+    /// `n` more bytes were taken from the file without [`Read`].
+    pub(crate) fn consumed(&mut self, n: u64) {
+        self.seen += n;
+        (self.progress)(n);
+    }
 }
 
 impl Read for Source<'_> {

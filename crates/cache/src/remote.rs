@@ -745,7 +745,7 @@ impl<W: Write> Visit for Packer<'_, W> {
         rel: &Path,
         exec: bool,
         len: u64,
-        data: &mut dyn Read,
+        data: &mut entry::Source<'_>,
         path: &Path,
     ) -> Result<(), CacheError> {
         self.add_file(rel, exec, len, data, path)

@@ -17,9 +17,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::METADATA;
-use crate::entry::{Digest, Visit, Walked};
+use crate::entry::{Digest, Source, Visit, Walked};
 use crate::error::CacheError;
 
 /// How deep a written tree may go: each level holds a directory
@@ -34,6 +35,22 @@ const WRITEBACK_EVERY: u64 = 16 << 20;
 /// The chunk a file is copied in: large enough that a thread per chunk
 /// costs little.
 const CHUNK: usize = 1 << 20;
+/// The chunk an in-kernel copy moves before it is digested.
+const KERNEL_CHUNK: usize = 8 << 20;
+
+/// Why an in-kernel copy stopped.
+enum CopyError {
+    /// The kernel cannot copy between these files; nothing was copied.
+    Unsupported,
+    /// The source ended before its length.
+    Short,
+    Io(std::io::Error),
+    Sync(std::io::Error),
+}
+
+fn join(handle: std::thread::ScopedJoinHandle<'_, std::io::Result<()>>) -> std::io::Result<()> {
+    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
 
 /// What a written tree may hold at most (an archive's manifest says).
 #[derive(Debug, Clone, Copy)]
@@ -167,29 +184,27 @@ impl<'a> TreeWriter<'a> {
         data: &mut dyn Read,
         source: &Path,
     ) -> Result<(), CacheError> {
-        self.count(rel, len)?;
-        let name = self.place(rel)?;
-        let path = self.top_path.join(rel);
-        let fd = rustix::fs::openat(
-            self.innermost(),
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(if exec { 0o755 } else { 0o644 }),
-        )
-        .map_err(|e| CacheError::io(&path, "create", e))?;
-        let file = std::fs::File::from(fd);
-        self.digest.file(rel, exec, len);
+        let (file, path) = self.create(rel, exec, len)?;
         if len < OVERLAP_FROM {
             self.copy(&file, len, data, (rel, source, &path), false, |_| {})?;
             return file.sync_all().map_err(|e| CacheError::io(&path, "fsync", e));
         }
-        // A large file: hash each chunk on a thread while it is written,
-        // and have the disk write back what is written so far on another,
-        // so the final fsync finds little left to do. Run one after the
-        // other, the three take about as long as each other.
+        self.copy_large(&file, len, data, (rel, source, &path))
+    }
+
+    /// Copy a large file: hash each chunk on a thread while it is
+    /// written, and have the disk write back what is written so far on
+    /// another, so the final fsync finds little left to do. Run one after
+    /// the other, the three take about as long as each other.
+    fn copy_large(
+        &mut self,
+        file: &std::fs::File,
+        len: u64,
+        data: &mut dyn Read,
+        names: (&Path, &Path, &Path),
+    ) -> Result<(), CacheError> {
         let (written, writeback) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::scope(|scope| {
-            let file = &file;
             let syncer = scope.spawn(move || {
                 while writeback.recv().is_ok() {
                     rustix::fs::fdatasync(file)?;
@@ -197,7 +212,7 @@ impl<'a> TreeWriter<'a> {
                 rustix::fs::fsync(file)
             });
             let mut since = 0u64;
-            let copied = self.copy(file, len, data, (rel, source, &path), true, |n| {
+            let copied = self.copy(file, len, data, names, true, |n| {
                 since += n;
                 if since >= WRITEBACK_EVERY {
                     since = 0;
@@ -208,7 +223,7 @@ impl<'a> TreeWriter<'a> {
             drop(written);
             let synced = syncer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             copied?;
-            synced.map_err(|e| CacheError::io(&path, "fsync", e))
+            synced.map_err(|e| CacheError::io(names.2, "fsync", e))
         })
     }
 
@@ -254,6 +269,119 @@ impl<'a> TreeWriter<'a> {
         Ok(())
     }
 
+    /// Create the file `rel` (read-write: a copy made in the kernel is
+    /// digested by reading it back) and start its digest.
+    fn create(&mut self, rel: &Path, exec: bool, len: u64) -> Result<(std::fs::File, PathBuf), CacheError> {
+        self.count(rel, len)?;
+        let name = self.place(rel)?;
+        let path = self.top_path.join(rel);
+        let fd = rustix::fs::openat(
+            self.innermost(),
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(if exec { 0o755 } else { 0o644 }),
+        )
+        .map_err(|e| CacheError::io(&path, "create", e))?;
+        self.digest.file(rel, exec, len);
+        Ok((std::fs::File::from(fd), path))
+    }
+
+    /// Copy a large file of the walked source with `copy_file_range`: the
+    /// bytes never cross into user space (on a filesystem with reflinks
+    /// they are not even copied). Each chunk is then digested by reading
+    /// it back from the page cache, on a second thread while the next
+    /// chunk is copied; the copy is ours, in our locked staging slot, so
+    /// what is digested is what is published. Where the kernel cannot
+    /// copy between these files (another filesystem before Linux 5.3,
+    /// FUSE, some overlayfs), the bytes are read and written instead.
+    fn copy_in_kernel(
+        &mut self,
+        rel: &Path,
+        exec: bool,
+        len: u64,
+        source: &mut Source<'_>,
+        path: &Path,
+    ) -> Result<(), CacheError> {
+        use std::os::unix::fs::FileExt;
+        let (file, target) = self.create(rel, exec, len)?;
+        // One digesting thread at a time, each joined before the next
+        // starts: the lock only hands the digest and buffer over.
+        let hashed = std::sync::Mutex::new((&mut self.digest, &mut self.buf));
+        let (written, writeback) = std::sync::mpsc::sync_channel::<()>(1);
+        let outcome = std::thread::scope(|scope| {
+            let (file, hashed) = (&file, &hashed);
+            let syncer = scope.spawn(move || {
+                while writeback.recv().is_ok() {
+                    rustix::fs::fdatasync(file)?;
+                }
+                rustix::fs::fsync(file)
+            });
+            let copied = (|| {
+                let mut done = 0u64;
+                let mut since = 0u64;
+                let mut hashing: Option<std::thread::ScopedJoinHandle<'_, std::io::Result<()>>> = None;
+                while done < len {
+                    let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(KERNEL_CHUNK);
+                    let n = match rustix::fs::copy_file_range(source.file(), None, file, None, want) {
+                        Ok(0) => return Err(CopyError::Short),
+                        Ok(n) => n,
+                        Err(Errno::INTR) => continue,
+                        Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::PERM)
+                            if done == 0 =>
+                        {
+                            return Err(CopyError::Unsupported);
+                        }
+                        Err(e) => return Err(CopyError::Io(e.into())),
+                    };
+                    source.consumed(n as u64);
+                    if let Some(previous) = hashing.take() {
+                        join(previous).map_err(CopyError::Io)?;
+                    }
+                    let (from, to) = (done, done + n as u64);
+                    hashing = Some(scope.spawn(move || {
+                        let mut guard = hashed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let (digest, buf) = &mut *guard;
+                        let mut at = from;
+                        while at < to {
+                            let want = usize::try_from(to - at).unwrap_or(usize::MAX).min(buf.len());
+                            let got = file.read_at(&mut buf[..want], at)?;
+                            if got == 0 {
+                                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                            }
+                            digest.data(&buf[..got]);
+                            at += got as u64;
+                        }
+                        Ok(())
+                    }));
+                    done += n as u64;
+                    since += n as u64;
+                    if since >= WRITEBACK_EVERY {
+                        since = 0;
+                        let _ = written.try_send(());
+                    }
+                }
+                match hashing.take() {
+                    Some(last) => join(last).map_err(CopyError::Io),
+                    None => Ok(()),
+                }
+            })();
+            drop(written);
+            let synced = syncer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            copied?;
+            synced.map_err(|e| CopyError::Sync(e.into()))
+        });
+        drop(hashed);
+        match outcome {
+            Ok(()) => Ok(()),
+            // Nothing was copied: read and write instead, into the file
+            // already made (its digest item is already taken).
+            Err(CopyError::Unsupported) => self.copy_large(&file, len, source, (rel, path, &target)),
+            Err(CopyError::Short) => Err(self.reject(rel, "shorter than its declared size")),
+            Err(CopyError::Io(e)) => Err(CacheError::io(path, "copy", e)),
+            Err(CopyError::Sync(e)) => Err(CacheError::io(&target, "fsync", e)),
+        }
+    }
+
     /// Sync every directory still open, then the top; the tree's size,
     /// file count and digest, and its number of directories.
     pub(crate) fn finish(mut self) -> Result<(Walked, u64), CacheError> {
@@ -279,10 +407,13 @@ impl Visit for TreeWriter<'_> {
         rel: &Path,
         exec: bool,
         len: u64,
-        data: &mut dyn Read,
+        data: &mut Source<'_>,
         path: &Path,
     ) -> Result<(), CacheError> {
-        TreeWriter::file(self, rel, exec, len, data, path)
+        if len < OVERLAP_FROM {
+            return TreeWriter::file(self, rel, exec, len, data, path);
+        }
+        self.copy_in_kernel(rel, exec, len, data, path)
     }
 }
 
