@@ -55,7 +55,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use opendal::ErrorKind;
-use opendal::options::{ListOptions, ReadOptions, ReaderOptions, WriteOptions};
+use opendal::options::{ListOptions, ReaderOptions, WriteOptions};
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -233,25 +233,24 @@ impl Remote {
     pub fn manifest(&self, key: &str) -> Result<Option<Manifest>, CacheError> {
         check_key(key)?;
         let path = manifest_path(key);
-        let length = match self.op.stat(&path) {
-            Ok(meta) => meta.content_length(),
+        // One GET, read no further than the cap: a huge object is refused
+        // without being held in memory (and without a stat first).
+        let reader = match self.op.reader(&path).and_then(|r| r.into_std_read(..)) {
+            Ok(reader) => reader,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.failed("stat", e)),
+            Err(e) => return Err(self.failed("read", e)),
         };
-        let bytes = if length > MAX_MANIFEST {
-            Vec::new()
-        } else {
-            match self
-                .op
-                .read_options(&path, ReadOptions { range: (0..length).into(), ..ReadOptions::default() })
-            {
-                Ok(bytes) => bytes.to_vec(),
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(self.failed("read", e)),
+        let mut bytes = Vec::new();
+        if let Err(e) = reader.take(MAX_MANIFEST + 1).read_to_end(&mut bytes) {
+            let not_found =
+                e.get_ref().and_then(|i| i.downcast_ref::<opendal::Error>()).map(opendal::Error::kind);
+            if not_found == Some(ErrorKind::NotFound) {
+                return Ok(None);
             }
-        };
+            return Err(CacheError::Remote { url: self.url.to_string(), op: "read", source: e.into() });
+        }
         let rejected = |why: &str| CacheError::Rejected { path: self.object(&path), reason: why.to_owned() };
-        if length > MAX_MANIFEST {
+        if bytes.len() as u64 > MAX_MANIFEST {
             return Err(rejected("a manifest larger than 64 KiB"));
         }
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|_| rejected("not a manifest"))?;

@@ -622,7 +622,8 @@ fn put_copies_large_files_in_the_kernel_with_the_same_digest() {
     let cache = open(&dir);
     let src = dir.0.join("src");
     std::fs::create_dir_all(src.join("d")).expect("mkdir");
-    let big: Vec<u8> = (0..(20u32 << 20) + 12_345).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> =
+        (0..(20u32 << 20) + 12_345).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(src.join("d/big"), &big).expect("write");
     std::fs::write(src.join("small"), "s").expect("write");
     let put = cache.put("k", &src, ()).expect("put");

@@ -253,8 +253,9 @@ fn tampered_truncated_and_escaping_archives_are_rejected_and_leave_nothing() {
     }
     let original = s3.get(&archive_name(&s3, "good"));
     let manifest_bytes = s3.get("v1/good/manifest.json");
+    let good_archive = archive_name(&s3, "good");
     let restore = |s3: &S3| {
-        s3.put(&archive_name(s3, "good"), &original);
+        s3.put(&good_archive, &original);
         s3.put("v1/good/manifest.json", &manifest_bytes);
     };
     let rejected = |s3: &S3, case: &str, says: &str| {
@@ -316,6 +317,11 @@ fn tampered_truncated_and_escaping_archives_are_rejected_and_leave_nothing() {
     small["size"] = 10.into();
     s3.put("v1/good/manifest.json", &serde_json::to_vec(&small).expect("json"));
     rejected(&s3, "oversized", "more than the manifest declares");
+    restore(&s3);
+
+    // A manifest too large to be one is not read into memory.
+    s3.put("v1/good/manifest.json", &vec![b' '; 70 << 10]);
+    rejected(&s3, "huge-manifest", "larger than 64 KiB");
     restore(&s3);
 
     // An archive whose member climbs out of the entry, packed by hand.
