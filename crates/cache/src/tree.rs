@@ -370,7 +370,6 @@ impl<'a> TreeWriter<'a> {
             copied?;
             synced.map_err(|e| CopyError::Sync(e.into()))
         });
-        drop(hashed);
         match outcome {
             Ok(()) => Ok(()),
             // Nothing was copied: read and write instead, into the file
