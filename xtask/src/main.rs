@@ -367,6 +367,14 @@ const TOOLS: &[(&str, &str)] = &[
     ("sha256sum", "coreutils"),
     ("bash", "bash"),
     ("pkill", "procps"),
+    // The cgroup v2 enforcement test boots a VM: QEMU, with busybox and a
+    // stripped lockyard (and the libraries ldd names) in an initramfs.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("strip", "binutils"),
+    ("ldd", "libc-bin"),
+    ("timeout", "coreutils"),
 ];
 
 /// The S3 server the remote cache's tests start (pinned: its behaviour,

@@ -179,3 +179,134 @@ fn a_killed_supervisors_cgroup_is_swept_once_nothing_runs_in_it() {
     assert!(listed(&report, "removed", &cgroup), "{report}");
     assert!(!cgroup.exists(), "{} is left behind", cgroup.display());
 }
+
+/// The kernel `cargo xtask kernel-fixture` unpacks (Debian's cloud kernel).
+fn fixture_kernel() -> Option<PathBuf> {
+    let boot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kernel-fixture/root/boot");
+    std::fs::read_dir(boot)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+}
+
+/// What the guest runs as init: cgroup v2 only (`cgroup_no_v1=all`), two
+/// CPUs. It prints `KEY=value` lines the test reads.
+const GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+# A line of its own after the firmware's terminal escapes.
+echo
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp; mount -t tmpfs run /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "CONTROLLERS=$(cat /sys/fs/cgroup/cgroup.controllers)"
+lockyard reserve --enforce --cpus 1 -v -- sh -c '
+    echo "INSIDE=$(grep Cpus_allowed_list /proc/self/status | cut -f2)"
+    echo "CGROUP=$(cat /proc/self/cgroup)"
+    for cpu in 0 1; do taskset -p -c $cpu $$ >/dev/null 2>&1; echo "TASKSET_$cpu=$?"; done
+    echo "AFTER=$(grep Cpus_allowed_list /proc/self/status | cut -f2)"' 2>&1
+echo "STATUS=$?"
+echo "LEFT=$(ls /sys/fs/cgroup/lockyard 2>/dev/null | grep lockyard- | tr '\n' ' ')"
+# A supervisor killed while its command runs: the sweep keeps the busy
+# cgroup, then removes it once the command is gone.
+lockyard reserve --enforce --cpus 1 -- sleep 600 &
+supervisor=$!
+sleep 2
+kill -9 $supervisor
+orphan=$(ls -d /sys/fs/cgroup/lockyard/lockyard-* 2>/dev/null | head -n1)
+lockyard topo --sweep >/dev/null 2>&1
+[ -d "$orphan" ] && echo "BUSY_KEPT=yes" || echo "BUSY_KEPT=no"
+kill -9 $(cat "$orphan/cgroup.procs") 2>/dev/null
+sleep 1
+lockyard topo --sweep >/dev/null 2>&1
+[ -d "$orphan" ] && echo "SWEPT=no" || echo "SWEPT=yes"
+echo "ORPHAN=$orphan"
+echo DONE
+poweroff -f
+"#;
+
+/// cgroup v2, for real: this project's CI hosts bind cpuset to v1, so the
+/// v2 path runs in a small VM (QEMU, software emulation, Debian's kernel,
+/// busybox and this build of lockyard in an initramfs).
+#[test]
+fn enforcement_works_on_cgroup_v2_in_a_vm() {
+    let tools = ["qemu-system-x86_64", "busybox", "cpio", "strip", "ldd"];
+    if let Some(tool) = tools.iter().find(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+    }) {
+        lockyard_test_support::skip(&format!("needs {tool} (cargo xtask ci installs it)"));
+        return;
+    }
+    let Some(kernel) = fixture_kernel() else {
+        lockyard_test_support::skip(
+            "no Debian kernel fixture (cargo xtask kernel-fixture, as cargo xtask ci does)",
+        );
+        return;
+    };
+    let dir = Scratch::new("cgroup-v2-vm");
+    let root = dir.0.join("root");
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "run"] {
+        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+    }
+    let busybox = text(&Command::new("sh").args(["-c", "command -v busybox"]).output().expect("sh").stdout);
+    std::fs::copy(busybox.trim(), root.join("bin/busybox")).expect("busybox");
+    let stripped = Command::new("strip").arg("-o").arg(root.join("bin/lockyard")).arg(LOCKYARD).status();
+    assert!(stripped.expect("strip").success());
+    // The binary's shared libraries, where the loader will look for them.
+    let libs = Command::new("ldd").arg(LOCKYARD).output().expect("ldd");
+    for lib in text(&libs.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("a directory")).expect("mkdir");
+        std::fs::copy(lib, &to).expect("copy a library");
+    }
+    std::fs::write(root.join("init"), GUEST_INIT).expect("init");
+    std::fs::set_permissions(root.join("init"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let initrd = dir.0.join("initrd.cpio");
+    let packed = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet > \"$0\"")
+        .arg(&initrd)
+        .current_dir(&root)
+        .status()
+        .expect("cpio");
+    assert!(packed.success());
+    let vm = Command::new("timeout")
+        .arg("300")
+        .arg("qemu-system-x86_64")
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "768"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet cgroup_no_v1=all rdinit=/init panic=-1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu");
+    let console = text(&vm.stdout);
+    let value = |key: &str| {
+        console
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(&format!("{key}=")).map(str::trim))
+            .unwrap_or_else(|| panic!("the guest did not report {key}:\n{console}\n{}", text(&vm.stderr)))
+            .to_owned()
+    };
+    assert!(console.lines().any(|l| l.trim_end() == "DONE"), "the guest ran to the end:\n{console}");
+    assert!(value("CONTROLLERS").contains("cpuset"), "{console}");
+    assert!(console.contains("enforced by the cgroup v2 cgroup"), "{console}");
+    let inside = value("INSIDE");
+    assert!(inside == "0" || inside == "1", "one CPU inside: {console}");
+    assert!(value("CGROUP").starts_with("0::/lockyard"), "{console}");
+    let (mine, other) = if inside == "0" { ("TASKSET_0", "TASKSET_1") } else { ("TASKSET_1", "TASKSET_0") };
+    assert_eq!(value(mine), "0", "its own CPU may be asked for: {console}");
+    assert_ne!(value(other), "0", "a CPU outside the reservation is refused: {console}");
+    assert_eq!(value("AFTER"), inside, "{console}");
+    assert_eq!(value("STATUS"), "0", "{console}");
+    assert_eq!(value("LEFT"), "", "the cgroup went with the command: {console}");
+    assert!(value("ORPHAN").contains("lockyard-"), "the killed supervisor left its cgroup: {console}");
+    assert_eq!(value("BUSY_KEPT"), "yes", "{console}");
+    assert_eq!(value("SWEPT"), "yes", "{console}");
+}
