@@ -191,7 +191,7 @@ fn fixture_kernel() -> Option<PathBuf> {
 }
 
 /// What the guest runs as init: cgroup v2 only (`cgroup_no_v1=all`), two
-/// CPUs. It prints `KEY=value` lines the test reads.
+/// CPUs on two NUMA nodes. It prints `KEY=value` lines the test reads.
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 # A line of its own after the firmware's terminal escapes.
@@ -207,6 +207,14 @@ lockyard reserve --enforce --cpus 1 -v -- sh -c '
     echo "AFTER=$(grep Cpus_allowed_list /proc/self/status | cut -f2)"' 2>&1
 echo "STATUS=$?"
 echo "LEFT=$(ls /sys/fs/cgroup/lockyard 2>/dev/null | grep lockyard- | tr '\n' ' ')"
+# Two NUMA nodes, one CPU each: a two-CPU reservation spills (and says
+# so); --node 1 with --membind keeps CPU and memory on node 1.
+echo "NODES=$(ls -d /sys/devices/system/node/node* | wc -l)"
+echo "SPILL=$(lockyard reserve --cpus 2 -v -- true 2>&1 | grep -c 'spans NUMA nodes')"
+lockyard reserve --enforce --node 1 --cpus 1 --membind -- sh -c '
+    echo "NODE1_CPUS=$(grep Cpus_allowed_list /proc/self/status | cut -f2)"
+    echo "NODE1_MEMS=$(grep Mems_allowed_list /proc/self/status | cut -f2)"
+    echo "NODE1_BOUND=$(grep -c bind:1 /proc/self/numa_maps)"' 2>&1
 # A supervisor killed while its command runs: the sweep keeps the busy
 # cgroup, then removes it once the command is gone.
 lockyard reserve --enforce --cpus 1 -- sleep 600 &
@@ -278,6 +286,13 @@ fn enforcement_works_on_cgroup_v2_in_a_vm() {
         .arg("300")
         .arg("qemu-system-x86_64")
         .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "768"])
+        .args([
+            "-object",
+            "memory-backend-ram,id=m0,size=384M",
+            "-object",
+            "memory-backend-ram,id=m1,size=384M",
+        ])
+        .args(["-numa", "node,nodeid=0,cpus=0,memdev=m0", "-numa", "node,nodeid=1,cpus=1,memdev=m1"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(&kernel)
         .arg("-initrd")
@@ -309,4 +324,9 @@ fn enforcement_works_on_cgroup_v2_in_a_vm() {
     assert!(value("ORPHAN").contains("lockyard-"), "the killed supervisor left its cgroup: {console}");
     assert_eq!(value("BUSY_KEPT"), "yes", "{console}");
     assert_eq!(value("SWEPT"), "yes", "{console}");
+    assert_eq!(value("NODES"), "2", "{console}");
+    assert_eq!(value("SPILL"), "1", "a reservation across nodes is warned about: {console}");
+    assert_eq!(value("NODE1_CPUS"), "1", "{console}");
+    assert_eq!(value("NODE1_MEMS"), "1", "the cpuset's memory is node 1's: {console}");
+    assert_ne!(value("NODE1_BOUND"), "0", "memory bound to node 1: {console}");
 }
