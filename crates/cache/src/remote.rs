@@ -561,16 +561,8 @@ impl Cache {
     pub(crate) fn download(&self, remote: &Remote, key: &str) -> Result<Option<EntryGuard>, CacheError> {
         let Some(manifest) = remote.manifest(key)? else { return Ok(None) };
         let archive = archive_path(key, &manifest.digest);
-        let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", self.deadline())?;
-        let slot = self.staging_slot(key, true)?;
-        let outcome = self.unpack(remote, key, &manifest, &archive, &slot);
-        let discarded = slot.discard();
-        drop(cache_lock);
-        let guard = outcome?;
-        if let Err(e) = discarded {
-            tracing::warn!(error = %e, "leaving staging debris for the next sweep");
-        }
-        Ok(Some(guard))
+        self.in_staging(key, self.deadline(), |slot| self.unpack(remote, key, &manifest, &archive, slot))
+            .map(Some)
     }
 
     fn unpack(

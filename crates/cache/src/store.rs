@@ -28,21 +28,33 @@ impl Cache {
         deadline: Option<Instant>,
     ) -> Result<EntryGuard, CacheError> {
         self.writable()?;
+        let guard = self.in_staging(key, deadline, |slot| self.fill_and_publish(key, build, slot))?;
+        #[cfg(feature = "remote")]
+        let guard = self.push_built(guard)?;
+        Ok(guard)
+    }
+
+    /// Fill a fresh staging slot for `key` and publish it (`fill`),
+    /// holding the cache-wide lock shared; then discard what the slot
+    /// still holds, which is only debris: the displaced old entry, or
+    /// what a failed fill left.
+    pub(crate) fn in_staging(
+        &self,
+        key: &str,
+        deadline: Option<Instant>,
+        fill: impl FnOnce(&Slot<'_>) -> Result<EntryGuard, CacheError>,
+    ) -> Result<EntryGuard, CacheError> {
         let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", deadline)?;
         let slot = self.staging_slot(key, true)?;
         #[cfg(feature = "test-hooks")]
         self.step(Step::StagingCreated);
-        let outcome = self.fill_and_publish(key, build, &slot);
-        // Whatever happened, the staging slot now holds only debris: the
-        // displaced old entry, or a failed build.
+        let outcome = fill(&slot);
         let discarded = slot.discard();
         drop(cache_lock);
         let guard = outcome?;
         if let Err(e) = discarded {
             tracing::warn!(error = %e, "leaving staging debris for the next sweep");
         }
-        #[cfg(feature = "remote")]
-        let guard = self.push_built(guard)?;
         Ok(guard)
     }
 
@@ -142,10 +154,7 @@ impl Cache {
         let from =
             rustix::fs::open(source, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e| CacheError::io(source, "open", e))?;
-        let deadline = self.deadline();
-        let cache_lock = self.lock(&self.locks, CACHE_LOCK, LockMode::Shared, "*", deadline)?;
-        let slot = self.staging_slot(key, true)?;
-        let outcome = (|| {
+        let guard = self.in_staging(key, self.deadline(), |slot| {
             let path = slot.path();
             let dir = dirfd::open_dir(&self.staging, slot.name.as_str())
                 .map_err(|e| CacheError::io(&path, "open", e))?;
@@ -153,14 +162,8 @@ impl Cache {
             let how = entry::Walk { sync: false, skip_metadata: false };
             entry::visit(&from, source, how, &mut writer, &mut |_| {})?;
             let (walked, _) = writer.finish()?;
-            self.seal_and_publish(key, &slot, &dir, walked, user, now_ns())
-        })();
-        let discarded = slot.discard();
-        drop(cache_lock);
-        let guard = outcome?;
-        if let Err(e) = discarded {
-            tracing::warn!(error = %e, "leaving staging debris for the next sweep");
-        }
+            self.seal_and_publish(key, slot, &dir, walked, user, now_ns())
+        })?;
         #[cfg(feature = "remote")]
         let guard = self.push_built(guard)?;
         Ok(guard)
