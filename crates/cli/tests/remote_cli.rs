@@ -457,3 +457,45 @@ fn a_remote_down_is_a_warning_unless_required() {
     assert!(text(&out.stderr).contains("credentials"), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("secret@"), "the URL's secret is not echoed: {}", text(&out.stderr));
 }
+
+#[test]
+fn a_server_that_never_answers_is_given_up_on_after_the_timeout() {
+    let dir = Scratch::new("remote-silent");
+    // Accepts connections (the kernel's backlog does) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let run = |args: &[&str]| {
+        let started = Instant::now();
+        let mut out = Command::new(LOCKYARD)
+            .args(["cache", "--dir"])
+            .arg(dir.0.join("c"))
+            .args(["--remote", "s3://silent/x", "--remote-timeout", "1s"])
+            .args(args)
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env_remove("LOCKYARD_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run");
+        // Without a timeout this would wait forever: give it far more
+        // than its 1 s, then call it hung.
+        while out.try_wait().expect("wait").is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = out.kill();
+                panic!("lockyard {args:?} still waiting on a silent server after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out.wait_with_output().expect("output")
+    };
+    let out = run(&["--require-remote", "pull", "k"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run(&["ensure", "k", "--build", "echo x > \"$LOCKYARD_STAGING/x\""]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("going on with the local cache"), "{}", text(&out.stderr));
+    assert!(dir.0.join("c/k/x").exists());
+    drop(silent);
+}
