@@ -176,7 +176,14 @@ impl Remote {
                     return Err(bad("no bucket; give s3://BUCKET/PREFIX"));
                 }
                 let builder = opendal::services::S3::default().bucket(bucket).root(&format!("/{prefix}"));
-                opendal::Operator::new(builder).map_err(|e| bad(&e.to_string()))?
+                opendal::Operator::new(builder).map_err(|e| {
+                    let hint = if e.to_string().contains("region") {
+                        "; set AWS_REGION to the bucket's region (any value for most S3-compatible servers)"
+                    } else {
+                        ""
+                    };
+                    bad(&format!("{e}{hint}"))
+                })?
             }
             "file" | "fs" => {
                 if !rest.starts_with('/') {

@@ -23,7 +23,17 @@ use crate::run::spawn_and_wait;
 use crate::{SCHEMA, emit, print_json};
 
 pub(crate) fn cache(args: &CacheArgs) -> Outcome {
-    let remote = match args.remote.as_deref().filter(|url| !url.is_empty()) {
+    // Only the commands that move entries reach the remote: a list or a
+    // clean works whatever state the remote's settings are in.
+    let uses_remote = matches!(
+        args.command,
+        CacheCommand::Put { .. }
+            | CacheCommand::Ensure { .. }
+            | CacheCommand::Push { .. }
+            | CacheCommand::Pull { .. }
+            | CacheCommand::Remote { .. }
+    );
+    let remote = match args.remote.as_deref().filter(|url| !url.is_empty() && uses_remote) {
         Some(url) => Some(Remote::open(url, args.remote_timeout)?),
         None => None,
     };

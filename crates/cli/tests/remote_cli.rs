@@ -446,11 +446,33 @@ fn a_remote_down_is_a_warning_unless_required() {
     assert!(!text(&out.stderr).contains("lockyard-test-secret") && !text(&out.stderr).contains(" s "));
     let out = run(&["--require-remote", "ensure", "k2", "--build", build]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // Commands that do not move entries never open the remote: a broken
+    // remote setting (here: no region) does not stop a list.
+    let list = Command::new(LOCKYARD)
+        .args(["cache", "--dir"])
+        .arg(dir.0.join("c"))
+        .args(["--remote", "s3://nobody/x", "list"])
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .output()
+        .expect("run");
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let pull = Command::new(LOCKYARD)
+        .args(["cache", "--dir"])
+        .arg(dir.0.join("c"))
+        .args(["--remote", "s3://nobody/x", "pull", "k"])
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env("HOME", dir.0.join("no-home"))
+        .output()
+        .expect("run");
+    assert_eq!(pull.status.code(), Some(2));
+    assert!(text(&pull.stderr).contains("AWS_REGION"), "the fix is named: {}", text(&pull.stderr));
     // Credentials in the URL are refused before anything is sent.
     let out = Command::new(LOCKYARD)
         .args(["cache", "--dir"])
         .arg(dir.0.join("c"))
-        .args(["--remote", "s3://key:secret@bucket/p", "list"])
+        .args(["--remote", "s3://key:secret@bucket/p", "push", "k"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
