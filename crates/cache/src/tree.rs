@@ -48,6 +48,44 @@ enum CopyError {
     Sync(std::io::Error),
 }
 
+/// A thread that writes a large file back to disk while it is still
+/// being copied, so the final fsync finds little left to do.
+struct Writeback<'s> {
+    request: std::sync::mpsc::SyncSender<()>,
+    syncer: std::thread::ScopedJoinHandle<'s, rustix::io::Result<()>>,
+    since: u64,
+}
+
+impl<'s> Writeback<'s> {
+    fn start(scope: &'s std::thread::Scope<'s, '_>, file: &'s std::fs::File) -> Self {
+        let (request, requests) = std::sync::mpsc::sync_channel::<()>(1);
+        let syncer = scope.spawn(move || {
+            while requests.recv().is_ok() {
+                rustix::fs::fdatasync(file)?;
+            }
+            rustix::fs::fsync(file)
+        });
+        Writeback { request, syncer, since: 0 }
+    }
+
+    /// `n` more bytes were written: ask for writeback every
+    /// [`WRITEBACK_EVERY`].
+    fn wrote(&mut self, n: u64) {
+        self.since += n;
+        if self.since >= WRITEBACK_EVERY {
+            self.since = 0;
+            // Full: a writeback is under way and will see this too.
+            let _ = self.request.try_send(());
+        }
+    }
+
+    /// The final fsync, once every requested writeback is done.
+    fn finish(self) -> rustix::io::Result<()> {
+        drop(self.request);
+        self.syncer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
 fn join(handle: std::thread::ScopedJoinHandle<'_, std::io::Result<()>>) -> std::io::Result<()> {
     handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
@@ -203,25 +241,10 @@ impl<'a> TreeWriter<'a> {
         data: &mut dyn Read,
         names: (&Path, &Path, &Path),
     ) -> Result<(), CacheError> {
-        let (written, writeback) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::scope(|scope| {
-            let syncer = scope.spawn(move || {
-                while writeback.recv().is_ok() {
-                    rustix::fs::fdatasync(file)?;
-                }
-                rustix::fs::fsync(file)
-            });
-            let mut since = 0u64;
-            let copied = self.copy(file, len, data, names, true, |n| {
-                since += n;
-                if since >= WRITEBACK_EVERY {
-                    since = 0;
-                    // Full: a writeback is under way and will see this too.
-                    let _ = written.try_send(());
-                }
-            });
-            drop(written);
-            let synced = syncer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let mut writeback = Writeback::start(scope, file);
+            let copied = self.copy(file, len, data, names, true, |n| writeback.wrote(n));
+            let synced = writeback.finish();
             copied?;
             synced.map_err(|e| CacheError::io(names.2, "fsync", e))
         })
@@ -307,18 +330,11 @@ impl<'a> TreeWriter<'a> {
         // One digesting thread at a time, each joined before the next
         // starts: the lock only hands the digest and buffer over.
         let hashed = std::sync::Mutex::new((&mut self.digest, &mut self.buf));
-        let (written, writeback) = std::sync::mpsc::sync_channel::<()>(1);
         let outcome = std::thread::scope(|scope| {
             let (file, hashed) = (&file, &hashed);
-            let syncer = scope.spawn(move || {
-                while writeback.recv().is_ok() {
-                    rustix::fs::fdatasync(file)?;
-                }
-                rustix::fs::fsync(file)
-            });
+            let mut writeback = Writeback::start(scope, file);
             let copied = (|| {
                 let mut done = 0u64;
-                let mut since = 0u64;
                 let mut hashing: Option<std::thread::ScopedJoinHandle<'_, std::io::Result<()>>> = None;
                 while done < len {
                     let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(KERNEL_CHUNK);
@@ -354,19 +370,14 @@ impl<'a> TreeWriter<'a> {
                         Ok(())
                     }));
                     done += n as u64;
-                    since += n as u64;
-                    if since >= WRITEBACK_EVERY {
-                        since = 0;
-                        let _ = written.try_send(());
-                    }
+                    writeback.wrote(n as u64);
                 }
                 match hashing.take() {
                     Some(last) => join(last).map_err(CopyError::Io),
                     None => Ok(()),
                 }
             })();
-            drop(written);
-            let synced = syncer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let synced = writeback.finish();
             copied?;
             synced.map_err(|e| CopyError::Sync(e.into()))
         });
