@@ -180,6 +180,15 @@ fn archive_name(s3: &S3, key: &str) -> String {
     format!("v1/{key}/{}.tar.zst", manifest(s3, key)["digest"].as_str().expect("digest"))
 }
 
+/// Put `archive` in place of `key`'s, with its length in the manifest,
+/// as someone with write access to the bucket could.
+fn plant(s3: &S3, key: &str, archive: &[u8]) {
+    let mut edited = manifest(s3, key);
+    edited["archive_size"] = archive.len().into();
+    s3.put(&archive_name(s3, key), archive);
+    s3.put(&format!("v1/{key}/manifest.json"), &serde_json::to_vec(&edited).expect("json"));
+}
+
 fn staging_is_empty(root: &Path) -> bool {
     std::fs::read_dir(root.join(".staging")).map_or(true, |mut d| d.next().is_none())
 }
@@ -279,10 +288,7 @@ fn tampered_truncated_and_escaping_archives_are_rejected_and_leave_nothing() {
     // Another entry's archive in its place, its length in the manifest:
     // it unpacks, and its digest gives it away.
     let swapped = s3.get(&archive_name(&s3, "other"));
-    let mut edited = manifest(&s3, "good");
-    edited["archive_size"] = swapped.len().into();
-    s3.put(&archive_name(&s3, "good"), &swapped);
-    s3.put("v1/good/manifest.json", &serde_json::to_vec(&edited).expect("json"));
+    plant(&s3, "good", &swapped);
     rejected(&s3, "swapped", "its entry.json is unusable");
     restore(&s3);
 
@@ -292,10 +298,7 @@ fn tampered_truncated_and_escaping_archives_are_rejected_and_leave_nothing() {
     let at = tar.windows(8).position(|w| w == b"payload\n").expect("the payload");
     tar[at..at + 8].copy_from_slice(b"PAYLOAD\n");
     let tampered = zstd::encode_all(&tar[..], 3).expect("compress");
-    let mut edited = manifest(&s3, "good");
-    edited["archive_size"] = tampered.len().into();
-    s3.put(&archive_name(&s3, "good"), &tampered);
-    s3.put("v1/good/manifest.json", &serde_json::to_vec(&edited).expect("json"));
+    plant(&s3, "good", &tampered);
     rejected(&s3, "tampered", "does not match its manifest's digest");
     restore(&s3);
 
@@ -326,10 +329,7 @@ fn tampered_truncated_and_escaping_archives_are_rejected_and_leave_nothing() {
 
     // An archive whose member climbs out of the entry, packed by hand.
     let escaping = escaping_archive();
-    let mut edited = manifest(&s3, "good");
-    edited["archive_size"] = escaping.len().into();
-    s3.put(&archive_name(&s3, "good"), &escaping);
-    s3.put("v1/good/manifest.json", &serde_json::to_vec(&edited).expect("json"));
+    plant(&s3, "good", &escaping);
     rejected(&s3, "escaping", "not a plain relative path");
     assert!(!dir.0.join("escaping/evil").exists() && !dir.0.join("evil").exists(), "nothing written outside");
 }
