@@ -3,7 +3,9 @@
 //!
 //! - **push**: `Cache::push` of a one-file entry (pack as tar + zstd while
 //!   reading and digesting, multipart upload, manifest) against opendal's
-//!   writer streaming the same file up in the same 8 MiB parts;
+//!   writer streaming the same file up in the same 8 MiB parts, and against
+//!   that followed by a second, manifest-sized object (a push's two
+//!   requests);
 //! - **pull**: `Cache::pull` into an empty cache (download, unpack, digest,
 //!   fsync, publish) against opendal's reader streaming the object into a
 //!   file that is then fsynced.
@@ -24,6 +26,10 @@ use lockyard_cache::{Cache, CacheOptions, Remote};
 
 const BUCKET: &str = "lockyard-bench";
 const PART: usize = 8 << 20;
+/// As the cache does: one part on the wire while the next is handled.
+const IN_FLIGHT: usize = 2;
+/// About the size of a manifest the cache writes.
+const MANIFEST_BYTES: usize = 300;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -91,9 +97,12 @@ fn main() {
         // The order matters: pulls read what pushes wrote.
         let push = run("push");
         let put = run("anchor-put");
+        let put_both = run("anchor-put-both");
         let pull = run("pull");
         let get = run("anchor-get");
-        for (op, ours, theirs) in [("push", push, put), ("pull", pull, get)] {
+        for (op, ours, theirs) in
+            [("push", push, put), ("push (anchor: archive + manifest)", push, put_both), ("pull", pull, get)]
+        {
             println!(
                 "| {label} | {op} | {:.1?} | {:.1?} | **{:.2}x** | {} MiB | {} MiB |",
                 ours.0,
@@ -147,6 +156,13 @@ fn child(args: &[String]) {
                 started = Instant::now();
                 anchor_put(&op, &case.join("src/data"));
             }
+            "anchor-put-both" => {
+                let op = remote(format!("b{round}"));
+                started = Instant::now();
+                anchor_put(&op, &case.join("src/data"));
+                // A manifest's worth of bytes, written after, as a push does.
+                op.operator().write("manifest", vec![b'm'; MANIFEST_BYTES]).expect("write");
+            }
             "anchor-get" => {
                 let op = remote(format!("a{round}"));
                 started = Instant::now();
@@ -169,7 +185,8 @@ fn child(args: &[String]) {
 /// opendal alone: stream a file up in 8 MiB parts.
 fn anchor_put(remote: &Remote, file: &Path) {
     let op = remote.operator();
-    let options = opendal::options::WriteOptions { chunk: Some(PART), concurrent: 1, ..Default::default() };
+    let options =
+        opendal::options::WriteOptions { chunk: Some(PART), concurrent: IN_FLIGHT, ..Default::default() };
     let mut writer = op.writer_options("object", options).expect("writer").into_std_write();
     let mut source = std::fs::File::open(file).expect("open");
     let mut buf = vec![0u8; 1 << 20];
@@ -187,7 +204,8 @@ fn anchor_put(remote: &Remote, file: &Path) {
 fn anchor_get(remote: &Remote, file: &Path) {
     let op = remote.operator();
     let length = op.stat("object").expect("stat").content_length();
-    let options = opendal::options::ReaderOptions { chunk: Some(PART), concurrent: 1, ..Default::default() };
+    let options =
+        opendal::options::ReaderOptions { chunk: Some(PART), concurrent: IN_FLIGHT, ..Default::default() };
     let mut reader =
         op.reader_options("object", options).and_then(|r| r.into_std_read(0..length)).expect("reader");
     let mut out = std::fs::File::create(file).expect("create");

@@ -21,18 +21,20 @@
 //!
 //! # Push
 //!
-//! With the entry held for reading: if a manifest exists, nothing is
-//! sent (the first writer of a key wins). Otherwise the archive is packed
-//! straight from the entry into a multipart upload; if its digest is not
-//! the one in `entry.json` the upload is abandoned (the local entry is
-//! corrupt). Then the manifest is written. Both writes carry
-//! `If-None-Match: *` where the service supports it (S3 does): a second
-//! host racing the same key sends an archive of its own digest, and only
-//! one manifest wins. Without conditional writes the last manifest
-//! wins; each names its own archive, so a reader still gets a pair that
-//! belongs together. A push that dies between the two leaves an archive
-//! without a manifest, which no reader trusts and the next push of the
-//! same build reuses.
+//! With the entry held for reading, the archive is packed straight from
+//! it into a multipart upload; if its digest is not the one in
+//! `entry.json` the upload is abandoned (the local entry is corrupt).
+//! Then the manifest is written. Both writes carry `If-None-Match: *`
+//! where the service supports it (S3 does), so the first manifest of a key
+//! wins; a push that loses deletes its archive, which it created and no
+//! manifest names. An entry larger than one part first asks for the
+//! manifest and sends nothing if there is one; for a smaller one the
+//! question costs as much as the upload. Without conditional writes the
+//! manifest is always asked for first, and the last of two racing
+//! manifests wins; each names its own archive, so a reader still gets a
+//! pair that belongs together. A push that dies between the two writes
+//! leaves an archive without a manifest, which no reader trusts and the
+//! next push of the same build reuses.
 //!
 //! # Pull
 //!
@@ -71,6 +73,9 @@ const MANIFEST: &str = "manifest.json";
 const MAX_MANIFEST: u64 = 64 << 10;
 /// Upload and download in parts of this size (S3's minimum part is 5 MiB).
 const CHUNK: usize = 8 << 20;
+/// Parts in flight at once: one moves over the network while the next is
+/// packed or unpacked.
+const IN_FLIGHT: usize = 2;
 /// zstd's window, and the largest a pulled archive may ask for: bounds
 /// the decoder's memory whatever the archive says.
 const WINDOW_LOG: u32 = 23;
@@ -319,7 +324,7 @@ impl Remote {
         WriteOptions {
             if_not_exists: self.conditional,
             chunk: Some(CHUNK),
-            concurrent: 1,
+            concurrent: IN_FLIGHT,
             ..WriteOptions::default()
         }
     }
@@ -428,7 +433,13 @@ impl Cache {
     pub(crate) fn push_entry(&self, remote: &Remote, guard: &EntryGuard) -> Result<Pushed, CacheError> {
         let key = guard.key();
         let meta = guard.meta();
-        if let Some(there) = remote.manifest(key)? {
+        // Asking first costs a request and saves an upload only if the key
+        // is there already, which the conditional manifest write finds out
+        // anyway. So ask only when the upload is larger than that request,
+        // or when nothing else keeps the first writer's manifest.
+        if (meta.size > CHUNK as u64 || !remote.conditional)
+            && let Some(there) = remote.manifest(key)?
+        {
             return Ok(if there.digest == meta.digest {
                 Pushed::Present
             } else {
@@ -442,7 +453,8 @@ impl Cache {
             });
         };
         let archive = archive_path(key, &meta.digest);
-        let (archive_size, dirs) = match self.upload_archive(remote, guard, &dir, &archive)? {
+        let uploaded = self.upload_archive(remote, guard, &dir, &archive)?;
+        let (archive_size, dirs) = match uploaded {
             Some(done) => done,
             // An archive of this digest is there already: a push that died
             // before its manifest, or a racing host with the same bytes.
@@ -478,7 +490,17 @@ impl Cache {
         match remote.op.write_options(&manifest_path(key), bytes, options) {
             Ok(_) => Ok(Pushed::Uploaded { archive_size }),
             Err(e) if e.kind() == ErrorKind::ConditionNotMatch => match remote.manifest(key)? {
-                Some(there) if there.digest != meta.digest => Ok(Pushed::Kept { digest: there.digest }),
+                Some(there) if there.digest != meta.digest => {
+                    // Another host won the key while we uploaded. The
+                    // archive is ours (its conditional write succeeded) and
+                    // no manifest names it: remove it rather than leave it.
+                    if uploaded.is_some()
+                        && let Err(e) = remote.op.delete(&archive)
+                    {
+                        tracing::warn!(archive, error = %e, "could not remove an archive no manifest names");
+                    }
+                    Ok(Pushed::Kept { digest: there.digest })
+                }
                 _ => Ok(Pushed::Present),
             },
             Err(e) => Err(remote.failed("write", e)),
@@ -583,7 +605,7 @@ impl Cache {
         let path = slot.path();
         let dir = dirfd::open_dir(&self.staging, slot.name.as_str())
             .map_err(|e| CacheError::io(&path, "open", e))?;
-        let options = ReaderOptions { chunk: Some(CHUNK), concurrent: 1, ..ReaderOptions::default() };
+        let options = ReaderOptions { chunk: Some(CHUNK), concurrent: IN_FLIGHT, ..ReaderOptions::default() };
         // Exactly the declared length is read: a longer object is never
         // read past it, and a shorter one fails the read (opendal checks
         // that a range comes back whole).

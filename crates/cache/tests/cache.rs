@@ -614,6 +614,38 @@ fn a_directory_remote_shares_entries_between_two_roots() {
     assert!(staging_is_empty(&b));
 }
 
+/// Two hosts racing one key: the second's upload loses at the manifest,
+/// keeps the first's build, and removes the archive it sent, which no
+/// manifest names.
+#[cfg(feature = "remote")]
+#[test]
+fn a_push_that_loses_the_key_removes_its_archive() {
+    use lockyard_cache::{Pushed, Remote};
+    let dir = Scratch::new("remote-race");
+    let shared = dir.0.join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    let url = format!("file://{}", shared.display());
+    let with_remote = |name: &str| {
+        let remote = Remote::open(&url, Duration::from_secs(10)).expect("remote");
+        Cache::open(dir.0.join(name), CacheOptions::new().remote(remote).require_remote(true)).expect("open")
+    };
+    let (a, b) = (with_remote("a"), with_remote("b"));
+    let first = a.store("k", writes("first")).expect("store").meta().digest.clone();
+    // b built the key on its own (it never looked at the remote).
+    let b_local = Cache::open(dir.0.join("b"), CacheOptions::new()).expect("open");
+    let second = b_local.store("k", writes("second")).expect("store").meta().digest.clone();
+    assert_ne!(first, second);
+    assert_eq!(b.push("k").expect("push"), Some(Pushed::Kept { digest: first.clone() }));
+    let mut names: Vec<String> = std::fs::read_dir(shared.join("v1/k"))
+        .expect("the key's objects")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    assert_eq!(names, [format!("{first}.tar.zst"), "manifest.json".to_owned()]);
+    let pulled = with_remote("c").lookup("k").expect("lookup").expect("pulled");
+    assert_eq!(pulled.meta().digest, first);
+}
+
 /// Large files take `put`'s in-kernel copy (digested by reading the copy
 /// back): the digest must still be the walk's, byte for byte.
 #[test]
