@@ -62,7 +62,7 @@ fn main() {
     assert!(made.success(), "create the bucket");
 
     let sizes: &[(usize, &str, usize)] =
-        if smoke { &[(1 << 20, "1MiB", 1)] } else { &[(1 << 20, "1MiB", 9), (256 << 20, "256MiB", 3)] };
+        if smoke { &[(1 << 20, "1MiB", 1)] } else { &[(1 << 20, "1MiB", 31), (256 << 20, "256MiB", 3)] };
     println!("| entry | op | lockyard | opendal alone | ratio | lockyard peak RSS | opendal peak RSS |");
     println!("|---|---|---|---|---|---|---|");
     for &(size, label, rounds) in sizes {
