@@ -23,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockyard_cache::{Cache, CacheOptions, Remote};
+use lockyard_test_support::s3::Moto;
 
 const BUCKET: &str = "lockyard-bench";
 const PART: usize = 8 << 20;
@@ -40,27 +41,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("lockyard-bench-remote-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let mut server = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto's S3 server (cargo xtask deps installs it)");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let made = Command::new("python3")
-        .args(["-c", &format!(
-            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', \
-             aws_access_key_id='k', aws_secret_access_key='s').create_bucket(Bucket='{BUCKET}')"
-        )])
-        .status()
-        .expect("boto3");
-    assert!(made.success(), "create the bucket");
-
+    assert!(Moto::available(), "needs moto's S3 server (cargo xtask deps installs it)");
+    let server = Moto::start(&dir, BUCKET);
     let sizes: &[(usize, &str, usize)] =
         if smoke { &[(1 << 20, "1MiB", 1)] } else { &[(1 << 20, "1MiB", 31), (256 << 20, "256MiB", 3)] };
     println!("| entry | op | lockyard | opendal alone | ratio | lockyard peak RSS | opendal peak RSS |");
@@ -82,7 +64,7 @@ fn main() {
         let run = |op: &str| -> (Duration, u64) {
             let out = Command::new(std::env::current_exe().expect("self"))
                 .args(["--child", op, &case.display().to_string(), &rounds.to_string(), label])
-                .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+                .env("AWS_ENDPOINT_URL", server.endpoint())
                 .env("AWS_REGION", "us-east-1")
                 .env("AWS_ACCESS_KEY_ID", "k")
                 .env("AWS_SECRET_ACCESS_KEY", "s")
@@ -113,8 +95,7 @@ fn main() {
             );
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,9 +3,10 @@
 //! 127.0.0.1 for each test and stopped after. Two cache roots stand for
 //! two hosts sharing one bucket.
 
+use lockyard_test_support::s3::Moto;
 use lockyard_test_support::{Scratch, skip};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,66 +16,17 @@ use serde_json::Value;
 const LOCKYARD: &str = env!("CARGO_BIN_EXE_lockyard");
 const BUCKET: &str = "lockyard-test";
 
-/// A moto S3 server on a port of its own, killed on drop.
-struct S3 {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
+/// A moto S3 server holding the test bucket, killed on drop.
+struct S3(Moto);
 
 impl S3 {
     /// Start one, or say why not (counted as a skip).
     fn start(dir: &Scratch) -> Option<S3> {
-        let has_moto = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has_moto {
+        if !Moto::available() {
             skip("needs moto's S3 server (pip install 'moto[server]'; cargo xtask ci installs it)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let log = dir.0.join(format!("moto-{port}.log"));
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start moto");
-        let s3 = S3 { child, port, log };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "moto did not start: {}", s3.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(s3.http("PUT", &format!("/{BUCKET}"), &[]).0, 200, "create the bucket");
-        Some(s3)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// One plain HTTP request (moto takes unsigned ones): status, body.
-    fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.port,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("send");
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).expect("receive");
-        let split = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-        let head = String::from_utf8_lossy(&reply[..split]).into_owned();
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
-        let mut body = reply[split..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
-        (status, body)
+        Some(S3(Moto::start(&dir.0, BUCKET)))
     }
 
     /// An object under the test prefix, read with boto3 (moto's own
@@ -95,7 +47,7 @@ impl S3 {
              s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', \
              aws_access_key_id='lockyard-test-key', aws_secret_access_key='lockyard-test-secret')\n\
              B, K = '{BUCKET}', 'team/{object}'\n{action}\n",
-            self.port
+            self.0.port
         );
         let mut child = Command::new("python3")
             .args(["-c", &script])
@@ -121,24 +73,18 @@ impl S3 {
     }
 
     fn command(&self, root: &Path, args: &[&str]) -> Command {
-        let mut command = cache_via(root, &self.url(), self.port);
+        let mut command = cache_via(root, &self.url(), self.0.port);
         command.args(args);
         command
     }
 
     /// How many GETs of `key`'s archive the server has answered.
     fn archive_downloads(&self, key: &str) -> usize {
-        self.log_text()
+        self.0
+            .log_text()
             .lines()
             .filter(|l| l.contains("\"GET ") && l.contains(&format!("/v1/{key}/")) && l.contains(".tar.zst"))
             .count()
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -160,20 +106,6 @@ fn cache_via(root: &Path, url: &str, port: u16) -> Command {
         .env_remove("LOCKYARD_LOG")
         .stdin(Stdio::null());
     command
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").expect("chunk size");
-        let size = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).expect("hex").trim(), 16)
-            .expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
-        body = &body[line_end + 2 + size + 2..];
-    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -393,7 +325,7 @@ fn concurrent_ensures_on_one_host_make_one_download() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), host.join("k").display().to_string());
     }
-    assert_eq!(s3.archive_downloads("k"), 1, "one download for eight callers: {}", s3.log_text());
+    assert_eq!(s3.archive_downloads("k"), 1, "one download for eight callers: {}", s3.0.log_text());
 }
 
 #[test]
@@ -415,8 +347,7 @@ fn a_server_gone_mid_pull_leaves_no_entry_and_sweep_leaves_no_debris() {
     while s3.archive_downloads("big") == 0 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = s3.child.kill();
-    let _ = s3.child.wait();
+    s3.0.kill();
     let out = pull.wait_with_output().expect("wait");
     // A pull that finished before the kill is not a failure of the test's
     // making; it would have to be faster than one 8 MiB part, though.

@@ -13,6 +13,7 @@
 
 pub mod held;
 pub mod images;
+pub mod s3;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
