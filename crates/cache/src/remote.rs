@@ -266,14 +266,13 @@ impl Remote {
             return Err(rejected("a manifest larger than 64 KiB"));
         }
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|_| rejected("not a manifest"))?;
-        let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if manifest.schema != MANIFEST_SCHEMA {
             return Err(rejected(&format!(
                 "manifest schema {}; this lockyard reads {MANIFEST_SCHEMA}",
                 manifest.schema
             )));
         }
-        if manifest.key != key || !hex(&manifest.digest) {
+        if manifest.key != key || !is_digest(&manifest.digest) {
             return Err(rejected("a manifest for another key, or without a digest"));
         }
         Ok(Some(manifest))
@@ -311,6 +310,43 @@ impl Remote {
             .collect())
     }
 
+    /// Remove `key` from the remote: its manifest first, so no reader
+    /// trusts what follows, then every archive of the key. Only objects
+    /// named as this crate names them are touched. Returns how many
+    /// objects went, 0 if the remote holds nothing of `key`.
+    ///
+    /// This is how a bad build is taken back: the first push of a key
+    /// wins, so a replacement can be pushed only once the key is gone.
+    /// A push of the key racing this may still land after it.
+    ///
+    /// # Errors
+    /// [`CacheError::Remote`] if the remote fails; what was removed
+    /// before the failure stays removed.
+    pub fn remove(&self, key: &str) -> Result<usize, CacheError> {
+        check_key(key)?;
+        let dir = format!("{LAYOUT}/{key}/");
+        let options = ListOptions { recursive: false, ..ListOptions::default() };
+        let listed = match self.op.list_options(&dir, options) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(self.failed("list", e)),
+        };
+        let mut ours: Vec<String> = listed
+            .iter()
+            .filter_map(|e| e.path().strip_prefix(&dir))
+            .filter(|name| {
+                *name == MANIFEST || name.strip_suffix(".tar.zst").is_some_and(is_digest)
+            })
+            .map(|name| format!("{dir}{name}"))
+            .collect();
+        // The manifest first.
+        ours.sort_by_key(|path| !path.ends_with(MANIFEST));
+        for path in &ours {
+            self.op.delete(path).map_err(|e| self.failed("delete", e))?;
+        }
+        Ok(ours.len())
+    }
+
     /// The URL of an object, for messages.
     fn object(&self, path: &str) -> PathBuf {
         PathBuf::from(format!("{}/{path}", self.url.trim_end_matches('/')))
@@ -336,6 +372,11 @@ fn manifest_path(key: &str) -> String {
 
 fn archive_path(key: &str, digest: &str) -> String {
     format!("{LAYOUT}/{key}/{digest}.tar.zst")
+}
+
+/// Whether `s` is a digest as entries record it: 64 lowercase hex digits.
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Whether an I/O error from opendal's writer is a failed condition: the
@@ -606,6 +647,12 @@ impl Cache {
         let dir = dirfd::open_dir(&self.staging, slot.name.as_str())
             .map_err(|e| CacheError::io(&path, "open", e))?;
         let options = ReaderOptions { chunk: Some(CHUNK), concurrent: IN_FLIGHT, ..ReaderOptions::default() };
+        let gone = || CacheError::Rejected {
+            path: remote.object(archive),
+            reason: "its manifest names an archive that is not there (`lockyard cache remote remove` \
+                     clears the key)"
+                .to_owned(),
+        };
         // Exactly the declared length is read: a longer object is never
         // read past it, and a shorter one fails the read (opendal checks
         // that a range comes back whole).
@@ -615,12 +662,7 @@ impl Cache {
             .and_then(|r| r.into_std_read(0..manifest.archive_size))
         {
             Ok(reader) => reader,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(CacheError::Rejected {
-                    path: remote.object(archive),
-                    reason: "its manifest names an archive that is not there".to_owned(),
-                });
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(gone()),
             Err(e) => return Err(remote.failed("download", e)),
         };
         let fetched = Arc::new(std::sync::Mutex::new(None));
@@ -628,11 +670,11 @@ impl Cache {
         let rejected =
             |why: &str| CacheError::Rejected { path: remote.object(archive), reason: why.to_owned() };
         // A transport failure surfaces as a format error further up: say
-        // which it was.
-        // A short object is told apart from a transport failure by its
-        // length, asked only then.
+        // which it was. A short or missing object is told apart from a
+        // transport failure by a stat, made only then.
         let explain = |e: CacheError| match fetched.lock().map(|mut f| f.take()) {
             Ok(Some(cause)) => match remote.op.stat(archive).map(|m| m.content_length()) {
+                Err(e) if e.kind() == ErrorKind::NotFound => gone(),
                 Ok(length) if length < manifest.archive_size => CacheError::Rejected {
                     path: remote.object(archive),
                     reason: format!(

@@ -37,11 +37,14 @@ pub(crate) fn cache(args: &CacheArgs) -> Outcome {
         Some(url) => Some(Remote::open(url, args.remote_timeout)?),
         None => None,
     };
-    if let CacheCommand::Remote { command: RemoteCommand::List { json } } = &args.command {
+    if let CacheCommand::Remote { command } = &args.command {
         let Some(remote) = remote else {
             bail!("no remote: give --remote URL or set LOCKYARD_CACHE_REMOTE");
         };
-        return remote_list(&remote, *json);
+        return match command {
+            RemoteCommand::List { json } => remote_list(&remote, *json),
+            RemoteCommand::Remove { keys } => remote_remove(&remote, keys),
+        };
     }
     if matches!(args.command, CacheCommand::Push { .. } | CacheCommand::Pull { .. }) && remote.is_none() {
         bail!("no remote: give --remote URL or set LOCKYARD_CACHE_REMOTE");
@@ -487,6 +490,20 @@ fn remote_list(remote: &Remote, json: bool) -> Outcome {
     ];
     emit(&table::render(&columns, &rows, Style { width: crate::stdout_width(), ..Style::default() }))?;
     Ok(Exit::SUCCESS)
+}
+
+fn remote_remove(remote: &Remote, keys: &[String]) -> Outcome {
+    let mut all = true;
+    for key in keys {
+        match remote.remove(key)? {
+            0 => {
+                eprintln!("lockyard: no entry {key:?} in {}", crate::escape(remote.url()));
+                all = false;
+            }
+            n => emit(&format!("removed {key} ({n} objects)\n"))?,
+        }
+    }
+    Ok(Exit::answer(all))
 }
 
 /// A build command that exited non-zero (or was killed): its status is

@@ -93,7 +93,9 @@ pub(crate) fn sentence(err: &anyhow::Error) -> String {
 }
 
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    if is_busy(err) {
+    // The remote's own errors carry I/O kinds about objects, not files.
+    let remote = err.chain().any(|e| matches!(e.downcast_ref(), Some(CacheError::Remote { .. })));
+    if is_busy(err) || remote {
         return None;
     }
     let io = err.chain().find_map(|e| e.downcast_ref::<std::io::Error>())?;

@@ -41,6 +41,11 @@ impl S3 {
         self.boto("s3.put_object(Bucket=B, Key=K, Body=sys.stdin.buffer.read())", object, body);
     }
 
+    /// Delete an object under the test prefix.
+    fn delete(&self, object: &str) {
+        self.boto("s3.delete_object(Bucket=B, Key=K)", object, &[]);
+    }
+
     fn boto(&self, action: &str, object: &str, input: &[u8]) -> Vec<u8> {
         let script = format!(
             "import sys, boto3\n\
@@ -189,6 +194,41 @@ fn a_build_is_pushed_and_a_second_host_pulls_it_instead_of_building() {
     assert_eq!(text(&pull.stdout).trim(), host_c.join("tree").display().to_string());
     let missing = s3.cache(&host_c, &["pull", "nobody"]);
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing.stderr));
+}
+
+#[test]
+fn a_bad_build_is_taken_back_with_remote_remove_and_replaced() {
+    let dir = Scratch::new("remote-remove");
+    let Some(s3) = S3::start(&dir) else { return };
+    let build = |what: &str| format!("echo {what} > \"$LOCKYARD_STAGING/out\"");
+    let bad = s3.cache(&dir.0.join("a"), &["ensure", "k", "--build", &build("bad")]);
+    assert!(bad.status.success(), "{}", text(&bad.stderr));
+    s3.put("v1/k/notes.txt", b"not the cache's");
+
+    let removed = s3.cache(&dir.0.join("a"), &["remote", "remove", "k"]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert_eq!(text(&removed.stdout), "removed k (2 objects)\n");
+    assert_eq!(s3.get("v1/k/notes.txt"), b"not the cache's", "only the cache's objects go");
+    let listed = s3.cache(&dir.0.join("a"), &["remote", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(listed["entries"], serde_json::json!([]));
+
+    // The key is free again: the next build pushed wins.
+    let good = s3.cache(&dir.0.join("b"), &["ensure", "k", "--build", &build("good")]);
+    assert!(good.status.success(), "{}", text(&good.stderr));
+    let pulled = s3.cache(&dir.0.join("c"), &["pull", "k"]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    assert_eq!(std::fs::read_to_string(dir.0.join("c/k/out")).expect("out"), "good\n");
+
+    // A manifest whose archive is gone is refused, and removable.
+    s3.delete(&archive_name(&s3, "k"));
+    let orphan = s3.cache(&dir.0.join("d"), &["--require-remote", "pull", "k"]);
+    assert_eq!(orphan.status.code(), Some(2), "{}", text(&orphan.stderr));
+    assert!(text(&orphan.stderr).contains("not there"), "{}", text(&orphan.stderr));
+    let some_missing = s3.cache(&dir.0.join("d"), &["remote", "remove", "k", "never-pushed"]);
+    assert_eq!(some_missing.status.code(), Some(1), "{}", text(&some_missing.stderr));
+    assert_eq!(text(&some_missing.stdout), "removed k (1 objects)\n");
+    assert!(text(&some_missing.stderr).contains("\"never-pushed\""), "{}", text(&some_missing.stderr));
 }
 
 #[test]
