@@ -8,7 +8,9 @@
 //! - [`flock`] (`lockyard-flock`): hardened lock files, flock/OFD locks,
 //!   prompt cancellable waits, exact holders, pidfiles, the host-wide lock
 //!   listing.
-//! - [`cache`] (`lockyard-cache`): crash-safe shared on-disk cache.
+//! - [`cache`] (`lockyard-cache`): crash-safe shared on-disk cache; its
+//!   remote tier on S3 or a shared directory comes with the `remote`
+//!   feature.
 //! - [`kvm`] (`lockyard-kvm`): KVM preflight and kernel-image resolution.
 //! - [`topo`] (`lockyard-topo`): host CPU topology and reservations.
 //!
