@@ -334,9 +334,7 @@ impl Remote {
         let mut ours: Vec<String> = listed
             .iter()
             .filter_map(|e| e.path().strip_prefix(&dir))
-            .filter(|name| {
-                *name == MANIFEST || name.strip_suffix(".tar.zst").is_some_and(is_digest)
-            })
+            .filter(|name| *name == MANIFEST || name.strip_suffix(".tar.zst").is_some_and(is_digest))
             .map(|name| format!("{dir}{name}"))
             .collect();
         // The manifest first.

@@ -661,11 +661,10 @@ pub enum RemoteCommand {
     /// Remove keys from the remote: the manifest, then every archive of
     /// the key. This is how a bad build is taken back, since a key's
     /// first push wins.
-    #[command(
-        after_help = "The local cache is not touched. Only objects named as lockyard names them         (v1/KEY/manifest.json and v1/KEY/DIGEST.tar.zst) are removed; anything else under the prefix         stays. A push of KEY running at the same time may land after the removal.
-
-        Exit status: 0 if every KEY was removed, 1 if the remote held nothing of one, 2 on error."
-    )]
+    #[command(after_help = "The local cache is not touched. Only objects named as lockyard names them \
+        (v1/KEY/manifest.json and v1/KEY/DIGEST.tar.zst) are removed; anything else under the prefix \
+        stays. A push of KEY running at the same time may land after the removal.\n\n\
+        Exit status: 0 if every KEY was removed, 1 if the remote held nothing of one, 2 on error.")]
     Remove {
         /// The keys to remove.
         #[arg(required = true, value_name = "KEY")]
