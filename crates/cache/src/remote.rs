@@ -144,6 +144,13 @@ pub enum Pushed {
     },
 }
 
+impl Pushed {
+    /// What a push of `digest` amounts to when the remote holds `there`.
+    fn against(there: Manifest, digest: &str) -> Pushed {
+        if there.digest == digest { Pushed::Present } else { Pushed::Kept { digest: there.digest } }
+    }
+}
+
 impl Remote {
     /// Open the remote at `url`: `s3://BUCKET[/PREFIX]` or
     /// `file:///PATH`. Every request, and every wait for data within one,
@@ -479,11 +486,7 @@ impl Cache {
         if (meta.size > CHUNK as u64 || !remote.conditional)
             && let Some(there) = remote.manifest(key)?
         {
-            return Ok(if there.digest == meta.digest {
-                Pushed::Present
-            } else {
-                Pushed::Kept { digest: there.digest }
-            });
+            return Ok(Pushed::against(there, &meta.digest));
         }
         let Some(dir) = self.entry_dir(key)? else {
             return Err(CacheError::Corrupt {
@@ -495,9 +498,13 @@ impl Cache {
         let uploaded = self.upload_archive(remote, guard, &dir, &archive)?;
         let (archive_size, dirs) = match uploaded {
             Some(done) => done,
-            // An archive of this digest is there already: a push that died
-            // before its manifest, or a racing host with the same bytes.
+            // An archive of this digest is there already: most often this
+            // very build, pushed before; else a push that died before its
+            // manifest, or a racing host with the same bytes.
             None => {
+                if let Some(there) = remote.manifest(key)? {
+                    return Ok(Pushed::against(there, &meta.digest));
+                }
                 let size = remote.op.stat(&archive).map_err(|e| remote.failed("stat", e))?.content_length();
                 let mut digest = Digest::default();
                 entry::visit(

@@ -600,6 +600,12 @@ fn a_directory_remote_shares_entries_between_two_roots() {
     let digest = stored.meta().digest.clone();
     drop(stored);
     assert_eq!(a.push("k").expect("push"), Some(Pushed::Present));
+    // A push that died between archive and manifest: the next push of the
+    // same build reuses the archive and writes the manifest.
+    let archive = dir.0.join(format!("shared/v1/k/{digest}.tar.zst"));
+    let archive_size = std::fs::metadata(&archive).expect("the archive").len();
+    std::fs::remove_file(dir.0.join("shared/v1/k/manifest.json")).expect("remove the manifest");
+    assert_eq!(a.push("k").expect("push"), Some(Pushed::Uploaded { archive_size }));
     let found = b.lookup("k").expect("lookup").expect("pulled on a miss");
     assert_eq!(found.meta().digest, digest);
     assert_eq!(found.meta().user["text"], "shared");
