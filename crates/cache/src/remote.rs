@@ -23,7 +23,7 @@
 //!
 //! With the entry held for reading, the archive is packed straight from
 //! it into a multipart upload; if its digest is not the one in
-//! `entry.json` the upload is abandoned (the local entry is corrupt).
+//! `entry.json` the upload is aborted (the local entry is corrupt).
 //! Then the manifest is written. Both writes carry `If-None-Match: *`
 //! where the service supports it (S3 does), so the first manifest of a key
 //! wins; a push that loses deletes its archive, which it created and no
@@ -87,10 +87,13 @@ const ZSTD_LEVEL: i32 = 3;
 pub struct Remote {
     url: Arc<str>,
     op: opendal::blocking::Operator,
+    /// The same operator, for the archive upload, which must be able to
+    /// abort (see [`Upload`]).
+    async_op: opendal::Operator,
     /// Whether writes can be made conditional (`If-None-Match: *`).
     conditional: bool,
-    /// opendal's blocking operator drives its I/O on this runtime.
-    _runtime: Arc<tokio::runtime::Runtime>,
+    /// Both operators drive their I/O on this runtime.
+    runtime: Arc<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -225,11 +228,12 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| bad(&e.to_string()))?;
+        let async_op = op.clone();
         let op = {
             let _entered = runtime.enter();
             opendal::blocking::Operator::new(op).map_err(|e| bad(&e.to_string()))?
         };
-        Ok(Remote { url: url.into(), op, conditional, _runtime: Arc::new(runtime) })
+        Ok(Remote { url: url.into(), op, async_op, conditional, runtime: Arc::new(runtime) })
     }
 
     /// The URL it was opened with.
@@ -382,14 +386,6 @@ fn archive_path(key: &str, digest: &str) -> String {
 /// Whether `s` is a digest as entries record it: 64 lowercase hex digits.
 fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Whether an I/O error from opendal's writer is a failed condition: the
-/// object exists already.
-fn exists_already(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<opendal::Error>())
-        .is_some_and(|e| e.kind() == ErrorKind::ConditionNotMatch)
 }
 
 impl Cache {
@@ -568,12 +564,11 @@ impl Cache {
             source: e.into(),
         };
         let writer = remote
-            .op
-            .writer_options(archive, remote.write_options())
-            .map_err(|e| remote.failed("upload", e))?
-            .into_std_write();
-        let counted = Counted { inner: writer, bytes: 0 };
-        let mut encoder = zstd::Encoder::new(counted, ZSTD_LEVEL).map_err(upload)?;
+            .runtime
+            .block_on(remote.async_op.writer_options(archive, remote.write_options()))
+            .map_err(|e| remote.failed("upload", e))?;
+        let sink = Upload { writer: Some(writer), runtime: &remote.runtime, bytes: 0 };
+        let mut encoder = zstd::Encoder::new(sink, ZSTD_LEVEL).map_err(upload)?;
         encoder.window_log(WINDOW_LOG - 1).map_err(upload)?;
         let mut packer = Packer {
             tar: tar::Builder::new(encoder),
@@ -591,7 +586,7 @@ impl Cache {
         entry::visit(dir, &guard.path, Walk { sync: false, skip_metadata: true }, &mut packer, &mut |_| {})?;
         let walked = packer.digest.finish();
         if walked.digest != guard.meta.digest || walked.size != guard.meta.size {
-            // Dropped unfinished: the upload is never completed.
+            // Dropped unfinished: the upload is aborted.
             return Err(CacheError::Corrupt {
                 path: guard.path.clone(),
                 reason: CorruptReason::DigestMismatch,
@@ -599,11 +594,12 @@ impl Cache {
         }
         let dirs = packer.digest.counts().2;
         let encoder = packer.tar.into_inner().map_err(upload)?;
-        let mut counted = encoder.finish().map_err(upload)?;
-        match counted.inner.close() {
-            Ok(()) => Ok(Some((counted.bytes, dirs))),
-            Err(e) if exists_already(&e) => Ok(None),
-            Err(e) => Err(upload(e)),
+        let sink = encoder.finish().map_err(upload)?;
+        let bytes = sink.bytes;
+        match sink.close() {
+            Ok(()) => Ok(Some((bytes, dirs))),
+            Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(None),
+            Err(e) => Err(remote.failed("upload", e)),
         }
     }
 
@@ -842,21 +838,67 @@ impl<R: Read> Read for Tee<'_, R> {
     }
 }
 
-/// Counts the bytes written through it.
-struct Counted<W> {
-    inner: W,
+/// The archive's upload, written from this thread through opendal's async
+/// writer, which (unlike the blocking one) can abort. Dropped unclosed, it
+/// aborts: an upload given up on (a digest mismatch, a local read error)
+/// leaves no unfinished multipart upload behind. One the remote failed is
+/// dropped without asking it anything more, as it would likely not answer;
+/// those, and crashes, are left to the bucket's lifecycle rule.
+struct Upload<'a> {
+    writer: Option<opendal::Writer>,
+    runtime: &'a tokio::runtime::Runtime,
+    /// Bytes written so far: the archive's length once closed.
     bytes: u64,
 }
 
-impl<W: Write> Write for Counted<W> {
+impl Upload<'_> {
+    fn close(mut self) -> Result<(), opendal::Error> {
+        let Some(mut writer) = self.writer.take() else {
+            return Err(opendal::Error::new(ErrorKind::Unexpected, "the upload failed already"));
+        };
+        let closed = self.runtime.block_on(writer.close()).map(drop);
+        if closed.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConditionNotMatch) {
+            // The object exists already; the server is answering, so the
+            // parts sent for nothing can go.
+            let _ = self.runtime.block_on(writer.abort());
+        }
+        self.discard(writer);
+        closed
+    }
+
+    /// Drop the writer where its tasks run.
+    fn discard(&self, writer: opendal::Writer) {
+        self.runtime.block_on(async move { drop(writer) });
+    }
+}
+
+impl Write for Upload<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(std::io::Error::other("the upload failed already"));
+        };
+        if let Err(e) = self.runtime.block_on(writer.write(buf.to_vec())) {
+            if let Some(writer) = self.writer.take() {
+                self.discard(writer);
+            }
+            return Err(std::io::Error::other(e));
+        }
+        self.bytes += buf.len() as u64;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        Ok(())
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        let Some(mut writer) = self.writer.take() else { return };
+        if let Err(e) = self.runtime.block_on(writer.abort()) {
+            tracing::debug!(error = %e, "could not abort an abandoned upload");
+        }
+        self.discard(writer);
     }
 }
 

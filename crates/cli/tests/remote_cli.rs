@@ -5,8 +5,9 @@
 
 use lockyard_test_support::s3::Moto;
 use lockyard_test_support::{Scratch, skip};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -229,6 +230,73 @@ fn a_bad_build_is_taken_back_with_remote_remove_and_replaced() {
     assert_eq!(some_missing.status.code(), Some(1), "{}", text(&some_missing.stderr));
     assert_eq!(text(&some_missing.stdout), "removed k (1 objects)\n");
     assert!(text(&some_missing.stderr).contains("\"never-pushed\""), "{}", text(&some_missing.stderr));
+}
+
+/// A local entry that no longer matches its digest is not published, and
+/// the multipart upload begun for it is aborted, not left on the bucket.
+#[test]
+fn a_corrupt_local_entry_is_not_pushed_and_its_upload_is_aborted() {
+    let dir = Scratch::new("remote-corrupt");
+    let Some(s3) = S3::start(&dir) else { return };
+    let host = dir.0.join("a");
+    let src = dir.0.join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    // Incompressible, so three parts: the upload is under way when the
+    // mismatch shows.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let data: Vec<u8> = (0..20 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(src.join("data"), &data).expect("write");
+    let put = Command::new(LOCKYARD)
+        .args(["cache", "--dir"])
+        .arg(&host)
+        .args(["put", "big"])
+        .arg(&src)
+        .env_remove("LOCKYARD_CACHE_REMOTE")
+        .output()
+        .expect("put");
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    let stored = host.join("big/data");
+    std::fs::set_permissions(&stored, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&stored).expect("open");
+    file.seek(std::io::SeekFrom::Start(19 << 20)).expect("seek");
+    file.write_all(&[!data[19 << 20]]).expect("flip a byte");
+    drop(file);
+
+    let pushed = s3.cache(&host, &["--require-remote", "push", "big"]);
+    assert_eq!(pushed.status.code(), Some(2), "{}", text(&pushed.stderr));
+    assert!(text(&pushed.stderr).contains("digest"), "{}", text(&pushed.stderr));
+    let started = s3.0.log_text().lines().filter(|l| l.contains("\"POST ") && l.contains("uploads")).count();
+    assert_eq!(started, 1, "a multipart upload was begun: {}", s3.0.log_text());
+    let open = s3.boto("print(len(s3.list_multipart_uploads(Bucket=B).get('Uploads', [])))", "", &[]);
+    assert_eq!(text(&open).trim(), "0", "no unfinished upload is left");
+    let objects = s3.boto("print(s3.list_objects_v2(Bucket=B).get('KeyCount'))", "", &[]);
+    assert_eq!(text(&objects).trim(), "0", "nothing was published");
+
+    // Repaired, it goes up. Then, as after a push that died before its
+    // manifest, the archive is there alone: the next push uploads the
+    // parts again, finds the archive there at the end, aborts them, and
+    // writes the manifest.
+    let mut file = std::fs::OpenOptions::new().write(true).open(&stored).expect("open");
+    file.seek(std::io::SeekFrom::Start(19 << 20)).expect("seek");
+    file.write_all(&[data[19 << 20]]).expect("restore the byte");
+    drop(file);
+    let pushed = s3.cache(&host, &["--require-remote", "push", "big"]);
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    s3.delete("v1/big/manifest.json");
+    let again = s3.cache(&host, &["--require-remote", "push", "big"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let started = s3.0.log_text().lines().filter(|l| l.contains("\"POST ") && l.contains("uploads")).count();
+    assert_eq!(started, 3, "{}", s3.0.log_text());
+    let open = s3.boto("print(len(s3.list_multipart_uploads(Bucket=B).get('Uploads', [])))", "", &[]);
+    assert_eq!(text(&open).trim(), "0", "no unfinished upload is left");
+    assert_eq!(manifest(&s3, "big")["key"], "big");
 }
 
 #[test]
