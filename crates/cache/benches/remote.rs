@@ -8,7 +8,10 @@
 //!   requests);
 //! - **pull**: `Cache::pull` into an empty cache (download, unpack, digest,
 //!   fsync, publish) against opendal's reader streaming the object into a
-//!   file that is then fsynced.
+//!   file that is then fsynced;
+//! - **local hit**: opening a cache with a remote set and finding the entry
+//!   locally, against the same without a remote: what a remote costs a
+//!   command that never needs it.
 //!
 //! Each side runs in a child process of its own (the S3 settings are
 //! passed in its environment) and reports its median time and its peak
@@ -44,7 +47,7 @@ fn main() {
     assert!(Moto::available(), "needs moto's S3 server (cargo xtask deps installs it)");
     let server = Moto::start(&dir, BUCKET);
     let sizes: &[(usize, &str, usize)] =
-        if smoke { &[(1 << 20, "1MiB", 1)] } else { &[(1 << 20, "1MiB", 31), (256 << 20, "256MiB", 3)] };
+        if smoke { &[(1 << 20, "1MiB", 1)] } else { &[(1 << 20, "1MiB", 31), (256 << 20, "256MiB", 5)] };
     println!("| entry | op | lockyard | opendal alone | ratio | lockyard peak RSS | opendal peak RSS |");
     println!("|---|---|---|---|---|---|---|");
     for &(size, label, rounds) in sizes {
@@ -82,9 +85,14 @@ fn main() {
         let put_both = run("anchor-put-both");
         let pull = run("pull");
         let get = run("anchor-get");
-        for (op, ours, theirs) in
-            [("push", push, put), ("push (anchor: archive + manifest)", push, put_both), ("pull", pull, get)]
-        {
+        let hit = run("hit");
+        let hit_alone = run("anchor-hit");
+        for (op, ours, theirs) in [
+            ("push", push, put),
+            ("push (anchor: archive + manifest)", push, put_both),
+            ("pull", pull, get),
+            ("local hit, remote set (anchor: no remote)", hit, hit_alone),
+        ] {
             println!(
                 "| {label} | {op} | {:.1?} | {:.1?} | **{:.2}x** | {} MiB | {} MiB |",
                 ours.0,
@@ -143,6 +151,15 @@ fn child(args: &[String]) {
                 anchor_put(&op, &case.join("src/data"));
                 // A manifest's worth of bytes, written after, as a push does.
                 op.operator().write("manifest", vec![b'm'; MANIFEST_BYTES]).expect("write");
+            }
+            "hit" | "anchor-hit" => {
+                started = Instant::now();
+                let mut options = CacheOptions::new();
+                if op == "hit" {
+                    options = options.remote(remote(format!("r{round}")));
+                }
+                let cache = Cache::open(case.join("local"), options).expect("cache");
+                drop(cache.lookup("k").expect("lookup").expect("a hit"));
             }
             "anchor-get" => {
                 let op = remote(format!("a{round}"));

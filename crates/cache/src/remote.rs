@@ -58,6 +58,7 @@ use std::sync::Arc;
 
 use opendal::ErrorKind;
 use opendal::options::{ListOptions, ReaderOptions, WriteOptions};
+use opendal_http_transport_reqwest::ReqwestTransport;
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -211,13 +212,7 @@ impl Remote {
                 return Err(bad(&format!("the scheme {other:?} is not compiled in; s3:// and file:// are")));
             }
         };
-        // reqwest is built without a TLS crypto provider of its own.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = reqwest::Client::builder().build().map_err(|e| bad(&e.to_string()))?;
-        let transport =
-            opendal::HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(client));
+        let transport = opendal::HttpTransporter::new(LazyTransport::default());
         let op = op
             .with_context(opendal::OperationContext::new().with_http_transport(transport))
             .layer(opendal::layers::TimeoutLayer::new().with_timeout(timeout).with_io_timeout(timeout));
@@ -834,6 +829,31 @@ impl<R: Read> Read for Tee<'_, R> {
                 *self.failed = Some(e);
                 Err(kind.into())
             }
+        }
+    }
+}
+
+/// reqwest's client, built for the first request. Building it loads the
+/// system's CA certificates, a few milliseconds that a command finding its
+/// entry locally would otherwise spend for nothing.
+#[derive(Default)]
+struct LazyTransport(std::sync::OnceLock<Result<ReqwestTransport, String>>);
+
+impl opendal::HttpTransport for LazyTransport {
+    async fn fetch(
+        &self,
+        req: http::Request<opendal::Buffer>,
+    ) -> opendal::Result<http::Response<opendal::HttpBody>> {
+        let built = self.0.get_or_init(|| {
+            // reqwest is built without a TLS crypto provider of its own.
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+            reqwest::Client::builder().build().map(ReqwestTransport::new).map_err(|e| e.to_string())
+        });
+        match built {
+            Ok(transport) => transport.fetch(req).await,
+            Err(why) => Err(opendal::Error::new(ErrorKind::Unexpected, format!("HTTP client: {why}"))),
         }
     }
 }
