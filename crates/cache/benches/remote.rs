@@ -150,7 +150,10 @@ fn child(args: &[String]) {
                 started = Instant::now();
                 anchor_put(&op, &case.join("src/data"));
                 // A manifest's worth of bytes, written after, as a push does.
-                op.operator().write("manifest", vec![b'm'; MANIFEST_BYTES]).expect("write");
+                op.operator()
+                    .expect("operator")
+                    .write("manifest", vec![b'm'; MANIFEST_BYTES])
+                    .expect("write");
             }
             "hit" | "anchor-hit" => {
                 started = Instant::now();
@@ -182,7 +185,7 @@ fn child(args: &[String]) {
 
 /// opendal alone: stream a file up in 8 MiB parts.
 fn anchor_put(remote: &Remote, file: &Path) {
-    let op = remote.operator();
+    let op = remote.operator().expect("operator");
     let options =
         opendal::options::WriteOptions { chunk: Some(PART), concurrent: IN_FLIGHT, ..Default::default() };
     let mut writer = op.writer_options("object", options).expect("writer").into_std_write();
@@ -200,7 +203,7 @@ fn anchor_put(remote: &Remote, file: &Path) {
 
 /// opendal alone: stream the object down into a file, and sync it.
 fn anchor_get(remote: &Remote, file: &Path) {
-    let op = remote.operator();
+    let op = remote.operator().expect("operator");
     let length = op.stat("object").expect("stat").content_length();
     let options =
         opendal::options::ReaderOptions { chunk: Some(PART), concurrent: IN_FLIGHT, ..Default::default() };

@@ -54,7 +54,7 @@
 //! discarded; a crash mid-pull leaves debris for [`Cache::sweep`].
 
 use std::io::{Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use opendal::ErrorKind;
 use opendal::options::{ListOptions, ReaderOptions, WriteOptions};
@@ -87,14 +87,23 @@ const ZSTD_LEVEL: i32 = 3;
 #[derive(Clone)]
 pub struct Remote {
     url: Arc<str>,
-    op: opendal::blocking::Operator,
-    /// The same operator, for the archive upload, which must be able to
-    /// abort (see [`Upload`]).
+    /// opendal's operator, as configured; the archive upload uses it
+    /// directly, since only its writer can abort (see [`Upload`]).
     async_op: opendal::Operator,
     /// Whether writes can be made conditional (`If-None-Match: *`).
     conditional: bool,
-    /// Both operators drive their I/O on this runtime.
-    runtime: Arc<tokio::runtime::Runtime>,
+    /// Made on first use, so that a command finding its entry locally
+    /// starts no thread.
+    engine: Arc<OnceLock<Result<Engine, String>>>,
+}
+
+/// What a remote's requests run on.
+struct Engine {
+    /// opendal's I/O runs on this runtime; its one worker thread uploads a
+    /// part while the caller's thread packs the next.
+    runtime: tokio::runtime::Runtime,
+    /// `async_op`, driven from the caller's thread.
+    op: opendal::blocking::Operator,
 }
 
 impl std::fmt::Debug for Remote {
@@ -217,18 +226,33 @@ impl Remote {
             .with_context(opendal::OperationContext::new().with_http_transport(transport))
             .layer(opendal::layers::TimeoutLayer::new().with_timeout(timeout).with_io_timeout(timeout));
         let conditional = op.info().capability().write_with_if_not_exists;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("lockyard-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| bad(&e.to_string()))?;
-        let async_op = op.clone();
-        let op = {
-            let _entered = runtime.enter();
-            opendal::blocking::Operator::new(op).map_err(|e| bad(&e.to_string()))?
-        };
-        Ok(Remote { url: url.into(), op, async_op, conditional, runtime: Arc::new(runtime) })
+        Ok(Remote { url: url.into(), async_op: op, conditional, engine: Arc::default() })
+    }
+
+    fn engine(&self) -> Result<&Engine, CacheError> {
+        let made = self.engine.get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("lockyard-remote")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let op = {
+                let _entered = runtime.enter();
+                opendal::blocking::Operator::new(self.async_op.clone()).map_err(|e| e.to_string())?
+            };
+            Ok(Engine { runtime, op })
+        });
+        made.as_ref().map_err(|why| CacheError::Remote {
+            url: self.url.to_string(),
+            op: "open",
+            source: why.clone().into(),
+        })
+    }
+
+    /// The blocking operator, for the requests made from this thread.
+    fn op(&self) -> Result<&opendal::blocking::Operator, CacheError> {
+        self.engine().map(|engine| &engine.op)
     }
 
     /// The URL it was opened with.
@@ -239,8 +263,12 @@ impl Remote {
     /// The opendal operator behind it, rooted at the URL's prefix: for
     /// what this crate does not do (and for measuring it against opendal
     /// alone). What it writes outside `v1/` is not the cache's.
-    pub fn operator(&self) -> &opendal::blocking::Operator {
-        &self.op
+    ///
+    /// # Errors
+    /// [`CacheError::Remote`] if the runtime its requests run on cannot be
+    /// started.
+    pub fn operator(&self) -> Result<&opendal::blocking::Operator, CacheError> {
+        self.op()
     }
 
     /// The manifest of `key`, `None` if the remote has none.
@@ -253,7 +281,7 @@ impl Remote {
         let path = manifest_path(key);
         // One GET, read no further than the cap: a huge object is refused
         // without being held in memory (and without a stat first).
-        let reader = match self.op.reader(&path).and_then(|r| r.into_std_read(..)) {
+        let reader = match self.op()?.reader(&path).and_then(|r| r.into_std_read(..)) {
             Ok(reader) => reader,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.failed("read", e)),
@@ -291,7 +319,7 @@ impl Remote {
     /// [`CacheError::Remote`] if the remote cannot be listed.
     pub fn list(&self) -> Result<Vec<Listed>, CacheError> {
         let options = ListOptions { recursive: false, ..ListOptions::default() };
-        let entries = match self.op.list_options(&format!("{LAYOUT}/"), options) {
+        let entries = match self.op()?.list_options(&format!("{LAYOUT}/"), options) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(self.failed("list", e)),
@@ -332,7 +360,7 @@ impl Remote {
         check_key(key)?;
         let dir = format!("{LAYOUT}/{key}/");
         let options = ListOptions { recursive: false, ..ListOptions::default() };
-        let listed = match self.op.list_options(&dir, options) {
+        let listed = match self.op()?.list_options(&dir, options) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(self.failed("list", e)),
@@ -346,7 +374,7 @@ impl Remote {
         // The manifest first.
         ours.sort_by_key(|path| !path.ends_with(MANIFEST));
         for path in &ours {
-            self.op.delete(path).map_err(|e| self.failed("delete", e))?;
+            self.op()?.delete(path).map_err(|e| self.failed("delete", e))?;
         }
         Ok(ours.len())
     }
@@ -496,7 +524,8 @@ impl Cache {
                 if let Some(there) = remote.manifest(key)? {
                     return Ok(Pushed::against(there, &meta.digest));
                 }
-                let size = remote.op.stat(&archive).map_err(|e| remote.failed("stat", e))?.content_length();
+                let size =
+                    remote.op()?.stat(&archive).map_err(|e| remote.failed("stat", e))?.content_length();
                 let mut digest = Digest::default();
                 entry::visit(
                     &dir,
@@ -524,7 +553,7 @@ impl Cache {
             source: e.into(),
         })?;
         let options = WriteOptions { chunk: None, ..remote.write_options() };
-        match remote.op.write_options(&manifest_path(key), bytes, options) {
+        match remote.op()?.write_options(&manifest_path(key), bytes, options) {
             Ok(_) => Ok(Pushed::Uploaded { archive_size }),
             Err(e) if e.kind() == ErrorKind::ConditionNotMatch => match remote.manifest(key)? {
                 Some(there) if there.digest != meta.digest => {
@@ -532,7 +561,7 @@ impl Cache {
                     // archive is ours (its conditional write succeeded) and
                     // no manifest names it: remove it rather than leave it.
                     if uploaded.is_some()
-                        && let Err(e) = remote.op.delete(&archive)
+                        && let Err(e) = remote.op()?.delete(&archive)
                     {
                         tracing::warn!(archive, error = %e, "could not remove an archive no manifest names");
                     }
@@ -558,11 +587,11 @@ impl Cache {
             op: "upload",
             source: e.into(),
         };
-        let writer = remote
-            .runtime
+        let runtime = &remote.engine()?.runtime;
+        let writer = runtime
             .block_on(remote.async_op.writer_options(archive, remote.write_options()))
             .map_err(|e| remote.failed("upload", e))?;
-        let sink = Upload { writer: Some(writer), runtime: &remote.runtime, bytes: 0 };
+        let sink = Upload { writer: Some(writer), runtime, bytes: 0 };
         let mut encoder = zstd::Encoder::new(sink, ZSTD_LEVEL).map_err(upload)?;
         encoder.window_log(WINDOW_LOG - 1).map_err(upload)?;
         let mut packer = Packer {
@@ -652,15 +681,14 @@ impl Cache {
         // Exactly the declared length is read: a longer object is never
         // read past it, and a shorter one fails the read (opendal checks
         // that a range comes back whole).
-        let reader = match remote
-            .op
-            .reader_options(archive, options)
-            .and_then(|r| r.into_std_read(0..manifest.archive_size))
-        {
-            Ok(reader) => reader,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(gone()),
-            Err(e) => return Err(remote.failed("download", e)),
-        };
+        let op = remote.op()?;
+        let reader =
+            match op.reader_options(archive, options).and_then(|r| r.into_std_read(0..manifest.archive_size))
+            {
+                Ok(reader) => reader,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(gone()),
+                Err(e) => return Err(remote.failed("download", e)),
+            };
         let fetched = Arc::new(std::sync::Mutex::new(None));
         let source = Fetched { inner: reader, failed: Arc::clone(&fetched) };
         let rejected =
@@ -669,7 +697,7 @@ impl Cache {
         // which it was. A short or missing object is told apart from a
         // transport failure by a stat, made only then.
         let explain = |e: CacheError| match fetched.lock().map(|mut f| f.take()) {
-            Ok(Some(cause)) => match remote.op.stat(archive).map(|m| m.content_length()) {
+            Ok(Some(cause)) => match op.stat(archive).map(|m| m.content_length()) {
                 Err(e) if e.kind() == ErrorKind::NotFound => gone(),
                 Ok(length) if length < manifest.archive_size => CacheError::Rejected {
                     path: remote.object(archive),
