@@ -500,6 +500,7 @@ fn remote_remove(remote: &Remote, keys: &[String]) -> Outcome {
                 eprintln!("lockyard: no entry {key:?} in {}", crate::escape(remote.url()));
                 all = false;
             }
+            1 => emit(&format!("removed {key} (1 object)\n"))?,
             n => emit(&format!("removed {key} ({n} objects)\n"))?,
         }
     }

@@ -228,7 +228,7 @@ fn a_bad_build_is_taken_back_with_remote_remove_and_replaced() {
     assert!(text(&orphan.stderr).contains("not there"), "{}", text(&orphan.stderr));
     let some_missing = s3.cache(&dir.0.join("d"), &["remote", "remove", "k", "never-pushed"]);
     assert_eq!(some_missing.status.code(), Some(1), "{}", text(&some_missing.stderr));
-    assert_eq!(text(&some_missing.stdout), "removed k (1 objects)\n");
+    assert_eq!(text(&some_missing.stdout), "removed k (1 object)\n");
     assert!(text(&some_missing.stderr).contains("\"never-pushed\""), "{}", text(&some_missing.stderr));
 }
 
