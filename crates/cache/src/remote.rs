@@ -318,17 +318,10 @@ impl Remote {
     /// # Errors
     /// [`CacheError::Remote`] if the remote cannot be listed.
     pub fn list(&self) -> Result<Vec<Listed>, CacheError> {
-        let options = ListOptions { recursive: false, ..ListOptions::default() };
-        let entries = match self.op()?.list_options(&format!("{LAYOUT}/"), options) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(self.failed("list", e)),
-        };
-        let mut keys: Vec<String> = entries
-            .iter()
-            .filter_map(|e| {
-                e.path().strip_prefix(&format!("{LAYOUT}/"))?.strip_suffix('/').map(str::to_owned)
-            })
+        let mut keys: Vec<String> = self
+            .names(&format!("{LAYOUT}/"))?
+            .into_iter()
+            .filter_map(|name| name.strip_suffix('/').map(str::to_owned))
             .filter(|key| key::validate(key).is_ok())
             .collect();
         keys.sort();
@@ -359,16 +352,10 @@ impl Remote {
     pub fn remove(&self, key: &str) -> Result<usize, CacheError> {
         check_key(key)?;
         let dir = format!("{LAYOUT}/{key}/");
-        let options = ListOptions { recursive: false, ..ListOptions::default() };
-        let listed = match self.op()?.list_options(&dir, options) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(self.failed("list", e)),
-        };
-        let mut ours: Vec<String> = listed
-            .iter()
-            .filter_map(|e| e.path().strip_prefix(&dir))
-            .filter(|name| *name == MANIFEST || name.strip_suffix(".tar.zst").is_some_and(is_digest))
+        let mut ours: Vec<String> = self
+            .names(&dir)?
+            .into_iter()
+            .filter(|name| name == MANIFEST || name.strip_suffix(".tar.zst").is_some_and(is_digest))
             .map(|name| format!("{dir}{name}"))
             .collect();
         // The manifest first.
@@ -377,6 +364,23 @@ impl Remote {
             self.op()?.delete(path).map_err(|e| self.failed("delete", e))?;
         }
         Ok(ours.len())
+    }
+
+    /// The names directly under `dir` (which ends in `/`), directories
+    /// with a trailing `/`; none if it does not exist.
+    fn names(&self, dir: &str) -> Result<Vec<String>, CacheError> {
+        let options = ListOptions { recursive: false, ..ListOptions::default() };
+        let entries = match self.op()?.list_options(dir, options) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.failed("list", e)),
+        };
+        Ok(entries
+            .iter()
+            .filter_map(|e| e.path().strip_prefix(dir))
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect())
     }
 
     /// The URL of an object, for messages.
