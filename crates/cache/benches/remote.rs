@@ -26,6 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockyard_cache::{Cache, CacheOptions, Remote};
+use lockyard_test_support::incompressible;
 use lockyard_test_support::s3::Moto;
 
 const BUCKET: &str = "lockyard-bench";
@@ -53,17 +54,8 @@ fn main() {
     for &(size, label, rounds) in sizes {
         let case = dir.join(label);
         std::fs::create_dir_all(case.join("src")).expect("mkdir");
-        let mut data = vec![0u8; size];
         // Incompressible, as built artefacts mostly are once compressed.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        for chunk in data.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-        }
-        std::fs::write(case.join("src/data"), &data).expect("write");
-        drop(data);
+        std::fs::write(case.join("src/data"), incompressible(size)).expect("write");
         let run = |op: &str| -> (Duration, u64) {
             let out = Command::new(std::env::current_exe().expect("self"))
                 .args(["--child", op, &case.display().to_string(), &rounds.to_string(), label])

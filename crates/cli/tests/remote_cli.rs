@@ -4,10 +4,10 @@
 //! two hosts sharing one bucket.
 
 use lockyard_test_support::s3::Moto;
-use lockyard_test_support::{Scratch, skip};
-use std::io::{Seek, Write};
+use lockyard_test_support::{Scratch, incompressible, skip};
+use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -91,6 +91,18 @@ impl S3 {
             .lines()
             .filter(|l| l.contains("\"GET ") && l.contains(&format!("/v1/{key}/")) && l.contains(".tar.zst"))
             .count()
+    }
+
+    /// How many multipart uploads the server has begun.
+    fn multipart_uploads_begun(&self) -> usize {
+        self.0.log_text().lines().filter(|l| l.contains("\"POST ") && l.contains("uploads")).count()
+    }
+
+    /// How many multipart uploads are begun and neither completed nor
+    /// aborted, as S3 lists them.
+    fn multipart_uploads_open(&self) -> usize {
+        let listed = self.boto("print(len(s3.list_multipart_uploads(Bucket=B).get('Uploads', [])))", "", &[]);
+        text(&listed).trim().parse().expect("a count")
     }
 }
 
@@ -243,15 +255,7 @@ fn a_corrupt_local_entry_is_not_pushed_and_its_upload_is_aborted() {
     std::fs::create_dir(&src).expect("mkdir");
     // Incompressible, so three parts: the upload is under way when the
     // mismatch shows.
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let data: Vec<u8> = (0..20 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let data = incompressible(20 << 20);
     std::fs::write(src.join("data"), &data).expect("write");
     let put = Command::new(LOCKYARD)
         .args(["cache", "--dir"])
@@ -264,18 +268,18 @@ fn a_corrupt_local_entry_is_not_pushed_and_its_upload_is_aborted() {
     assert!(put.status.success(), "{}", text(&put.stderr));
     let stored = host.join("big/data");
     std::fs::set_permissions(&stored, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut file = std::fs::OpenOptions::new().write(true).open(&stored).expect("open");
-    file.seek(std::io::SeekFrom::Start(19 << 20)).expect("seek");
-    file.write_all(&[!data[19 << 20]]).expect("flip a byte");
-    drop(file);
+    let at = 19 << 20;
+    let set_byte = |value: u8| {
+        let file = std::fs::OpenOptions::new().write(true).open(&stored).expect("open");
+        file.write_all_at(&[value], at).expect("write a byte");
+    };
+    set_byte(!data[at as usize]);
 
     let pushed = s3.cache(&host, &["--require-remote", "push", "big"]);
     assert_eq!(pushed.status.code(), Some(2), "{}", text(&pushed.stderr));
     assert!(text(&pushed.stderr).contains("digest"), "{}", text(&pushed.stderr));
-    let started = s3.0.log_text().lines().filter(|l| l.contains("\"POST ") && l.contains("uploads")).count();
-    assert_eq!(started, 1, "a multipart upload was begun: {}", s3.0.log_text());
-    let open = s3.boto("print(len(s3.list_multipart_uploads(Bucket=B).get('Uploads', [])))", "", &[]);
-    assert_eq!(text(&open).trim(), "0", "no unfinished upload is left");
+    assert_eq!(s3.multipart_uploads_begun(), 1, "a multipart upload was begun: {}", s3.0.log_text());
+    assert_eq!(s3.multipart_uploads_open(), 0, "no unfinished upload is left");
     let objects = s3.boto("print(s3.list_objects_v2(Bucket=B).get('KeyCount'))", "", &[]);
     assert_eq!(text(&objects).trim(), "0", "nothing was published");
 
@@ -283,19 +287,14 @@ fn a_corrupt_local_entry_is_not_pushed_and_its_upload_is_aborted() {
     // manifest, the archive is there alone: the next push uploads the
     // parts again, finds the archive there at the end, aborts them, and
     // writes the manifest.
-    let mut file = std::fs::OpenOptions::new().write(true).open(&stored).expect("open");
-    file.seek(std::io::SeekFrom::Start(19 << 20)).expect("seek");
-    file.write_all(&[data[19 << 20]]).expect("restore the byte");
-    drop(file);
+    set_byte(data[at as usize]);
     let pushed = s3.cache(&host, &["--require-remote", "push", "big"]);
     assert!(pushed.status.success(), "{}", text(&pushed.stderr));
     s3.delete("v1/big/manifest.json");
     let again = s3.cache(&host, &["--require-remote", "push", "big"]);
     assert!(again.status.success(), "{}", text(&again.stderr));
-    let started = s3.0.log_text().lines().filter(|l| l.contains("\"POST ") && l.contains("uploads")).count();
-    assert_eq!(started, 3, "{}", s3.0.log_text());
-    let open = s3.boto("print(len(s3.list_multipart_uploads(Bucket=B).get('Uploads', [])))", "", &[]);
-    assert_eq!(text(&open).trim(), "0", "no unfinished upload is left");
+    assert_eq!(s3.multipart_uploads_begun(), 3, "{}", s3.0.log_text());
+    assert_eq!(s3.multipart_uploads_open(), 0, "no unfinished upload is left");
     assert_eq!(manifest(&s3, "big")["key"], "big");
 }
 

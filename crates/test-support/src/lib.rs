@@ -42,6 +42,20 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// `len` bytes no compressor can shrink (xorshift64), the same on every
+/// call: for archives whose size must follow their content's.
+pub fn incompressible(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for chunk in data.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    data
+}
+
 /// Whether the tests run as root (many hostile-user tests need it).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
